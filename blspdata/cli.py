@@ -1,0 +1,179 @@
+"""The `blspdata` command line: thin wrappers over the library functions."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from blspdata import __version__
+
+app = typer.Typer(
+    help="Build BLSP-Emo style training data for speech-language models.\n\n"
+    "Stages, in pipeline order: ingest (corpora -> manifest).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+ingest_app = typer.Typer(
+    help="Import a corpus, as distributed, into a manifest (JSONL; gzipped if OUT ends in .gz).\n\n"
+    "Writes OUT, OUT.rejects.jsonl (every dropped input with its reason and source location) "
+    "and OUT.summary.json. Audio paths in the manifest are built from ROOT as you give it: "
+    "pass an absolute ROOT if the manifest will be used from another directory.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(ingest_app, name="ingest")
+
+
+class Normalizer(str, Enum):
+    whisper = "whisper"
+    none = "none"
+
+
+def _default_jobs() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+OutOpt = typer.Option(..., "--out", "-o", help="Manifest to write (.jsonl or .jsonl.gz).")
+JobsOpt = typer.Option(None, "--jobs", "-j", help="Worker processes for audio reading [default: CPU count].")
+StrictOpt = typer.Option(False, "--strict", help="Stop with a non-zero exit at the first bad input instead of rejecting it.")
+NormOpt = typer.Option(Normalizer.whisper, "--normalizer", help="Transcript normalisation for `text` (raw kept in `raw_text`): "
+                       "whisper = Whisper's English normaliser, as in the BLSP-Emo recipe; none = as is.")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr.")
+LabelMapOpt = typer.Option(None, "--label-map", help="Map raw labels to canonical ones (neutral, happy, angry, sad, surprise): "
+                           "JSON {\"fru\": \"angry\", \"oth\": null} or lines 'RAW CANONICAL' ('-' excludes).", exists=True, dir_okay=False)
+
+
+def _split_list(value: Optional[str]) -> Optional[list[str]]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def _int_list(value: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in _split_list(value) or []]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated session numbers, got {value!r}", param_hint=name) from None
+
+
+def _run(corpus: str, root: Path, out: Path, jobs: Optional[int], strict: bool, normalizer: Normalizer,
+         progress: bool, **options) -> None:
+    from blspdata.ingest import IngestError, ingest_corpus
+
+    try:
+        summary = ingest_corpus(corpus, str(root), out, jobs=jobs or _default_jobs(), strict=strict,
+                                normalizer=normalizer.value, progress=progress, **options)
+    except (IngestError, FileNotFoundError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{corpus}: {summary.render()}")
+
+
+@ingest_app.command("librispeech")
+def ingest_librispeech(
+    root: Path = typer.Argument(..., help="The LibriSpeech folder (holding train-clean-100/, dev-clean/, ...) or one split folder."),
+    out: Path = OutOpt,
+    splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated split folders to import [default: all found]."),
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """LibriSpeech: <split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt + .flac files."""
+    _run("librispeech", root, out, jobs, strict, normalizer, progress, splits=_split_list(splits))
+
+
+@ingest_app.command("gigaspeech")
+def ingest_gigaspeech(
+    root: Path = typer.Argument(..., help="The GigaSpeech folder holding GigaSpeech.json and audio/ (or a segmented mirror: *_metadata.csv + <sid>.wav)."),
+    out: Path = OutOpt,
+    subset: str = typer.Option("XS", "--subset", help="Training subset by its tag: XS, S, M, L or XL (each contains the smaller ones)."),
+    splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated from train, dev, test [default: all three]."),
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """GigaSpeech: segments of long Opus files listed in GigaSpeech.json; garbage-only segments rejected."""
+    _run("gigaspeech", root, out, jobs, strict, normalizer, progress, subset=subset, splits=_split_list(splits))
+
+
+@ingest_app.command("iemocap")
+def ingest_iemocap(
+    root: Path = typer.Argument(..., help="IEMOCAP_full_release (holding Session1..Session5)."),
+    out: Path = OutOpt,
+    test_sessions: str = typer.Option("5", "--test-sessions", help="Sessions that form the test split."),
+    dev_sessions: str = typer.Option("", "--dev-sessions", help="Sessions that form the dev split [default: none]."),
+    label_map: Optional[Path] = LabelMapOpt,
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """IEMOCAP: EmoEvaluation labels, transcriptions and sentence wavs; exc merged into happy;
+    fru, fea, dis, oth, xxx rejected unless --label-map maps them."""
+    _run("iemocap", root, out, jobs, strict, normalizer, progress,
+         test_sessions=_int_list(test_sessions, "--test-sessions"),
+         dev_sessions=_int_list(dev_sessions, "--dev-sessions"), label_map=label_map)
+
+
+@ingest_app.command("meld")
+def ingest_meld(
+    root: Path = typer.Argument(..., help="MELD.Raw (holding train_sent_emo.csv, ... and the train_splits/, dev_splits_complete/, output_repeated_splits_test/ videos)."),
+    out: Path = OutOpt,
+    audio_dir: Optional[Path] = typer.Option(None, "--audio-dir", help="Where extracted 16 kHz FLAC goes [default: OUT's folder/<OUT name>.audio]."),
+    splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated from train, dev, test [default: all three]."),
+    label_map: Optional[Path] = LabelMapOpt,
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """MELD: CSV rows + mp4 clips; audio extracted to 16 kHz mono FLAC (skipped when already
+    extracted from the same file); fear and disgust rejected unless --label-map maps them."""
+    _run("meld", root, out, jobs, strict, normalizer, progress, audio_dir=audio_dir,
+         splits=_split_list(splits), label_map=label_map)
+
+
+def _generic(fmt: str, file: Path, out: Path, audio_col: str, text_col: str, emotion_col: Optional[str],
+             id_col: Optional[str], speaker_col: Optional[str], split_col: Optional[str], split: str,
+             offset_col: Optional[str], duration_col: Optional[str], corpus: Optional[str], language: str,
+             label_map: Optional[Path], jobs, strict, normalizer, progress) -> None:
+    _run(fmt, file, out, jobs, strict, normalizer, progress, audio_col=audio_col, text_col=text_col,
+         emotion_col=emotion_col, id_col=id_col, speaker_col=speaker_col, split_col=split_col, split=split,
+         offset_col=offset_col, duration_col=duration_col, corpus_name=corpus, language=language, label_map=label_map)
+
+
+def _generic_command(fmt: str):
+    def command(
+        file: Path = typer.Argument(..., help=f"The {fmt.upper()} file; relative audio paths are relative to its folder."),
+        out: Path = OutOpt,
+        audio_col: str = typer.Option("audio", "--audio-col", help="Column with the audio path."),
+        text_col: str = typer.Option("text", "--text-col", help="Column with the transcript."),
+        emotion_col: Optional[str] = typer.Option(None, "--emotion-col", help="Column with an emotion label (canonical, or mapped by --label-map)."),
+        id_col: Optional[str] = typer.Option(None, "--id-col", help="Column with a unique utterance id [default: the audio file name and offset]."),
+        speaker_col: Optional[str] = typer.Option(None, "--speaker-col", help="Column with the speaker id."),
+        split_col: Optional[str] = typer.Option(None, "--split-col", help="Column with the split name."),
+        split: str = typer.Option("train", "--split", help="Split for every row when there is no --split-col."),
+        offset_col: Optional[str] = typer.Option(None, "--offset-col", help="Column with the segment start in seconds."),
+        duration_col: Optional[str] = typer.Option(None, "--duration-col", help="Column with the segment duration in seconds."),
+        corpus: Optional[str] = typer.Option(None, "--corpus", help="Corpus name used in ids [default: the file's name]."),
+        language: str = typer.Option("en", "--language", help="Language code of the transcripts."),
+        label_map: Optional[Path] = LabelMapOpt,
+        jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+    ) -> None:
+        _generic(fmt, file, out, audio_col, text_col, emotion_col, id_col, speaker_col, split_col, split,
+                 offset_col, duration_col, corpus, language, label_map, jobs, strict, normalizer, progress)
+
+    command.__doc__ = f"Any corpus described by a {fmt.upper()} file, one utterance per row."
+    return command
+
+
+ingest_app.command("jsonl")(_generic_command("jsonl"))
+ingest_app.command("csv")(_generic_command("csv"))
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"blspdata {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.")) -> None:
+    """Build BLSP-Emo style training data for speech-language models."""
+
+
+if __name__ == "__main__":
+    app()

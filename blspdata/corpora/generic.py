@@ -1,0 +1,103 @@
+"""Any corpus described by a table: a JSONL file (one object per line) or a CSV file
+(with a header), one utterance per row, e.g.
+
+    {"audio": "wav/utt1.wav", "text": "I can't believe it.", "emotion": "surprise", "speaker": "s1"}
+    audio,text,emotion,speaker
+    wav/utt1.wav,I can't believe it.,surprise,s1
+
+Column names are options (`--audio-col`, `--text-col`, ...). Relative audio paths are
+relative to the file's folder. Emotion values must be canonical labels or be mapped by
+`--label-map`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Any, Iterator
+
+from blspdata.corpora import labels
+from blspdata.ingest import AudioItem, IngestError
+from blspdata.records import Record, Reject, iter_jsonl
+
+
+def _rows(fmt: str, path: str) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
+    """`(location, row or None, error)` for each row."""
+    if fmt == "jsonl":
+        for number, row, error in iter_jsonl(path):
+            yield f"{path}:{number}", row, error
+        return
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        reader = csv.DictReader(handle)
+        for row in reader:
+            location = f"{path}:{reader.line_num}"
+            if None in row or any(v is None for v in row.values()):
+                yield location, None, f"expected {len(reader.fieldnames or ())} fields"
+                continue
+            try:
+                for value in row.values():
+                    value.encode("utf-8")
+            except UnicodeEncodeError:
+                yield location, None, "undecodable bytes"
+                continue
+            yield location, row, ""
+
+
+def scan(root: str, fmt: str, audio_col: str = "audio", text_col: str = "text", emotion_col: str | None = None,
+         id_col: str | None = None, speaker_col: str | None = None, split_col: str | None = None,
+         split: str = "train", offset_col: str | None = None, duration_col: str | None = None,
+         corpus_name: str | None = None, language: str = "en",
+         label_map: str | os.PathLike | None = None) -> Iterator[AudioItem | Reject]:
+    path = root
+    if not os.path.isfile(path):
+        raise IngestError(f"{fmt.upper()} file not found: {path}")
+    corpus = corpus_name or os.path.basename(path).split(".")[0]
+    base = os.path.dirname(path)
+    mapping = labels.merged(labels.GENERIC, labels.load_label_map(label_map) if label_map else None)
+    seen: set[str] = set()
+    for location, row, error in _rows(fmt, path):
+        if row is None:
+            yield Reject("undecodable_text" if "undecodable" in error else "malformed_row", location, error)
+            continue
+        try:
+            audio = _text(row, audio_col)
+            raw_text = _text(row, text_col)
+            offset = float(row[offset_col]) if offset_col and row.get(offset_col) not in (None, "") else 0.0
+            duration = float(row[duration_col]) if duration_col and row.get(duration_col) not in (None, "") else 0.0
+        except (KeyError, TypeError, ValueError) as exc:
+            yield Reject("malformed_row", location, f"bad row: {exc}")
+            continue
+        row_split = str(row.get(split_col) or split) if split_col else split
+        native = str(row[id_col]) if id_col and row.get(id_col) not in (None, "") else \
+            os.path.splitext(os.path.basename(audio))[0] + (f"_{offset:.2f}" if offset_col else "")
+        record_id = f"{corpus}/{row_split}/{native}"
+        if record_id in seen:
+            yield Reject("duplicate_id", location, f"{record_id} appears more than once", id=record_id)
+            continue
+        seen.add(record_id)
+        emotion = raw_emotion = None
+        if emotion_col:
+            raw_emotion = str(row.get(emotion_col) or "")
+            emotion, problem = labels.map_label(raw_emotion, mapping)
+            if problem:
+                yield Reject(problem, location, f"label {raw_emotion!r} is " + ("excluded by the label map" if problem == "label_excluded"
+                             else f"not canonical ({', '.join(labels.CANONICAL)}); map it with --label-map"), id=record_id)
+                continue
+        audio_path = audio if os.path.isabs(audio) else os.path.join(base, audio)
+        used = {audio_col, text_col, emotion_col, id_col, speaker_col, split_col, offset_col, duration_col}
+        record = Record(
+            id=record_id, corpus=corpus, split=row_split, audio=audio_path, offset=offset, duration=duration,
+            text=raw_text, raw_text=raw_text, language=language, emotion=emotion, raw_emotion=raw_emotion,
+            speaker=str(row[speaker_col]) if speaker_col and row.get(speaker_col) not in (None, "") else None,
+            extra={k: v for k, v in row.items() if k not in used},
+        )
+        yield AudioItem(audio_path, [record], [location])
+
+
+def _text(row: dict[str, Any], column: str) -> str:
+    if column not in row:
+        raise KeyError(f"column {column!r} missing")
+    value = row[column]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"column {column!r} is empty or not text")
+    return value

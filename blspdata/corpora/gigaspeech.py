@@ -1,0 +1,181 @@
+"""GigaSpeech (github.com/SpeechColab/GigaSpeech), as its download script leaves it:
+
+    GigaSpeech/GigaSpeech.json
+    GigaSpeech/audio/{podcast,youtube,audiobook}/P0001/POD0000000001.opus
+
+GigaSpeech.json (several GB for XL: streamed with ijson, one audio at a time) looks like
+
+    {"audios": [{"aid": "POD0000000001", "path": "audio/podcast/P0001/POD0000000001.opus",
+                 "source": "podcast", "category": "...", "duration": 1234.5,
+                 "segments": [{"sid": "POD0000000001_S0000008", "speaker": "N/A",
+                               "begin_time": 159.0, "end_time": 167.52,
+                               "subsets": ["{XL}", "{L}", "{M}", "{S}", "{XS}"],
+                               "text_tn": "DOUGLAS MCGRAY IS GOING TO BE OUR GUIDE <COMMA> ..."}]}]}
+
+Training segments carry the tags of every subset that contains them ({XS} is in all);
+dev and test segments carry {DEV} / {TEST}. A record points into the long Opus file by
+`offset` and `duration`.
+
+Some mirrors ship it segmented instead: `*_metadata.csv` files with the columns
+`sid,text_tn,begin_time,end_time,audio_id,title,url,source,category,original_full_path`
+and one audio file per segment named `<sid>.wav` (or .flac/.opus) somewhere below ROOT.
+There, every row of the metadata found is taken (the mirror's download picked the subset),
+and a file named `dev_*`/`test_*` gives the dev/test split. The JSON layout also falls back
+to `<sid>.*` files when a long recording is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from typing import Iterator, Sequence
+
+import ijson
+
+from blspdata.corpora.text import gigaspeech_text
+from blspdata.ingest import AudioItem, IngestError
+from blspdata.records import Record, Reject
+
+SUBSETS = ("XS", "S", "M", "L", "XL")
+SPLITS = ("train", "dev", "test")
+AUDIO_EXTENSIONS = (".opus", ".wav", ".flac")
+
+
+def scan(root: str, subset: str = "XS", splits: Sequence[str] | None = None) -> Iterator[AudioItem | Reject]:
+    if not os.path.isdir(root):
+        raise IngestError(f"GigaSpeech root not found: {root}")
+    subset = subset.upper()
+    if subset not in SUBSETS:
+        raise IngestError(f"unknown GigaSpeech subset {subset!r}; choose from {', '.join(SUBSETS)}")
+    wanted = tuple(splits or SPLITS)
+    bad = [s for s in wanted if s not in SPLITS]
+    if bad:
+        raise IngestError(f"unknown GigaSpeech split(s) {', '.join(bad)}; choose from {', '.join(SPLITS)}")
+    tags = {"train": f"{{{subset}}}", "dev": "{DEV}", "test": "{TEST}"}
+    json_path = os.path.join(root, "GigaSpeech.json")
+    if os.path.isfile(json_path):
+        yield from _scan_json(root, json_path, {tags[s]: s for s in wanted})
+        return
+    metadata = sorted(_walk(root, lambda name: name.endswith("_metadata.csv")))
+    if not metadata:
+        raise IngestError(f"neither GigaSpeech.json nor *_metadata.csv (segmented mirror) found under {root}")
+    yield from _scan_segmented(root, metadata, wanted)
+
+
+def _walk(root: str, keep) -> Iterator[str]:
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            if keep(name):
+                yield os.path.join(folder, name)
+
+
+def _segment_index(root: str) -> dict[str, str]:
+    """`{sid: path}` for one-file-per-segment audio below ROOT."""
+    index = {}
+    for path in _walk(root, lambda name: name.endswith(AUDIO_EXTENSIONS) and "_S" in name):
+        index.setdefault(os.path.splitext(os.path.basename(path))[0], path)
+    return index
+
+
+def _record(split: str, sid: str, audio: str, begin: float, end: float, text_tn: str,
+            speaker: str | None, extra: dict) -> Record:
+    return Record(
+        id=f"gigaspeech/{split}/{sid}", corpus="gigaspeech", split=split, audio=audio,
+        offset=begin, duration=round(end - begin, 6), text=gigaspeech_text(text_tn), raw_text=text_tn,
+        speaker=None if speaker in (None, "", "N/A") else speaker, extra=extra,
+    )
+
+
+def _scan_json(root: str, json_path: str, tag_to_split: dict[str, str]) -> Iterator[AudioItem | Reject]:
+    segment_files: dict[str, str] | None = None  # built only if a long recording is missing
+    with open(json_path, "rb") as handle:
+        try:
+            for audio in ijson.items(handle, "audios.item", use_float=True):
+                location = f"{json_path}#{audio.get('aid', '?')}"
+                if not isinstance(audio, dict) or "path" not in audio or not isinstance(audio.get("segments"), list):
+                    yield Reject("malformed_row", location, "audio entry without 'path' or 'segments'")
+                    continue
+                path = os.path.join(root, audio["path"])
+                extra_base = {k: audio[k] for k in ("aid", "source", "category") if k in audio}
+                records, locations = [], []
+                for segment in audio["segments"]:
+                    sid = segment.get("sid") if isinstance(segment, dict) else None
+                    seg_location = f"{json_path}#{sid or audio.get('aid', '?')}"
+                    split = next((tag_to_split[t] for t in segment.get("subsets", ()) if t in tag_to_split), None) \
+                        if sid else None
+                    if sid is None:
+                        yield Reject("malformed_row", seg_location, "segment without 'sid'")
+                        continue
+                    if split is None:
+                        continue  # another subset than the one asked for
+                    try:
+                        begin, end = float(segment["begin_time"]), float(segment["end_time"])
+                        text_tn = str(segment["text_tn"])
+                    except (KeyError, TypeError, ValueError) as exc:
+                        yield Reject("malformed_row", seg_location, f"segment field missing or invalid: {exc}",
+                                     id=f"gigaspeech/{split}/{sid}")
+                        continue
+                    record = _record(split, sid, path, begin, end, text_tn, segment.get("speaker"), dict(extra_base))
+                    if not record.text:
+                        yield Reject("garbage_only", seg_location, f"only non-speech tags: {text_tn!r}", id=record.id)
+                        continue
+                    if end <= begin:
+                        yield Reject("malformed_row", seg_location, f"end_time {end} <= begin_time {begin}", id=record.id)
+                        continue
+                    records.append(record)
+                    locations.append(seg_location)
+                if not records:
+                    continue
+                if os.path.exists(path):
+                    yield AudioItem(path, records, locations)
+                    continue
+                if segment_files is None:
+                    segment_files = _segment_index(root)
+                for record, seg_location in zip(records, locations):
+                    sid = record.id.rsplit("/", 1)[1]
+                    if sid in segment_files:  # segmented mirror: the file is the segment
+                        record.extra.update(begin_time=record.offset, end_time=record.offset + record.duration)
+                        record.audio, record.offset, record.duration = segment_files[sid], 0.0, 0.0
+                        yield AudioItem(record.audio, [record], [seg_location])
+                    else:
+                        yield Reject("audio_missing", seg_location, f"no such file: {path} (nor {sid}.* below {root})", id=record.id)
+        except ijson.JSONError as exc:
+            yield Reject("malformed_row", json_path, f"GigaSpeech.json is not valid JSON from here on: {exc}")
+
+
+def _scan_segmented(root: str, metadata: list[str], wanted: Sequence[str]) -> Iterator[AudioItem | Reject]:
+    segment_files = _segment_index(root)
+    for path in metadata:
+        name = os.path.basename(path).lower()
+        split = "dev" if name.startswith("dev") else "test" if name.startswith("test") else "train"
+        if split not in wanted:
+            continue
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
+            reader = csv.DictReader(handle)
+            for row in reader:
+                location = f"{path}:{reader.line_num}"
+                sid = (row.get("sid") or "").strip()
+                try:
+                    if not sid or None in row or any(v is None for v in row.values()):
+                        raise ValueError("wrong number of fields")
+                    begin, end = float(row["begin_time"]), float(row["end_time"])
+                    text_tn = row["text_tn"]
+                    text_tn.encode("utf-8")
+                except UnicodeEncodeError:
+                    yield Reject("undecodable_text", location, "undecodable bytes in text_tn", id=f"gigaspeech/{split}/{sid}")
+                    continue
+                except (KeyError, ValueError) as exc:
+                    yield Reject("malformed_row", location, f"bad metadata row: {exc}")
+                    continue
+                record = _record(split, sid, "", 0.0, 0.0, text_tn, None,
+                                 {k: row[k] for k in ("audio_id", "source", "category") if row.get(k)})
+                record.extra.update(begin_time=begin, end_time=end)
+                if not record.text:
+                    yield Reject("garbage_only", location, f"only non-speech tags: {text_tn!r}", id=record.id)
+                    continue
+                if sid not in segment_files:
+                    yield Reject("audio_missing", location, f"no audio file {sid}.* below {root}", id=record.id)
+                    continue
+                record.audio = segment_files[sid]
+                yield AudioItem(record.audio, [record], [location])

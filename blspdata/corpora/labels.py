@@ -1,0 +1,82 @@
+"""Canonical emotion labels (PAPER.md, "Emotion labels") and each corpus's mapping to them.
+
+A mapping sends a corpus's raw label to a canonical one, or to None: the label is known
+but not used by the recipe (the record is rejected with reason `label_excluded`). A raw
+label missing from the mapping is rejected as `label_unknown`. Users override or extend a
+mapping with `--label-map FILE`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+
+# Order matters: it is the class index of the emotion head and of the ClassLabel feature.
+CANONICAL = ("neutral", "happy", "angry", "sad", "surprise")
+
+IEMOCAP = {
+    "neu": "neutral", "hap": "happy", "exc": "happy",  # excitement merged into happy
+    "ang": "angry", "sad": "sad", "sur": "surprise",
+    "fru": None, "fea": None, "dis": None, "oth": None, "xxx": None,
+}
+
+MELD = {
+    "neutral": "neutral", "joy": "happy", "anger": "angry", "sadness": "sad",
+    "surprise": "surprise", "fear": None, "disgust": None,
+}
+
+# Generic corpora: canonical names map to themselves.
+GENERIC = {label: label for label in CANONICAL}
+
+
+def load_label_map(path: str | os.PathLike) -> dict[str, str | None]:
+    """Read a user's label map: a JSON object `{"fru": "angry", "oth": null}`, or text lines
+    `raw canonical` / `raw -` (`-` excludes the label). Targets must be canonical labels."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"label map not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    mapping: dict[str, str | None] = {}
+    if text.lstrip().startswith("{"):
+        loaded = orjson.loads(text)
+        for raw, target in loaded.items():
+            mapping[str(raw)] = None if target in (None, "-", "") else str(target)
+    else:
+        for number, line in enumerate(text.splitlines(), start=1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            parts = line.replace("=", " ").replace("\t", " ").split()
+            if len(parts) != 2:
+                raise ValueError(f"{path}:{number}: expected 'RAW CANONICAL', got {line!r}")
+            mapping[parts[0]] = None if parts[1] == "-" else parts[1]
+    bad = sorted({t for t in mapping.values() if t is not None and t not in CANONICAL})
+    if bad:
+        raise ValueError(
+            f"{path}: label(s) {', '.join(bad)} are not canonical; use one of {', '.join(CANONICAL)} "
+            "(or null/- to exclude)"
+        )
+    return mapping
+
+
+def merged(base: dict[str, str | None], overrides: dict[str, str | None] | None) -> dict[str, str | None]:
+    result = dict(base)
+    if overrides:
+        result.update(overrides)
+    return result
+
+
+def map_label(raw: str, mapping: dict[str, str | None]) -> tuple[str | None, str | None]:
+    """Return `(canonical, None)` or `(None, reject_reason)`. Matching is case-insensitive."""
+    key = raw.strip()
+    if key in mapping:
+        target = mapping[key]
+    elif key.lower() in mapping:
+        target = mapping[key.lower()]
+    else:
+        return None, "label_unknown"
+    if target is None:
+        return None, "label_excluded"
+    return target, None

@@ -1,0 +1,226 @@
+"""Ingest: corpus importers -> one manifest, with rejects and a summary.
+
+Each importer in `blspdata/corpora/` scans a corpus as distributed and yields `AudioItem`s
+(an audio file and the records that point into it) and `Reject`s (inputs that cannot
+become records: a malformed line, an excluded label). This module does the rest, the same
+for every corpus: reads each audio header in worker processes (converting first where a
+corpus needs it, e.g. MELD's mp4), fills in durations and sample rates, normalises the
+transcripts, and writes
+
+    OUT                      the manifest (JSONL, gzipped if OUT ends in .gz), atomically
+    OUT.rejects.jsonl        one row per dropped input: reason, source location, detail
+    OUT.summary.json         records, hours per split and label, rejects per reason
+
+Output order is the importer's order (sorted), so identical input gives identical output.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from collections import Counter, deque
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from tqdm import tqdm
+
+from blspdata.corpora.audio import AudioError, extract_to_flac, probe
+from blspdata.corpora.text import get_normalizer
+from blspdata.records import JsonlWriter, Record, Reject, sidecar, write_json
+
+# A segment may end this far past the audio's end (rounding in corpus metadata).
+END_TOLERANCE_S = 0.05
+
+
+class IngestError(Exception):
+    """Raised for a problem that stops the run (`--strict`, a missing corpus root)."""
+
+
+@dataclass(slots=True)
+class AudioItem:
+    """One audio file and the records that point into it: one utterance for most corpora,
+    many segments of one long recording for GigaSpeech. `locations[i]` says where record i
+    came from (transcript `path:line`) for the rejects file. With `source`, the audio is
+    first extracted from that file (a video) to `audio`."""
+
+    audio: str
+    records: list[Record]
+    locations: list[str]
+    source: str | None = None
+
+
+@dataclass
+class Summary:
+    output: str
+    records: int = 0
+    seconds: float = 0.0
+    splits: dict[str, dict[str, float]] = field(default_factory=dict)
+    emotions: Counter = field(default_factory=Counter)
+    rejects: Counter = field(default_factory=Counter)
+
+    def add(self, record: Record) -> None:
+        self.records += 1
+        self.seconds += record.duration
+        split = self.splits.setdefault(record.split, {"records": 0, "hours": 0.0})
+        split["records"] += 1
+        split["hours"] += record.duration / 3600
+        if record.emotion is not None:
+            self.emotions[record.emotion] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": self.output,
+            "records": self.records,
+            "hours": round(self.seconds / 3600, 4),
+            "splits": {k: {"records": v["records"], "hours": round(v["hours"], 4)}
+                       for k, v in sorted(self.splits.items())},
+            "emotions": dict(sorted(self.emotions.items())),
+            "rejected": sum(self.rejects.values()),
+            "rejects": dict(self.rejects.most_common()),
+        }
+
+    def render(self) -> str:
+        lines = [f"{self.records} records, {self.seconds / 3600:.3f} h -> {self.output}"]
+        for name, split in sorted(self.splits.items()):
+            lines.append(f"  split {name:<18} {split['records']:>8} records {split['hours']:>9.3f} h")
+        for label, count in sorted(self.emotions.items()):
+            lines.append(f"  emotion {label:<16} {count:>8}")
+        rejected = sum(self.rejects.values())
+        if rejected:
+            lines.append(f"  rejected {rejected} (see {sidecar(self.output, 'rejects.jsonl')}):")
+            for reason, count in self.rejects.most_common():
+                lines.append(f"    {reason:<24} {count:>8}")
+        else:
+            lines.append("  rejected 0")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- workers
+
+_normalize: Callable[[str], str] | None = None
+
+
+def _init_worker(normalizer: str) -> None:
+    global _normalize
+    _normalize = get_normalizer(normalizer)
+
+
+def process_item(item: AudioItem | Reject) -> list[Record | Reject]:
+    """Read one audio header (extracting first if needed) and finish its records."""
+    if isinstance(item, Reject):
+        return [item]
+    assert _normalize is not None, "worker not initialised"
+    try:
+        if item.source is not None:
+            extract_to_flac(item.source, item.audio)
+        frames, rate = probe(item.audio)
+    except AudioError as exc:
+        return [Reject(exc.reason, loc, exc.detail, id=r.id) for r, loc in zip(item.records, item.locations)]
+    total = frames / rate
+    out: list[Record | Reject] = []
+    for record, location in zip(item.records, item.locations):
+        record.sample_rate = rate
+        if record.duration <= 0:  # the whole file is the utterance
+            record.offset, record.duration = 0.0, total
+        elif record.offset + record.duration > total + END_TOLERANCE_S:
+            out.append(Reject(
+                "segment_out_of_range", location,
+                f"segment {record.offset:.2f}+{record.duration:.2f} s ends after the audio ({total:.2f} s)",
+                id=record.id,
+            ))
+            continue
+        record.text = _normalize(record.text)
+        if not record.text:
+            out.append(Reject("text_empty", location, f"transcript is empty after normalisation: {record.raw_text!r}", id=record.id))
+            continue
+        out.append(record)
+    return out
+
+
+def _process_chunk(chunk: list[AudioItem | Reject]) -> list[list[Record | Reject]]:
+    return [process_item(item) for item in chunk]
+
+
+def _ordered_parallel(items: Iterable[AudioItem | Reject], jobs: int, normalizer: str,
+                      chunk_size: int = 64) -> Iterator[list[Record | Reject]]:
+    """Map `process_item` over items in worker processes, results in input order, with a
+    bounded number of chunks in flight so memory does not grow with the corpus."""
+    chunks = iter(lambda it=iter(items): list(itertools.islice(it, chunk_size)), [])
+    if jobs <= 1:
+        _init_worker(normalizer)
+        for chunk in chunks:
+            yield from _process_chunk(chunk)
+        return
+    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(normalizer,)) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.submit(_process_chunk, chunk))
+            if len(pending) >= 4 * jobs:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+# ---------------------------------------------------------------------------- driver
+
+def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: int = 1,
+        strict: bool = False, normalizer: str = "whisper", progress: bool = True,
+        desc: str = "ingest") -> Summary:
+    """Turn an importer's items into the manifest `out`, its rejects and its summary."""
+    get_normalizer(normalizer)  # fail fast on a bad name, before any work
+    summary = Summary(output=str(out))
+    bar = tqdm(desc=desc, unit=" files", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    with JsonlWriter(out) as records, JsonlWriter(sidecar(out, "rejects.jsonl")) as rejects:
+        for results in _ordered_parallel(items, jobs, normalizer):
+            bar.update(1)
+            for result in results:
+                if isinstance(result, Reject):
+                    if strict:
+                        raise IngestError(result.message())
+                    summary.rejects[result.reason] += 1
+                    rejects.write(result.to_dict())
+                else:
+                    summary.add(result)
+                    records.write(result.to_dict())
+            bar.set_postfix(records=summary.records, rejected=sum(summary.rejects.values()), refresh=False)
+        write_json(sidecar(out, "summary.json"), summary.to_dict())
+    bar.close()
+    return summary
+
+
+def read_text_lines(path: str) -> Iterator[tuple[int, str | None, str]]:
+    """Yield `(line_number, text, error)` for a text file, decoding each line on its own so
+    one undecodable line is rejected without losing the rest of the file."""
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield number, None, f"undecodable bytes ({exc.reason} at byte {exc.start})"
+                continue
+            yield number, text.rstrip("\r\n"), ""
+
+
+def ingest_corpus(corpus: str, root: str | os.PathLike, out: str | os.PathLike, *, jobs: int = 1,
+                  strict: bool = False, normalizer: str = "whisper", progress: bool = True,
+                  **options: Any) -> Summary:
+    """Import `corpus` at `root` into the manifest `out`. The Python face of `blspdata ingest`.
+
+    `options` go to the corpus's `scan` (e.g. `splits=` for LibriSpeech, `subset=` for
+    GigaSpeech, `label_map=` for the emotion corpora).
+    """
+    import importlib
+
+    from blspdata.corpora import CORPORA
+
+    if corpus not in CORPORA:
+        raise ValueError(f"unknown corpus {corpus!r}; choose from {', '.join(CORPORA)}")
+    module = importlib.import_module(f"blspdata.corpora.{'generic' if corpus in ('jsonl', 'csv') else corpus}")
+    if corpus in ("jsonl", "csv"):
+        options["fmt"] = corpus
+    if corpus == "meld" and options.get("audio_dir") is None:
+        options["audio_dir"] = sidecar(out, "audio")
+    items = module.scan(str(root), **options)
+    return run(items, out, jobs=jobs, strict=strict, normalizer=normalizer, progress=progress, desc=corpus)
