@@ -30,6 +30,7 @@ app.add_typer(ingest_app, name="ingest")
 
 
 class Normalizer(str, Enum):
+    light = "light"
     whisper = "whisper"
     none = "none"
 
@@ -41,8 +42,9 @@ def _default_jobs() -> int:
 OutOpt = typer.Option(..., "--out", "-o", help="Manifest to write (.jsonl or .jsonl.gz).")
 JobsOpt = typer.Option(None, "--jobs", "-j", help="Worker processes for audio reading [default: CPU count].")
 StrictOpt = typer.Option(False, "--strict", help="Stop with a non-zero exit at the first bad input instead of rejecting it.")
-NormOpt = typer.Option(Normalizer.whisper, "--normalizer", help="Transcript normalisation for `text` (raw kept in `raw_text`): "
-                       "whisper = Whisper's English normaliser, as in the BLSP-Emo recipe; none = as is.")
+NormOpt = typer.Option(Normalizer.light, "--normalizer", help="Transcript normalisation for `text` (raw kept in `raw_text`): "
+                       "light = drop [annotations], lower-case ALL-CAPS corpora, keep punctuation; "
+                       "whisper = Whisper's English (WER) normaliser, as the BLSP-Emo paper did; none = as is.")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr.")
 LabelMapOpt = typer.Option(None, "--label-map", help="Map raw labels to canonical ones (neutral, happy, angry, sad, surprise): "
                            "JSON {\"fru\": \"angry\", \"oth\": null} or lines 'RAW CANONICAL' ('-' excludes).", exists=True, dir_okay=False)

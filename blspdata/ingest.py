@@ -166,7 +166,7 @@ def _ordered_parallel(items: Iterable[AudioItem | Reject], jobs: int, normalizer
 # ---------------------------------------------------------------------------- driver
 
 def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: int = 1,
-        strict: bool = False, normalizer: str = "whisper", progress: bool = True,
+        strict: bool = False, normalizer: str = "light", progress: bool = True,
         desc: str = "ingest") -> Summary:
     """Turn an importer's items into the manifest `out`, its rejects and its summary."""
     get_normalizer(normalizer)  # fail fast on a bad name, before any work
@@ -190,21 +190,22 @@ def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: in
     return summary
 
 
-def read_text_lines(path: str) -> Iterator[tuple[int, str | None, str]]:
+def read_text_lines(path: str) -> Iterator[tuple[int, str, str]]:
     """Yield `(line_number, text, error)` for a text file, decoding each line on its own so
-    one undecodable line is rejected without losing the rest of the file."""
+    one undecodable line is rejected without losing the rest of the file. For such a line
+    `error` says why and `text` has the bad bytes replaced (enough to name the utterance)."""
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             try:
-                text = raw.decode("utf-8")
+                text, error = raw.decode("utf-8"), ""
             except UnicodeDecodeError as exc:
-                yield number, None, f"undecodable bytes ({exc.reason} at byte {exc.start})"
-                continue
-            yield number, text.rstrip("\r\n"), ""
+                text = raw.decode("utf-8", errors="replace")
+                error = f"undecodable bytes ({exc.reason} at byte {exc.start})"
+            yield number, text.rstrip("\r\n"), error
 
 
 def ingest_corpus(corpus: str, root: str | os.PathLike, out: str | os.PathLike, *, jobs: int = 1,
-                  strict: bool = False, normalizer: str = "whisper", progress: bool = True,
+                  strict: bool = False, normalizer: str = "light", progress: bool = True,
                   **options: Any) -> Summary:
     """Import `corpus` at `root` into the manifest `out`. The Python face of `blspdata ingest`.
 

@@ -72,18 +72,18 @@ def _scan_session(folder: str, session: int, split: str, mapping: dict) -> Itera
         eval_path = os.path.join(eval_dir, f"{dialog}.txt")
         for number, line, error in read_text_lines(eval_path):
             location = f"{eval_path}:{number}"
-            if line is None:
-                yield Reject("undecodable_text", location, error)
-                continue
             if not line.startswith("["):
                 continue  # header, evaluator lines, blank lines
             match = _EVAL.match(line)
             if not match:
-                yield Reject("malformed_row", location, f"expected '[start - end]\\tUTT\\tlabel\\t[V, A, D]', got {line!r}")
+                yield Reject("undecodable_text" if error else "malformed_row", location, error or f"expected '[start - end]\\tUTT\\tlabel\\t[V, A, D]', got {line!r}")
                 continue
             utt = match["utt"]
             labelled.add(utt)
             record_id = f"iemocap/{split}/{utt}"
+            if error:
+                yield Reject("undecodable_text", location, error, id=record_id)
+                continue
             raw_label = match["label"]
             emotion, problem = labels.map_label(raw_label, mapping)
             if problem:

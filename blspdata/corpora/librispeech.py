@@ -70,13 +70,14 @@ def _scan_chapter(split: str, folder: str, speaker: str, chapter: str) -> Iterat
     if os.path.basename(trans) in files:
         for number, line, error in read_text_lines(trans):
             location = f"{trans}:{number}"
-            if line is None:
-                yield Reject("undecodable_text", location, error)
-                continue
             if not line.strip():
                 continue
             utt, _, raw_text = line.strip().partition(" ")
             record_id = f"librispeech/{split}/{utt}"
+            if error:
+                seen.add(utt)  # its audio is accounted for by this reject
+                yield Reject("undecodable_text", location, error, id=record_id)
+                continue
             if not utt.startswith(f"{speaker}-{chapter}-") or not raw_text.strip():
                 yield Reject("malformed_row", location, f"expected '<speaker>-<chapter>-<n> TEXT', got {line!r}",
                              id=record_id if utt else None)

@@ -1,10 +1,17 @@
-"""Transcript normalisation.
+"""Transcript normalisation: `text` is what the LLM is prompted with and what the speech is
+aligned to, so it should read like text; `raw_text` keeps the corpus's own.
 
-`whisper` (the default, as in the recipe: PAPER.md "Generation") is Whisper's English text
-normaliser, from the `whisper-normalizer` package (a copy of OpenAI's code): lower case,
-no punctuation, spelled-out numbers as digits, British spellings as American.
-`none` keeps the transcript as is, only with whitespace collapsed.
-GigaSpeech's punctuation tags become punctuation before either.
+- `light` (default): drops non-speech annotations (`[LAUGHTER]`, `<NOISE>`), lower-cases
+  all-caps transcripts (LibriSpeech, GigaSpeech), collapses white space; keeps punctuation,
+  contractions and numbers as written.
+- `whisper`: Whisper's English text normaliser (the `whisper-normalizer` package, a copy
+  of OpenAI's code), which the BLSP-Emo recipe names (PAPER.md "Generation"). It is built
+  for WER scoring: no punctuation, numbers as digits ("twenty five" -> "25"), and it
+  rewrites every "'s" as " is" ("my company's transition" -> "my company is transition").
+  Use it to reproduce the paper exactly.
+- `none`: white space collapsed, nothing else.
+
+GigaSpeech's punctuation tags become punctuation before any of them.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import re
 from functools import lru_cache
 from typing import Callable
 
-NORMALIZERS = ("whisper", "none")
+NORMALIZERS = ("light", "whisper", "none")
 
 # GigaSpeech text_tn: "AS THEY'RE LEAVING <COMMA> CAN KASH PULL ZAHRA ASIDE <QUESTIONMARK>"
 GIGASPEECH_PUNCTUATION = {
@@ -22,6 +29,15 @@ GIGASPEECH_PUNCTUATION = {
 GIGASPEECH_GARBAGE = ("<SIL>", "<MUSIC>", "<NOISE>", "<OTHER>")
 _TAG = re.compile(r"\s*(<[A-Z]+>)")
 _SPACE = re.compile(r"\s+")
+_ANNOTATION = re.compile(r"\[[^\]]*\]|<[^>]*>")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.!?;:])")
+
+
+def light(text: str) -> str:
+    text = _ANNOTATION.sub(" ", text)
+    if not any(ch.islower() for ch in text):
+        text = text.lower()
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACE.sub(" ", text)).strip()
 
 
 def gigaspeech_text(text_tn: str) -> str:
@@ -42,6 +58,8 @@ def gigaspeech_text(text_tn: str) -> str:
 
 @lru_cache(maxsize=None)
 def get_normalizer(name: str) -> Callable[[str], str]:
+    if name == "light":
+        return light
     if name == "whisper":
         from whisper_normalizer.english import EnglishTextNormalizer
 

@@ -1,0 +1,3 @@
+from blspdata.cli import app
+
+app(prog_name="blspdata")

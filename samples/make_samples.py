@@ -1,0 +1,291 @@
+"""Build the bundled sample corpus: LibriSpeech, GigaSpeech, IEMOCAP and MELD in their real
+layouts, a few MB in all, with speech synthesised by espeak-ng.
+
+For the emotion corpora the label is carried by prosody only (pitch, rate, loudness), never
+by the words: the same sentences are spoken with every emotion, so a model that learns the
+label from this audio has learnt to hear it.
+
+    python samples/make_samples.py [--out samples/corpora]
+
+Deterministic for a given espeak-ng version. Needs the `espeak-ng` program (Debian package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import shutil
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import soundfile as sf
+
+RATE = 16000
+
+SENTENCES = [
+    "The train leaves the station at nine in the morning",
+    "She put the letters on the table by the door",
+    "We walked along the river until the sun went down",
+    "He said the meeting would start after lunch",
+    "The old house at the end of the road is empty now",
+    "They painted the kitchen a pale shade of green",
+    "My brother found the keys under the sofa",
+    "The shop on the corner closes early on Sundays",
+    "I read the whole book in one evening",
+    "The children planted tomatoes in the garden",
+    "Our neighbours moved to another city last spring",
+    "You can see the mountains from the top floor",
+    "The bus was late again this morning",
+    "She wrote the numbers down on a small card",
+    "The dog waited by the gate for an hour",
+    "He keeps his bicycle in the shed behind the house",
+    "We need more chairs for the dinner tonight",
+    "The letter arrived three days after she left",
+]
+
+# Emotion -> espeak-ng (pitch 0-99, words per minute, amplitude 0-200). Far apart on purpose.
+PROSODY = {
+    "neutral": (45, 160, 80),
+    "happy": (78, 200, 120),
+    "angry": (30, 235, 190),
+    "sad": (15, 110, 40),
+    "surprise": (96, 175, 150),
+}
+
+
+def speak(text: str, voice: str, pitch: int, speed: int, amplitude: int) -> np.ndarray:
+    """Synthesize `text` with espeak-ng, returned as float32 at 16 kHz."""
+    wav = subprocess.run(
+        ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "-a", str(amplitude), "--stdout", text],
+        check=True, capture_output=True,
+    ).stdout
+    data, rate = sf.read(io.BytesIO(wav), dtype="float32")
+    return resample(data, rate, RATE)
+
+
+def resample(data: np.ndarray, rate: int, target: int) -> np.ndarray:
+    if rate == target:
+        return data
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=target)
+    frame = av.AudioFrame.from_ndarray(data.reshape(1, -1).astype(np.float32), format="flt", layout="mono")
+    frame.sample_rate = rate
+    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(out)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), dtype=np.float32)
+
+
+def emotional(text: str, voice: str, emotion: str, rng: random.Random) -> np.ndarray:
+    pitch, speed, amplitude = PROSODY[emotion]
+    return speak(text, voice, pitch + rng.randint(-4, 4), speed + rng.randint(-10, 10), amplitude + rng.randint(-8, 8))
+
+
+# ---------------------------------------------------------------------------- LibriSpeech
+
+def librispeech(out: Path, rng: random.Random) -> None:
+    speakers = {  # split -> [(speaker, chapter, voice)]
+        "train-clean-100": [("19", "198", "en-us+m3"), ("26", "495", "en-gb+f2"), ("32", "4137", "en-us+f4")],
+        "dev-clean": [("84", "121123", "en-gb+m1")],
+        "test-clean": [("121", "127105", "en-us+m5")],
+    }
+    sentences = iter(rng.sample(SENTENCES, len(SENTENCES)) * 3)
+    for split, people in speakers.items():
+        for speaker, chapter, voice in people:
+            folder = out / "LibriSpeech" / split / speaker / chapter
+            folder.mkdir(parents=True, exist_ok=True)
+            lines = []
+            for n in range(4):
+                utt = f"{speaker}-{chapter}-{n:04d}"
+                text = next(sentences)
+                sf.write(folder / f"{utt}.flac", speak(text, voice, 50, 165, 100), RATE, subtype="PCM_16")
+                lines.append(f"{utt} {text.upper()}")
+            (folder / f"{speaker}-{chapter}.trans.txt").write_text("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------- GigaSpeech
+
+TRAIN_TAGS_XS = ["{XL}", "{L}", "{M}", "{S}", "{XS}"]
+TRAIN_TAGS_L = ["{XL}", "{L}"]
+
+
+def gigaspeech(out: Path, rng: random.Random) -> None:
+    root = out / "GigaSpeech"
+    plan = [  # (aid, path, voice, [segment tags or "garbage"])
+        ("POD0000000001", "audio/podcast/P0001/POD0000000001.opus", "en-us+m2",
+         [TRAIN_TAGS_XS, TRAIN_TAGS_XS, "garbage", TRAIN_TAGS_XS, TRAIN_TAGS_L, TRAIN_TAGS_XS]),
+        ("YOU0000000002", "audio/youtube/P0000/YOU0000000002.opus", "en-gb+f3",
+         [TRAIN_TAGS_XS, TRAIN_TAGS_L, TRAIN_TAGS_XS, "garbage", TRAIN_TAGS_XS]),
+        ("AUD0000000003", "audio/audiobook/P0000/AUD0000000003.opus", "en-us+f1", [["{DEV}"]] * 3),
+        ("POD0000000004", "audio/podcast/P0000/POD0000000004.opus", "en-us+m4", [["{TEST}"]] * 3),
+    ]
+    punct = ["<COMMA>", "<PERIOD>", "<QUESTIONMARK>", "<EXCLAMATIONPOINT>"]
+    audios = []
+    for aid, rel, voice, segs in plan:
+        pieces, segments, t = [silence(0.4)], [], 0.4
+        for n, tags in enumerate(segs):
+            sid = f"{aid}_S{n:07d}"
+            if tags == "garbage":  # music/noise with no speech: text is only a garbage tag
+                noise = (np.random.default_rng(n).standard_normal(int(1.2 * RATE)) * 0.05).astype(np.float32)
+                segments.append({"sid": sid, "speaker": "N/A", "begin_time": round(t, 3), "end_time": round(t + 1.2, 3),
+                                 "subsets": TRAIN_TAGS_XS, "text_tn": rng.choice(["<MUSIC>", "<NOISE>", "<SIL> <MUSIC>"])})
+                pieces += [noise, silence(0.3)]
+                t += 1.5
+                continue
+            words = rng.choice(SENTENCES).upper().split()
+            cut = rng.randint(3, len(words) - 2)
+            text_tn = " ".join(words[:cut] + [punct[0]] + words[cut:] + [rng.choice(punct[1:])])
+            audio = speak(" ".join(words[:cut]) + ", " + " ".join(words[cut:]), voice, 50, 170, 100)
+            dur = len(audio) / RATE
+            segments.append({"sid": sid, "speaker": "N/A", "begin_time": round(t, 3), "end_time": round(t + dur, 3),
+                             "subsets": tags, "text_tn": text_tn})
+            pieces += [audio, silence(0.3)]
+            t += dur + 0.3
+        data = np.concatenate(pieces)
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, data, RATE, format="OGG", subtype="OPUS")
+        audios.append({"title": f"sample {aid}", "url": "https://example.org/" + aid, "path": rel, "aid": aid,
+                       "source": rel.split("/")[1], "category": "Education", "speaker": "N/A", "format": "opus",
+                       "md5": "", "duration": round(len(data) / RATE, 3), "segments": segments})
+    meta = {"dataset": "GigaSpeech", "language": "EN", "version": "v1.0.0 (blspdata sample)", "audios": audios}
+    (root / "GigaSpeech.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------------- IEMOCAP
+
+IEMOCAP_CODES = {"neutral": "neu", "happy": "hap", "angry": "ang", "sad": "sad", "surprise": "sur"}
+
+
+def iemocap(out: Path, rng: random.Random) -> None:
+    root = out / "IEMOCAP_full_release"
+    voices = {1: ("en-us+f2", "en-us+m3"), 2: ("en-gb+f3", "en-gb+m2"), 3: ("en-us+f4", "en-us+m1"),
+              4: ("en-gb+f1", "en-gb+m4"), 5: ("en-us+f3", "en-us+m6")}
+    emotions = list(PROSODY)
+    for session, (female, male) in voices.items():
+        mocap = "F" if session % 2 else "M"
+        dialog = f"Ses{session:02d}{mocap}_impro0{session}"
+        base = root / f"Session{session}"
+        wav_dir = base / "sentences" / "wav" / dialog
+        wav_dir.mkdir(parents=True, exist_ok=True)
+        (base / "dialog" / "EmoEvaluation").mkdir(parents=True, exist_ok=True)
+        (base / "dialog" / "transcriptions").mkdir(parents=True, exist_ok=True)
+        # 2 turns per emotion, plus one 'exc' (-> happy) and one 'fru' (rejected by default).
+        labels = [e for e in emotions for _ in range(2)]
+        rng.shuffle(labels)
+        labels += ["exc", "fru"]
+        evals, trans, t = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""], [], 2.0
+        for n, label in enumerate(labels):
+            gender = "F" if n % 2 == 0 else "M"
+            utt = f"{dialog}_{gender}{n:03d}"
+            emotion = {"exc": "happy", "fru": "angry"}.get(label, label)
+            text = rng.choice(SENTENCES)
+            audio = emotional(text, female if gender == "F" else male, emotion, rng)
+            sf.write(wav_dir / f"{utt}.wav", audio, RATE, subtype="PCM_16")
+            end = t + len(audio) / RATE
+            code = IEMOCAP_CODES.get(label, label)
+            vad = {"neu": (2.5, 2.5, 2.5), "hap": (4.0, 3.5, 3.0), "exc": (4.0, 4.0, 3.5), "ang": (1.5, 4.0, 4.0),
+                   "sad": (1.5, 1.5, 2.0), "sur": (3.5, 4.0, 2.5), "fru": (2.0, 3.0, 3.0)}[code]
+            evals += [f"[{t:.4f} - {end:.4f}]\t{utt}\t{code}\t[{vad[0]:.4f}, {vad[1]:.4f}, {vad[2]:.4f}]",
+                      f"C-E1:\t{code.capitalize()};\t()", f"C-E2:\t{code.capitalize()};\t()",
+                      f"A-E1:\tval {int(vad[0])}; act {int(vad[1])}; dom  {int(vad[2])};\t()", ""]
+            trans.append(f"{utt} [{t:08.4f}-{end:08.4f}]: {text}.")
+            t = end + 0.5
+        (base / "dialog" / "EmoEvaluation" / f"{dialog}.txt").write_text("\n".join(evals) + "\n")
+        (base / "dialog" / "transcriptions" / f"{dialog}.txt").write_text("\n".join(trans) + "\n")
+
+
+# ---------------------------------------------------------------------------- MELD
+
+MELD_CODES = {"neutral": "neutral", "happy": "joy", "angry": "anger", "sad": "sadness", "surprise": "surprise"}
+FRIENDS = [("Chandler", "en-us+m3"), ("Monica", "en-us+f2"), ("Ross", "en-us+m1"), ("Rachel", "en-us+f4")]
+
+
+def write_mp4(path: Path, audio: np.ndarray) -> None:
+    """A clip like MELD's: a (tiny) video stream and a 48 kHz stereo AAC audio stream."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as container:
+        video = container.add_stream("mpeg4", rate=5)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        sound = container.add_stream("aac", rate=48000)
+        sound.layout = "stereo"
+        seconds = len(audio) / RATE
+        for i in range(max(1, int(seconds * 5))):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * (i % 5), dtype=np.uint8), format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, 5)
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        stereo = np.repeat(resample(audio, RATE, 48000).reshape(1, -1), 2, axis=0).astype(np.float32)
+        frame = av.AudioFrame.from_ndarray(stereo, format="fltp", layout="stereo")
+        frame.sample_rate = 48000
+        frame.pts = 0
+        for packet in sound.encode(frame):
+            container.mux(packet)
+        for packet in sound.encode():
+            container.mux(packet)
+
+
+def meld(out: Path, rng: random.Random) -> None:
+    root = out / "MELD.Raw"
+    plan = {"train": ("train_sent_emo.csv", "train_splits", 4, 5), "dev": ("dev_sent_emo.csv", "dev_splits_complete", 2, 3),
+            "test": ("test_sent_emo.csv", "output_repeated_splits_test", 2, 3)}
+    header = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID", "Season",
+              "Episode", "StartTime", "EndTime"]
+    sentiment = {"neutral": "neutral", "joy": "positive", "surprise": "positive", "anger": "negative",
+                 "sadness": "negative", "fear": "negative", "disgust": "negative"}
+    emotions = list(PROSODY)
+    for split, (csv_name, folder, dialogues, turns) in plan.items():
+        rows, number = [], 1
+        for dia in range(dialogues):
+            for utt in range(turns):
+                emotion = emotions[(dia * turns + utt) % len(emotions)]
+                code = MELD_CODES[emotion]
+                if split == "train" and (dia, utt) == (1, 4):
+                    code, emotion = "fear", "sad"  # rejected by default: not in the recipe's label set
+                if split == "train" and (dia, utt) == (3, 4):
+                    code, emotion = "disgust", "angry"
+                speaker, voice = FRIENDS[(dia + utt) % len(FRIENDS)]
+                text = rng.choice(SENTENCES)
+                audio = emotional(text, voice, emotion, rng)
+                write_mp4(root / folder / f"dia{dia}_utt{utt}.mp4", audio)
+                shown = text.replace("I read", "I\u2019ve read") if "I read" in text else text
+                # MELD's CSVs hold UTF-8 punctuation mis-decoded as Windows-1252 (mojibake).
+                shown = shown.encode("utf-8").decode("cp1252", errors="replace") + "."
+                start = 60 + 7 * (dia * turns + utt)
+                rows.append([number, shown, speaker, code, sentiment[code], dia, utt, 3, 7,
+                             f"00:{start // 60:02d}:{start % 60:02d},120", f"00:{(start + 3) // 60:02d}:{(start + 3) % 60:02d},480"])
+                number += 1
+        import csv
+        with open(root / csv_name, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "corpora")
+    args = parser.parse_args()
+    if shutil.which("espeak-ng") is None:
+        raise SystemExit("espeak-ng not found: apt-get install espeak-ng (or `make samples`, which installs it)")
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    for build in (librispeech, gigaspeech, iemocap, meld):
+        build(args.out, random.Random(build.__name__))
+        print(f"built {build.__name__}")
+    size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
+    print(f"sample corpus: {size / 1e6:.1f} MB in {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Shared helpers: write real audio files, run the real CLI, read manifests back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples" / "corpora"
+
+
+def tone(seconds: float, rate: int = 16000, freq: float = 220.0) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.2 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def write_audio(path: Path, seconds: float, rate: int = 16000, **kwargs) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, tone(seconds, rate), rate, **kwargs)
+    return path
+
+
+def write_mp4(path: Path, seconds: float, with_audio: bool = True) -> Path:
+    """An mp4 like MELD's clips: a small video stream and 48 kHz stereo AAC audio."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="mp4") as container:
+        video = container.add_stream("mpeg4", rate=5)
+        video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
+        sound = container.add_stream("aac", rate=48000) if with_audio else None
+        if sound is not None:
+            sound.layout = "stereo"
+        for i in range(max(1, int(seconds * 5))):
+            frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), dtype=np.uint8), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 5)
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        if sound is not None:
+            samples = np.repeat(tone(seconds, 48000).reshape(1, -1), 2, axis=0)
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts = 48000, 0
+            container.mux(sound.encode(frame))
+            container.mux(sound.encode())
+    return path
+
+
+def blspdata(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real `blspdata` command line (as a user would)."""
+    result = subprocess.run([sys.executable, "-m", "blspdata", *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"blspdata {' '.join(map(str, args))} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    import gzip
+
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def by_id(rows: list[dict]) -> dict[str, dict]:
+    return {row["id"]: row for row in rows}
+
+
+def reasons(rejects: list[dict]) -> dict[str, str]:
+    """`{id or source: reason}`."""
+    return {row.get("id") or row["source"]: row["reason"] for row in rejects}
