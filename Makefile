@@ -9,13 +9,14 @@ TORCH  ?= torch==2.13.0
 TORCHCODEC ?= torchcodec==0.13.0
 SYSTEM_PACKAGES := ffmpeg espeak-ng
 
-.PHONY: demo test bench samples system-deps clean help
+.PHONY: demo test bench samples sample-manifests system-deps clean help
 
 help:
 	@echo "make demo   - set up .venv and run the pipeline on the bundled sample corpus"
 	@echo "make test   - set up .venv and run the test suite"
 	@echo "make bench  - run the benchmarks in bench/ (prints numbers vs baselines)"
 	@echo "make samples - regenerate the bundled sample corpus (needs espeak-ng)"
+	@echo "make sample-manifests - regenerate manifests/sample/ from it"
 
 # FFmpeg's shared libraries (torchcodec, for datasets' Audio) and espeak-ng (sample corpus).
 system-deps:
@@ -39,8 +40,24 @@ $(VENV): $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# Ingest the bundled sample corpus into $(1) (manifests with extension $(2)).
+define ingest_samples
+	$(BIN)/blspdata ingest librispeech samples/corpora/LibriSpeech -o $(1)/librispeech.$(2) --no-progress
+	$(BIN)/blspdata ingest gigaspeech samples/corpora/GigaSpeech -o $(1)/gigaspeech.$(2) --no-progress
+	$(BIN)/blspdata ingest iemocap samples/corpora/IEMOCAP_full_release -o $(1)/iemocap.$(2) --no-progress
+	$(BIN)/blspdata ingest meld samples/corpora/MELD.Raw -o $(1)/meld.$(2) --no-progress
+endef
+
+# The whole pipeline on the sample corpus. Stages land one by one (see README); today: ingest.
 demo: $(STAMP)
-	$(BIN)/python -m blspdata.demo
+	@echo "== blspdata demo: stage 1/1 built so far: ingest of the bundled sample corpus"
+	$(call ingest_samples,demo-out/manifests,jsonl.gz)
+	@echo "== manifests in demo-out/manifests/ (rejects and summaries beside them)."
+	@echo "== generate, curate, publish and train are not built yet: the demo grows with them."
+
+# The committed example manifests (manifests/sample/), from the sample corpus.
+sample-manifests: $(STAMP)
+	$(call ingest_samples,manifests/sample,jsonl)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py

@@ -81,7 +81,7 @@ def ingest_librispeech(
     splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated split folders to import [default: all found]."),
     jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
 ) -> None:
-    """LibriSpeech: <split>/<speaker>/<chapter>/<speaker>-<chapter>.trans.txt + .flac files."""
+    """LibriSpeech: FLAC files and a .trans.txt per chapter (<split>/<speaker>/<chapter>/)."""
     _run("librispeech", root, out, jobs, strict, normalizer, progress, splits=_split_list(splits))
 
 

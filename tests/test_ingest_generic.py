@@ -1,0 +1,59 @@
+"""`blspdata ingest jsonl|csv`: a user's own corpus described by a table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import blspdata, by_id, read_jsonl, reasons, write_audio
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    for name, seconds in [("a", 1.0), ("b", 2.0), ("c", 1.5)]:
+        write_audio(tmp_path / "corpus" / "wav" / f"{name}.wav", seconds)
+    return tmp_path / "corpus"
+
+
+def test_jsonl_with_emotions(folder: Path, tmp_path: Path):
+    rows = [
+        {"path": "wav/a.wav", "sentence": "I can't believe it.", "mood": "surprise", "who": "s1", "note": "kept"},
+        {"path": "wav/b.wav", "sentence": "Fine.", "mood": "joy", "who": "s2"},
+        {"path": "wav/c.wav", "sentence": "Okay then.", "mood": "neutral", "who": "s2"},
+        {"path": "wav/missing.wav", "sentence": "Gone.", "mood": "sad", "who": "s3"},
+        {"path": "wav/a.wav", "sentence": "Same id again.", "mood": "sad", "who": "s1"},
+        {"path": "wav/b.wav", "mood": "sad"},
+    ]
+    table = folder / "mine.jsonl"
+    table.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
+    label_map = tmp_path / "map.txt"
+    label_map.write_text("joy happy   # a comment\n")
+    out = tmp_path / "mine.jsonl.gz"
+    blspdata("ingest", "jsonl", table, "-o", out, "--audio-col", "path", "--text-col", "sentence",
+             "--emotion-col", "mood", "--speaker-col", "who", "--label-map", label_map)
+    records = by_id(read_jsonl(out))
+    assert sorted(records) == ["mine/train/a", "mine/train/b", "mine/train/c"]
+    assert records["mine/train/b"]["emotion"] == "happy" and records["mine/train/b"]["raw_emotion"] == "joy"
+    assert records["mine/train/a"]["audio"] == str(folder / "wav" / "a.wav")
+    assert records["mine/train/a"]["extra"] == {"note": "kept"}
+    assert records["mine/train/c"]["duration"] == pytest.approx(1.5)
+    assert sorted(reasons(read_jsonl(tmp_path / "mine.rejects.jsonl")).values()) == [
+        "audio_missing", "duplicate_id", "malformed_row", "malformed_row"]
+
+
+def test_csv_with_id_split_and_unknown_label(folder: Path, tmp_path: Path):
+    table = folder / "table.csv"
+    table.write_text("utt,audio,text,emotion,split\n"
+                     "u1,wav/a.wav,Hello there,happy,train\n"
+                     "u2,wav/b.wav,Bye now,bored,test\n"
+                     "u3,wav/c.wav,See you,sad,test\n"
+                     "u4,wav/c.wav\n")
+    out = tmp_path / "table.jsonl"
+    blspdata("ingest", "csv", table, "-o", out, "--id-col", "utt", "--emotion-col", "emotion",
+             "--split-col", "split", "--corpus", "mycorpus")
+    records = by_id(read_jsonl(out))
+    assert sorted(records) == ["mycorpus/test/u3", "mycorpus/train/u1"]
+    assert reasons(read_jsonl(tmp_path / "table.rejects.jsonl")) == {
+        "mycorpus/test/u2": "label_unknown", f"{table}:5": "malformed_row"}
