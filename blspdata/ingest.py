@@ -184,7 +184,8 @@ def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: in
                 else:
                     summary.add(result)
                     records.write(result.to_dict())
-            bar.set_postfix(records=summary.records, rejected=sum(summary.rejects.values()), refresh=False)
+            if progress and bar.n % 256 == 0:
+                bar.set_postfix(records=summary.records, rejected=sum(summary.rejects.values()), refresh=False)
         write_json(sidecar(out, "summary.json"), summary.to_dict())
     bar.close()
     return summary

