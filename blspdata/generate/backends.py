@@ -75,6 +75,7 @@ class OpenAIBackend:
     concurrency: int = 64
     request_timeout: float = 600.0
     server_timeout: float = 120.0
+    extra_body: dict[str, Any] = field(default_factory=dict)  # engine-specific request fields
     name: str = "openai"
     _client: Any = field(default=None, repr=False)
     _last_ok: float = field(default=0.0, repr=False)
@@ -131,7 +132,7 @@ class OpenAIBackend:
     async def complete(self, request: Request) -> Result:
         body: dict[str, Any] = {
             "model": self.model, "messages": request.messages, "max_tokens": request.max_new_tokens,
-            "temperature": request.temperature, "seed": request.seed,
+            "temperature": request.temperature, "seed": request.seed, **self.extra_body,
         }
         if request.temperature == 0:
             body["top_p"] = 1.0

@@ -161,8 +161,10 @@ def _make_engine(stack: contextlib.ExitStack, backend: str, base_url, model, api
     from blspdata.generate.servers import embedded_llama
 
     server = stack.enter_context(embedded_llama(model))
-    # llama.cpp's server answers one request at a time: a few in flight keep it busy.
-    return OpenAIBackend(server.base_url, concurrency=concurrency or 4, server_timeout=server_timeout)
+    # llama.cpp's server answers one request at a time: a few in flight keep it busy. Its
+    # repeat penalty defaults to 1.1; the recipe decodes greedily, without one.
+    return OpenAIBackend(server.base_url, concurrency=concurrency or 4, server_timeout=server_timeout,
+                         extra_body={"repeat_penalty": 1.0})
 
 
 async def _drive(engine, template: prompts.Template, sampling: dict[str, Any], task: str, manifest: Path, out: Path,
