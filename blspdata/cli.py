@@ -210,6 +210,9 @@ def generate_command(
     server_timeout: float = typer.Option(120.0, "--server-timeout", help="Give up (non-zero exit, work kept) when the "
                                          "server has not answered for this many seconds."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Stop after this many records (done ones included)."),
+    executor: str = typer.Option("local", "--executor", help="local: this process drives one engine; ray: Ray Data "
+                                 "actors, one engine each (local Ray, or the cluster in RAY_ADDRESS; `ray` extra)."),
+    ray_actors: int = typer.Option(2, "--ray-actors", help="With --executor ray: how many actors (engines)."),
     strict: bool = StrictOpt, progress: bool = ProgressOpt,
 ) -> None:
     """Write semantic or emotion-aware continuations of a manifest's transcripts with an LLM."""
@@ -221,7 +224,8 @@ def generate_command(
         summary = generate(manifest, out, task=task.value, prompt=prompt, backend=backend.value, base_url=base_url,
                            model=model, api_key=api_key, serve=serve, concurrency=concurrency,
                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, shard=shard,
-                           server_timeout=server_timeout, limit=limit, strict=strict, progress=progress)
+                           server_timeout=server_timeout, limit=limit, strict=strict, progress=progress,
+                           executor=executor, ray_actors=ray_actors)
     except (GenerateError, BackendError, ServerDown, PromptError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         typer.echo(f"(what was done is kept in {out}; rerun the same command to resume)", err=True)

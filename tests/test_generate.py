@@ -169,3 +169,21 @@ def test_the_default_needs_no_flags(tmp_path: Path):
     result = blspdata("generate", SAMPLE / "iemocap.jsonl", "-o", out, "--limit", "2", "--max-new-tokens", "8",
                       "--no-progress")
     assert len(read_jsonl(out)) == 2 and "2 continuations written" in result.stdout
+
+
+def test_ray_executor_resumes_a_local_run_with_the_same_rows(tmp_path: Path):
+    """--executor ray on a local Ray instance, one embedded server per actor."""
+    pytest.importorskip("ray")
+    manifest = tmp_path / "meld8.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(SAMPLE / "meld.jsonl")[:8]))
+    out = tmp_path / "out.jsonl"
+    blspdata("generate", manifest, "-o", out, "--task", "emotion", "--limit", "3", "--max-new-tokens", "12",
+             "--no-progress")
+    result = blspdata("generate", manifest, "-o", out, "--task", "emotion", "--max-new-tokens", "12",
+                      "--executor", "ray", "--ray-actors", "2", "--no-progress")
+    assert "5 continuations written" in result.stdout and "3 already done" in result.stdout
+    rows = read_jsonl(out)
+    assert sorted(row["id"] for row in rows) == sorted(json.loads(line)["id"] for line in manifest.read_text().splitlines())
+    assert len({json.dumps(row["generator"], sort_keys=True) for row in rows}) == 1  # same settings throughout
+    for row in rows:
+        assert row["continuation"] and f"a '{row['emotion']}' emotion tone" in row["instruction"]

@@ -5,6 +5,9 @@ chat messages; an engine (`backends.py`) answers; each answer is appended to OUT
 record plus `task`, `instruction`, `continuation`, `finished` and `generator`, or to
 OUT.rejects.jsonl with a reason. A rerun with the same OUT resumes: ids already in either
 file are skipped. OUT.summary.json says what was done.
+
+Two executors share everything but the loop: `local` (this process drives one engine,
+many requests in flight) and `ray` (Ray Data actors, one engine each; `ray_executor.py`).
 """
 
 from __future__ import annotations
@@ -16,17 +19,17 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
 from blspdata.generate import prompts
-from blspdata.generate.backends import (BackendError, DryRunBackend, OpenAIBackend, Request, Result, ServerDown,
-                                        VLLMBackend)
+from blspdata.generate.backends import DryRunBackend, OpenAIBackend, Request, Result, VLLMBackend
 from blspdata.generate.resume import AppendWriter, parse_shard, recover, shard_of
 from blspdata.records import Record, Reject, iter_jsonl, sidecar, write_json
 
 BACKENDS = ("embedded", "openai", "vllm", "dry-run")
+EXECUTORS = ("local", "ray")
 
 
 class GenerateError(RuntimeError):
@@ -60,40 +63,105 @@ class Summary:
         return "\n".join(lines)
 
 
-@dataclass
-class _Pending:
-    record: Record
-    instruction: str
-    location: str
+# ---------------------------------------------------------------------------- shared by both executors
+
+@dataclass(frozen=True)
+class Job:
+    """What every worker needs to turn a manifest row into a request (picklable for Ray)."""
+
+    template: prompts.Template
+    sampling: dict[str, Any]
+    task: str
+    shard: tuple[int, int]
+
+    def mine(self, record_id: str) -> bool:
+        index, count = self.shard
+        return count == 1 or shard_of(record_id, count) == index
+
+    def request(self, record: Record) -> Request | Reject:
+        """The request for `record`, or why there is none."""
+        if self.task == "emotion" and record.emotion is None:
+            return Reject("emotion_missing", "", "the emotion task needs an emotion label")
+        if not record.text.strip():
+            return Reject("text_empty", "", "empty transcript")
+        s = self.sampling
+        return Request(record.id, self.template.render(record), max_new_tokens=s["max_new_tokens"],
+                       min_new_tokens=s.get("min_new_tokens", 1), temperature=s["temperature"], seed=s["seed"],
+                       max_prompt_tokens=s.get("max_prompt_tokens"))
 
 
-def _manifest_rows(manifest: Path, shard: tuple[int, int], done: set[str]) -> Iterator[tuple[str, Record | None, str]]:
-    """`(location, record or None, error)` for manifest rows of this shard not done yet."""
-    index, count = shard
+def manifest_rows(manifest: Path, job: Job, done: set[str] | frozenset[str]) -> Iterator[tuple[str, Record | None, str]]:
+    """`(location, record or None, error)` for the manifest rows of this shard not done yet.
+    Malformed rows (no id to hash) belong to shard 0."""
     for number, row, error in iter_jsonl(manifest):
         location = f"{manifest}:{number}"
-        if row is None:
-            if location not in done and (count == 1 or index == 0):  # malformed rows belong to shard 0
+        record = None
+        if row is not None:
+            try:
+                record = Record.from_dict(row)
+            except (TypeError, ValueError) as exc:
+                error = str(exc)
+        if record is None:
+            if location not in done and job.shard[0] == 0:
                 yield location, None, error
-            continue
-        try:
-            record = Record.from_dict(row)
-        except (TypeError, ValueError) as exc:
-            if location not in done and (count == 1 or index == 0):
-                yield location, None, str(exc)
-            continue
-        if count > 1 and shard_of(record.id, count) != index:
-            continue
-        if record.id not in done:
+        elif job.mine(record.id) and record.id not in done:
             yield location, record, ""
 
+
+class _Sink:
+    """Writes results as they arrive: rows to OUT, rejects beside it; counts; progress."""
+
+    def __init__(self, out: Path, job: Job, generator: dict[str, Any], summary: Summary, total: int,
+                 strict: bool, progress: bool):
+        self.job, self.generator, self.summary, self.strict = job, generator, summary, strict
+        self.writer = AppendWriter(out)
+        self.reject_writer = AppendWriter(sidecar(out, "rejects.jsonl"))
+        self.bar = tqdm(total=total, desc=f"generate {job.task}", unit=" rec", disable=not progress,
+                        file=sys.stderr, dynamic_ncols=True)
+        self.started = time.monotonic()
+        self.in_flight = 0
+
+    def reject(self, reason: str, location: str, detail: str, record: Record | None) -> None:
+        item = Reject(reason, location, detail, id=record.id if record else None,
+                      record=record.to_dict() if record else None)
+        if self.strict:
+            raise GenerateError(item.message())
+        self.summary.rejects[reason] += 1
+        row = item.to_dict()
+        row.setdefault("id", location)  # so a rerun knows this row is done
+        self.reject_writer.write(row)
+        self.bar.update(1)
+
+    def result(self, record: Record, location: str, instruction: str, result: Result) -> None:
+        if result.reject:
+            self.reject(result.reject, location, result.detail, record)
+            return
+        row = record.to_dict()
+        row.update(task=self.job.task, instruction=instruction, continuation=result.continuation,
+                   finished=result.finished, generator=self.generator)
+        self.writer.write(row)
+        self.summary.written += 1
+        self.summary.finished += int(result.finished)
+        self.summary.output_tokens += result.output_tokens
+        elapsed = time.monotonic() - self.started
+        self.bar.set_postfix(tok_s=f"{self.summary.output_tokens / elapsed:.0f}" if elapsed else "0",
+                             in_flight=self.in_flight, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+        self.reject_writer.close()
+
+
+# ---------------------------------------------------------------------------- the command
 
 def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", prompt: str | None = None,
              backend: str = "embedded", base_url: str | None = None, model: str | None = None,
              api_key: str | None = None, serve: str | None = None, concurrency: int | None = None,
              max_new_tokens: int | None = None, temperature: float | None = None, seed: int = 0,
              shard: str | None = None, server_timeout: float = 120.0, limit: int | None = None,
-             strict: bool = False, progress: bool = True, executor: str = "local",
+             strict: bool = False, progress: bool = True, executor: str = "local", ray_actors: int = 2,
              engine_args: dict[str, Any] | None = None) -> Summary:
     """Write continuations of the records in `manifest` to `out` (resumable). The Python face
     of `blspdata generate`; see its --help for the options."""
@@ -105,6 +173,8 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
                             "name the output .jsonl")
     if backend not in BACKENDS:
         raise GenerateError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if executor not in EXECUTORS:
+        raise GenerateError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
     template = prompts.load(prompt or task)
     if template.task != task:
         raise GenerateError(f"prompt {template.id!r} is for the {template.task} task, not {task}")
@@ -114,29 +184,75 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
     if temperature is not None:
         sampling["temperature"] = temperature
     sampling["seed"] = seed
-    shard_spec = parse_shard(shard)
-    rejects_path = sidecar(out, "rejects.jsonl")
+    job = Job(template, sampling, task, parse_shard(shard))
+    if executor == "ray" and backend == "embedded" and not base_url and not serve:
+        import os  # one embedded server per actor: share the cores between them
+
+        engine_args = {"threads": max(1, len(os.sched_getaffinity(0)) // max(1, ray_actors)), **(engine_args or {})}
+    engine_spec = dict(backend=backend, base_url=base_url, model=model, api_key=api_key, serve=serve,
+                       concurrency=concurrency, server_timeout=server_timeout, seed=seed, engine_args=engine_args)
 
     kept = recover(out)
-    rejected = recover(rejects_path)
-    done = set(kept) | set(rejected)
+    done = set(kept) | set(recover(sidecar(out, "rejects.jsonl")))
     summary = Summary(output=str(out), already_done=len(done))
+    total = sum(1 for _ in manifest_rows(manifest, job, done))
+    if limit is not None:
+        total = min(total, max(0, limit - len(done)))
 
-    with contextlib.ExitStack() as stack:
-        engine = _make_engine(stack, backend, base_url, model, api_key, serve, concurrency, server_timeout, seed,
-                              engine_args)
-        started = time.monotonic()
-        try:
-            asyncio.run(_drive(engine, template, sampling, task, manifest, out, rejects_path, shard_spec, done, kept,
-                               summary, limit, strict, progress))
-        finally:
-            summary.seconds = time.monotonic() - started
-            write_json(sidecar(out, "summary.json"), summary.to_dict())
+    def check_settings(generator: dict[str, Any]) -> None:
+        previous = next((g for g in kept.values() if g is not None), None)
+        if previous is not None and previous != generator:
+            raise GenerateError(f"{out} holds rows made with other settings ({previous}); now: {generator}. "
+                                "Use another output, or delete it to start over.")
+
+    started = time.monotonic()
+    try:
+        if executor == "ray":
+            from blspdata.generate.ray_executor import run_on_ray
+
+            if limit is not None:
+                raise GenerateError("--limit is not supported with --executor ray")
+            generator = generator_info(engine_spec, template, sampling)
+            check_settings(generator)
+            sink = _Sink(out, job, generator, summary, total, strict, progress)
+            try:
+                run_on_ray(manifest, job, done, engine_spec, sink, total, ray_actors)
+            finally:
+                sink.close()
+        else:
+            with contextlib.ExitStack() as stack:
+                engine = make_engine(stack, **engine_spec)
+                started = time.monotonic()
+                asyncio.run(_drive_local(engine, manifest, job, done, out, summary, total, strict, progress,
+                                         template, sampling, check_settings))
+    finally:
+        summary.seconds = time.monotonic() - started
+        write_json(sidecar(out, "summary.json"), summary.to_dict())
     return summary
 
 
-def _make_engine(stack: contextlib.ExitStack, backend: str, base_url, model, api_key, serve, concurrency,
-                 server_timeout, seed, engine_args):
+def generator_info(engine_spec: dict[str, Any], template: prompts.Template, sampling: dict[str, Any],
+                   engine: Any = None) -> dict[str, Any]:
+    """What goes into each row's `generator`: backend, model, template, sampling."""
+    if engine is not None:
+        name, model = engine.name, engine.model
+    else:
+        from blspdata.generate.servers import embedded_model_name
+
+        name = "dry-run" if engine_spec["backend"] == "dry-run" else "vllm" if engine_spec["backend"] == "vllm" \
+            else "openai"
+        model = engine_spec["model"] or (embedded_model_name() if engine_spec["backend"] == "embedded"
+                                         and not engine_spec["base_url"] and not engine_spec["serve"]
+                                         else "dry-run" if name == "dry-run" else None)
+        if model is None:
+            raise GenerateError("--executor ray needs --model (the name the server serves)")
+    return {"backend": name, "model": model, "prompt": template.describe(), "sampling": sampling}
+
+
+def make_engine(stack: contextlib.ExitStack, backend: str, base_url: str | None = None, model: str | None = None,
+                api_key: str | None = None, serve: str | None = None, concurrency: int | None = None,
+                server_timeout: float = 120.0, seed: int = 0, engine_args: dict[str, Any] | None = None):
+    """The engine the options describe; servers it needs are started on `stack`."""
     if serve is not None:
         from blspdata.generate.servers import vllm_server
 
@@ -160,120 +276,92 @@ def _make_engine(stack: contextlib.ExitStack, backend: str, base_url, model, api
                              server_timeout=server_timeout)
     from blspdata.generate.servers import embedded_llama
 
-    server = stack.enter_context(embedded_llama(model))
+    server = stack.enter_context(embedded_llama(model, threads=(engine_args or {}).get("threads")))
     # llama.cpp's server answers one request at a time: a few in flight keep it busy. Its
     # repeat penalty defaults to 1.1; the recipe decodes greedily, without one.
     return OpenAIBackend(server.base_url, concurrency=concurrency or 4, server_timeout=server_timeout,
                          extra_body={"repeat_penalty": 1.0})
 
 
-async def _drive(engine, template: prompts.Template, sampling: dict[str, Any], task: str, manifest: Path, out: Path,
-                 rejects_path: Path, shard: tuple[int, int], done: set[str], kept: dict, summary: Summary,
-                 limit: int | None, strict: bool, progress: bool) -> None:
-    total = sum(1 for _ in _manifest_rows(manifest, shard, done))
-    if limit is not None:
-        total = min(total, max(0, limit - len(done)))
-    async with engine:
-        generator = {"backend": engine.name, "model": engine.model, "prompt": template.describe(), "sampling": sampling}
-        previous = next((g for g in kept.values() if g is not None), None)
-        if previous is not None and previous != generator:
-            raise GenerateError(f"{out} holds rows made with other settings ({previous}); now: {generator}. "
-                                "Use another output, or delete it to start over.")
-        writer, reject_writer = AppendWriter(out), AppendWriter(rejects_path)
-        bar = tqdm(total=total, desc=f"generate {task}", unit=" rec", disable=not progress, file=sys.stderr,
-                   dynamic_ncols=True)
-        in_flight: dict[str, _Pending] = {}
-        started = time.monotonic()
+async def run_requests(engine, items: Iterator[tuple[Request, Any]], on_result: Callable[[Result, Any], None],
+                       on_flight: Callable[[int], None] = lambda n: None) -> None:
+    """Answer `(request, context)` pairs with `engine`: batches for an offline engine, else
+    up to `engine.concurrency` requests in flight; each result goes to `on_result` as it comes."""
+    if hasattr(engine, "complete_batch"):
+        batch: list[tuple[Request, Any]] = []
 
-        def reject(reason: str, location: str, detail: str, record: Record | None) -> None:
-            item = Reject(reason, location, detail, id=record.id if record else None,
-                          record=record.to_dict() if record else None)
-            if strict:
-                raise GenerateError(item.message())
-            summary.rejects[reason] += 1
-            row = item.to_dict()
-            if row.get("id") is None:
-                row["id"] = location  # so a rerun knows this row is done
-            reject_writer.write(row)
-            bar.update(1)
+        async def flush() -> None:
+            results = {r.id: r for r in await engine.complete_batch([request for request, _ in batch])}
+            for request, context in batch:
+                on_result(results[request.id], context)
+            batch.clear()
 
-        def finish(result: Result) -> None:
-            pending = in_flight.pop(result.id)
-            if result.reject:
-                reject(result.reject, pending.location, result.detail, pending.record)
-                return
-            row = pending.record.to_dict()
-            row.update(task=task, instruction=pending.instruction, continuation=result.continuation,
-                       finished=result.finished, generator=generator)
-            writer.write(row)
-            summary.written += 1
-            summary.finished += int(result.finished)
-            summary.output_tokens += result.output_tokens
-            elapsed = time.monotonic() - started
-            bar.set_postfix(tok_s=f"{summary.output_tokens / elapsed:.0f}" if elapsed else "0",
-                            in_flight=len(in_flight), refresh=False)
-            bar.update(1)
+        for item in items:
+            batch.append(item)
+            if len(batch) >= engine.batch_size:
+                await flush()
+        if batch:
+            await flush()
+        return
 
-        def requests() -> Iterator[Request]:
-            budget = total
-            for location, record, error in _manifest_rows(manifest, shard, done):
-                if budget <= 0:
-                    return
-                budget -= 1
-                if record is None:
-                    reject("malformed_row", location, error, None)
-                    continue
-                if task == "emotion" and record.emotion is None:
-                    reject("emotion_missing", location, "the emotion task needs an emotion label", record)
-                    continue
-                if not record.text.strip():
-                    reject("text_empty", location, "empty transcript", record)
-                    continue
-                if record.id in in_flight:
-                    reject("duplicate_id", location, f"{record.id} appears twice in the manifest", record)
-                    continue
-                instruction = template.instruction(record)
-                in_flight[record.id] = _Pending(record, instruction, location)
-                yield Request(record.id, template.render(record), max_new_tokens=sampling["max_new_tokens"],
-                              min_new_tokens=sampling.get("min_new_tokens", 1), temperature=sampling["temperature"],
-                              seed=sampling["seed"], max_prompt_tokens=sampling.get("max_prompt_tokens"))
+    pending: dict[asyncio.Task, Any] = {}
 
-        try:
-            if hasattr(engine, "complete_batch"):
-                batch: list[Request] = []
-                for request in requests():
-                    batch.append(request)
-                    if len(batch) >= engine.batch_size:
-                        for result in await engine.complete_batch(batch):
-                            finish(result)
-                        batch = []
-                if batch:
-                    for result in await engine.complete_batch(batch):
-                        finish(result)
-            else:
-                await _concurrently(engine, requests(), finish, engine.concurrency)
-        finally:
-            bar.close()
-            writer.close()
-            reject_writer.close()
+    async def collect() -> None:
+        finished, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in finished:
+            on_result(task.result(), pending.pop(task))
+        on_flight(len(pending))
 
-
-async def _concurrently(engine, requests: Iterator[Request], finish, limit: int) -> None:
-    """Keep up to `limit` requests in flight; hand each result to `finish` as it arrives."""
-    pending: set[asyncio.Task] = set()
     try:
-        for request in requests:
-            while len(pending) >= limit:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    finish(task.result())
-            pending.add(asyncio.create_task(engine.complete(request)))
+        for request, context in items:
+            while len(pending) >= engine.concurrency:
+                await collect()
+            pending[asyncio.create_task(engine.complete(request))] = context
+            on_flight(len(pending))
         while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                finish(task.result())
+            await collect()
     finally:
         for task in pending:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _drive_local(engine, manifest: Path, job: Job, done: set[str], out: Path, summary: Summary, total: int,
+                       strict: bool, progress: bool, template, sampling, check_settings) -> None:
+    async with engine:
+        generator = generator_info({}, template, sampling, engine)
+        check_settings(generator)
+        sink = _Sink(out, job, generator, summary, total, strict, progress)
+        seen: set[str] = set()
+
+        def items() -> Iterator[tuple[Request, Any]]:
+            budget = total
+            for location, record, error in manifest_rows(manifest, job, done):
+                if budget <= 0:
+                    return
+                budget -= 1
+                if record is None:
+                    sink.reject("malformed_row", location, error, None)
+                    continue
+                if record.id in seen:
+                    sink.reject("duplicate_id", location, f"{record.id} appears twice in the manifest", record)
+                    continue
+                seen.add(record.id)
+                request = job.request(record)
+                if isinstance(request, Reject):
+                    sink.reject(request.reason, location, request.detail, record)
+                    continue
+                yield request, (record, location)
+
+        def on_result(result: Result, context: tuple[Record, str]) -> None:
+            record, location = context
+            sink.result(record, location, job.template.instruction(record), result)
+
+        def on_flight(n: int) -> None:
+            sink.in_flight = n
+
+        try:
+            await run_requests(engine, items(), on_result, on_flight)
+        finally:
+            sink.close()

@@ -44,6 +44,16 @@ def smollm2_path() -> Path:
     return path
 
 
+def _die_with_parent() -> None:
+    """Runs in the server's process before exec: on Linux, ask the kernel to stop it when
+    blspdata dies, even by `kill -9`, so no server is left orphaned holding the CPU or GPU."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class ManagedServer:
     """A server process on a free loopback port: started, waited for, and stopped."""
 
@@ -63,7 +73,7 @@ class ManagedServer:
     def start(self) -> None:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -95,6 +105,11 @@ class ManagedServer:
             return ""
 
 
+def embedded_model_name(model: str | None = None) -> str:
+    """The name the embedded server serves its model under (what goes into `generator`)."""
+    return (Path(model) if model else Path(SMOLLM2_FILE)).name.split(".")[0]
+
+
 def embedded_llama(model: str | None = None, n_ctx: int = 2048, threads: int | None = None) -> ManagedServer:
     """llama.cpp's server with SmolLM2-135M-Instruct (or another GGUF) on a free port."""
     if importlib.util.find_spec("llama_cpp") is None:
@@ -103,7 +118,7 @@ def embedded_llama(model: str | None = None, n_ctx: int = 2048, threads: int | N
     path = Path(model) if model else smollm2_path()
     port = free_port()
     threads = threads or max(1, len(os.sched_getaffinity(0)))
-    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", path.stem.split(".")[0],
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", embedded_model_name(str(path)),
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
             # Verbose mode logs every graph node of every request: a third of the time on a small model.
             "--verbose", "False"]

