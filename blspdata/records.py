@@ -215,16 +215,20 @@ class JsonlWriter:
             self.write(row)
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        assert self._ctx is not None
         try:
             if self._handle is not self._raw:
-                self._handle.close()
+                self._handle.close()  # writes gzip's last block and trailer: may fail (disk full)
             self._raw.flush()
             if exc_type is None:
                 os.fsync(self._raw.fileno())
             self._raw.close()
-        finally:
-            assert self._ctx is not None
-            self._ctx.__exit__(exc_type, exc, tb)
+        except BaseException as failure:
+            self._raw.close()
+            # Only a clean close and fsync may replace the old file.
+            self._ctx.__exit__(type(failure), failure, failure.__traceback__)
+            raise
+        self._ctx.__exit__(exc_type, exc, tb)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -49,7 +49,7 @@ def test_semantic_continuations_of_the_sample_corpus(semantic_run: Path):
         assert row["instruction"] == "Continue the following sentence in a coherent style: " + row["text"]
         assert row["continuation"].strip()
         assert isinstance(row["finished"], bool)
-        assert row["generator"]["model"] == "SmolLM2-135M-Instruct"
+        assert row["generator"]["model"] == "SmolLM2-135M-Instruct.Q4_1"
         assert row["generator"]["prompt"]["id"] == "semantic" and len(row["generator"]["prompt"]["sha256"]) == 16
         assert row["generator"]["sampling"]["max_new_tokens"] == 24
     # 24 tokens cut most continuations: the model did not stop by itself there.

@@ -57,3 +57,19 @@ def test_csv_with_id_split_and_unknown_label(folder: Path, tmp_path: Path):
     assert sorted(records) == ["mycorpus/test/u3", "mycorpus/train/u1"]
     assert reasons(read_jsonl(tmp_path / "table.rejects.jsonl")) == {
         "mycorpus/test/u2": "label_unknown", f"{table}:5": "malformed_row"}
+
+
+def test_segment_times_must_make_sense(folder: Path, tmp_path: Path):
+    table = folder / "segments.csv"
+    table.write_text("audio,text,start,length\n"
+                     "wav/b.wav,good one,0.5,1.0\n"
+                     "wav/b.wav,no length,0.5,\n"
+                     "wav/b.wav,negative,-1,1.0\n"
+                     "wav/b.wav,not a number,nan,1.0\n"
+                     "wav/b.wav,past the end,1.5,1.0\n")
+    out = tmp_path / "seg.jsonl"
+    blspdata("ingest", "csv", table, "-o", out, "--offset-col", "start", "--duration-col", "length")
+    (row,) = read_jsonl(out)
+    assert (row["offset"], row["duration"]) == (0.5, 1.0)
+    assert sorted(r["reason"] for r in read_jsonl(tmp_path / "seg.rejects.jsonl")) == [
+        "malformed_row", "malformed_row", "malformed_row", "segment_out_of_range"]

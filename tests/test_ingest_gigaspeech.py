@@ -96,3 +96,21 @@ def test_segmented_mirror_layout(tmp_path: Path):
 def test_unknown_subset_is_a_clear_error(corpus: Path, tmp_path: Path):
     result = blspdata("ingest", "gigaspeech", corpus, "-o", tmp_path / "x.jsonl", "--subset", "XXL", check=False)
     assert result.returncode == 1 and "XXL" in result.stderr and "XS, S, M, L, XL" in result.stderr
+
+
+def test_damaged_metadata_is_rejected_not_fatal(corpus: Path, tmp_path: Path):
+    meta = json.loads((corpus / "GigaSpeech.json").read_text())
+    meta["audios"][0]["segments"].append(dict(meta["audios"][0]["segments"][0]))  # listed twice
+    meta["audios"][0]["segments"].append(seg("POD0000000001_S0000009", 1.0, 2.0, "NO SUBSETS", None))
+    meta["audios"].append("not an object")
+    (corpus / "GigaSpeech.json").write_text(json.dumps(meta))
+    out = tmp_path / "giga.jsonl"
+    blspdata("ingest", "gigaspeech", corpus, "-o", out)
+    got = reasons(read_jsonl(tmp_path / "giga.rejects.jsonl"))
+    assert got["gigaspeech/train/POD0000000001_S0000000"] == "duplicate_id"
+    assert sorted(got.values()).count("malformed_row") == 2
+    assert len(read_jsonl(out)) == 2
+
+    (corpus / "GigaSpeech.json").write_text('{"dataset": "GigaSpeech"}')
+    result = blspdata("ingest", "gigaspeech", corpus, "-o", out, check=False)
+    assert result.returncode == 1 and "lists no audios" in result.stderr

@@ -36,7 +36,8 @@ def corpus(tmp_path: Path) -> Path:
     session(root, 1, [("F000", "neu", "Excuse me."), ("M001", "exc", "That's great news!"),
                       ("F002", "fru", "I've been waiting for hours."), ("M003", "ang", "No, [LAUGHTER] absolutely not ."),
                       ("F004", "xxx", "Whatever."), ("M005", "hap", "Wav is missing."), ("F006", "sad", "Café")],
-            extra_eval=["[9.0 - 10.0]\tSes01F_impro01_F099\tneu\tnot a VAD vector"],
+            extra_eval=["[9.0 - 10.0]\tSes01F_impro01_F099\tneu\tnot a VAD vector",
+                        "[9.0 - 10.0]\tSes01F_impro01_F098\tneu\t[2.5.0, 3.0, 3.0]"],
             extra_trans=["Ses01F_impro01_F006 [018.0000-020.0000]: Caf\xe9"],
             wavs=["F000", "M001", "F002", "M003", "F004", "F006", "F007"])
     session(root, 5, [("F000", "sur", "Oh really?"), ("M001", "sad", "I miss her.")])
@@ -67,6 +68,7 @@ def test_labels_are_canonical_and_sessions_split(corpus: Path, tmp_path: Path):
         "iemocap/train/Ses01F_impro01_F006": "undecodable_text",
         "iemocap/train/Ses01F_impro01_F007": "label_missing",    # a wav no evaluation line names
         f"{corpus}/Session1/dialog/EmoEvaluation/Ses01F_impro01.txt:31": "malformed_row",
+        f"{corpus}/Session1/dialog/EmoEvaluation/Ses01F_impro01.txt:32": "malformed_row",
     }
 
 

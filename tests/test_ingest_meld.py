@@ -40,6 +40,8 @@ def corpus(tmp_path: Path) -> Path:
         writer.writerow(HEADER)
         writer.writerows(rows)
         handle.write('11,"Only three fields",Joey\n')
+    with open(root / "train_sent_emo.csv", "ab") as handle:
+        handle.write(b'12,Fine.,Chandl\xe9r,neutral,neutral,5,4,8,21,"00:16:16,059","00:16:21,731"\n')
     videos = root / "train" / "train_splits"  # one level down, as some extractions leave it
     for dia, utt, seconds in [(0, 0, 1.5), (0, 1, 2.0), (0, 2, 1.0), (0, 3, 1.0), (0, 4, 1.0), (1, 0, 1.0), (5, 5, 1.0)]:
         write_mp4(videos / f"dia{dia}_utt{utt}.mp4", seconds)
@@ -74,6 +76,7 @@ def test_meld_extracts_audio_and_maps_labels(corpus: Path, tmp_path: Path):
         "meld/train/dia1_utt4": "label_unknown",
         "meld/train/dia5_utt5": "transcript_missing",  # a clip no row names
         f"{corpus}/train_sent_emo.csv:12": "malformed_row",
+        "meld/train/dia5_utt4": "undecodable_text",     # in the Speaker column
     }
 
 

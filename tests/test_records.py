@@ -63,3 +63,20 @@ def test_malformed_rows_are_reported_with_their_line(tmp_path: Path):
 def test_sidecar_names():
     assert sidecar("out/x.jsonl.gz", "rejects.jsonl") == Path("out/x.rejects.jsonl")
     assert sidecar("x.jsonl", "summary.json") == Path("x.summary.json")
+
+
+def test_a_failure_while_finishing_the_file_keeps_the_old_one(tmp_path: Path, monkeypatch):
+    path = tmp_path / "m.jsonl.gz"
+    with JsonlWriter(path) as writer:
+        writer.write(make(0).to_dict())
+    before = path.read_bytes()
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        with JsonlWriter(path) as writer:
+            writer.write(make(1).to_dict())
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.jsonl.gz"]

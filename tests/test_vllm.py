@@ -19,6 +19,8 @@ from blspdata.generate.servers import smollm2_path  # noqa: E402
 from conftest import REPO, blspdata, by_id, read_jsonl  # noqa: E402
 
 SAMPLE = REPO / "manifests" / "sample"
+# A 2-core, 24 GiB CI machine: leave memory for the rest (the CPU backend reserves this share).
+ENGINE = ["-E", "gpu_memory_utilization=0.25", "-E", "max_model_len=2048"]
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +35,9 @@ def model_folder(tmp_path_factory) -> Path:
     fresh = AutoModelForCausalLM.from_config(loaded.config)
     fresh.load_state_dict(loaded.state_dict())
     fresh.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("quantization_config", None)  # the weights are plain float32 now, not GGUF
+    (folder / "config.json").write_text(json.dumps(config))
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
     return folder
 
@@ -44,7 +49,7 @@ def test_vllm_backend_in_process(model_folder: Path, tmp_path: Path):
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "vllm.jsonl"
     result = blspdata("generate", manifest, "-o", out, "--backend", "vllm", "--model", model_folder,
-                      "--max-new-tokens", "16", "--no-progress")
+                      "--max-new-tokens", "16", "--no-progress", *ENGINE)
     done = by_id(read_jsonl(out))
     assert len(done) == 19 and all(row["continuation"] for row in done.values())
     assert {row["generator"]["backend"] for row in done.values()} == {"vllm"}
@@ -56,7 +61,7 @@ def test_vllm_backend_in_process(model_folder: Path, tmp_path: Path):
 def test_serve_vllm_starts_generates_and_stops(model_folder: Path, tmp_path: Path):
     out = tmp_path / "served.jsonl"
     result = blspdata("generate", SAMPLE / "meld.jsonl", "-o", out, "--task", "emotion", "--serve", "vllm",
-                      "--model", model_folder, "--max-new-tokens", "16", "--no-progress")
+                      "--model", model_folder, "--max-new-tokens", "16", "--no-progress", *ENGINE)
     rows = read_jsonl(out)
     assert len(rows) == 30 and all(row["continuation"] for row in rows)
     assert "vllm.entrypoints" not in os.popen("ps -eo cmd").read()  # the server is gone

@@ -17,7 +17,7 @@ import os
 from typing import Any, Iterator
 
 from blspdata.corpora import labels
-from blspdata.ingest import AudioItem, IngestError
+from blspdata.ingest import AudioItem, IngestError, segment_problem
 from blspdata.records import Record, Reject, iter_jsonl
 
 
@@ -67,6 +67,14 @@ def scan(root: str, fmt: str, audio_col: str = "audio", text_col: str = "text", 
         except (KeyError, TypeError, ValueError) as exc:
             yield Reject("malformed_row", location, f"bad row: {exc}")
             continue
+        if offset_col or duration_col:
+            if not duration_col or row.get(duration_col) in (None, ""):
+                yield Reject("malformed_row", location, f"a segment needs a duration (--duration-col)")
+                continue
+            problem = segment_problem(offset, duration)
+            if problem:
+                yield Reject("malformed_row", location, problem)
+                continue
         row_split = str(row.get(split_col) or split) if split_col else split
         native = str(row[id_col]) if id_col and row.get(id_col) not in (None, "") else \
             os.path.splitext(os.path.basename(audio))[0] + (f"_{offset:.2f}" if offset_col else "")

@@ -33,7 +33,7 @@ from typing import Iterator, Sequence
 import ijson
 
 from blspdata.corpora.text import gigaspeech_text
-from blspdata.ingest import AudioItem, IngestError
+from blspdata.ingest import AudioItem, IngestError, segment_problem
 from blspdata.records import Record, Reject
 
 SUBSETS = ("XS", "S", "M", "L", "XL")
@@ -91,24 +91,34 @@ def _scan_json(root: str, json_path: str, tag_to_split: dict[str, str]) -> Itera
     segment_files: dict[str, str] | None = None  # built only if a long recording is missing
     with open(json_path, "rb") as handle:
         try:
+            audios = 0
             for audio in ijson.items(handle, "audios.item", use_float=True):
-                location = f"{json_path}#{audio.get('aid', '?')}"
+                audios += 1
                 if not isinstance(audio, dict) or "path" not in audio or not isinstance(audio.get("segments"), list):
-                    yield Reject("malformed_row", location, "audio entry without 'path' or 'segments'")
+                    where = audio.get("aid", f"audios[{audios - 1}]") if isinstance(audio, dict) else f"audios[{audios - 1}]"
+                    yield Reject("malformed_row", f"{json_path}#{where}", "audio entry without 'path' or 'segments'")
                     continue
                 path = os.path.join(root, audio["path"])
                 extra_base = {k: audio[k] for k in ("aid", "source", "category") if k in audio}
-                records, locations = [], []
-                for segment in audio["segments"]:
+                records, locations, sids = [], [], set()
+                for number, segment in enumerate(audio["segments"]):
                     sid = segment.get("sid") if isinstance(segment, dict) else None
                     seg_location = f"{json_path}#{sid or audio.get('aid', '?')}"
-                    split = next((tag_to_split[t] for t in segment.get("subsets", ()) if t in tag_to_split), None) \
-                        if sid else None
-                    if sid is None:
-                        yield Reject("malformed_row", seg_location, "segment without 'sid'")
+                    if not sid or not isinstance(sid, str):
+                        yield Reject("malformed_row", f"{seg_location}.segments[{number}]", "segment without 'sid'")
                         continue
+                    subsets = segment.get("subsets")
+                    if not isinstance(subsets, list):
+                        yield Reject("malformed_row", seg_location, f"'subsets' is not a list: {subsets!r}")
+                        continue
+                    split = next((tag_to_split[t] for t in subsets if t in tag_to_split), None)
                     if split is None:
                         continue  # another subset than the one asked for
+                    if sid in sids:
+                        yield Reject("duplicate_id", seg_location, f"segment {sid} listed twice",
+                                     id=f"gigaspeech/{split}/{sid}")
+                        continue
+                    sids.add(sid)
                     try:
                         begin, end = float(segment["begin_time"]), float(segment["end_time"])
                         text_tn = str(segment["text_tn"])
@@ -120,8 +130,9 @@ def _scan_json(root: str, json_path: str, tag_to_split: dict[str, str]) -> Itera
                     if not record.text:
                         yield Reject("garbage_only", seg_location, f"only non-speech tags: {text_tn!r}", id=record.id)
                         continue
-                    if end <= begin:
-                        yield Reject("malformed_row", seg_location, f"end_time {end} <= begin_time {begin}", id=record.id)
+                    problem = segment_problem(begin, end - begin)
+                    if problem:
+                        yield Reject("malformed_row", seg_location, problem, id=record.id)
                         continue
                     records.append(record)
                     locations.append(seg_location)
@@ -142,6 +153,9 @@ def _scan_json(root: str, json_path: str, tag_to_split: dict[str, str]) -> Itera
                         yield Reject("audio_missing", seg_location, f"no such file: {path} (nor {sid}.* below {root})", id=record.id)
         except ijson.JSONError as exc:
             yield Reject("malformed_row", json_path, f"GigaSpeech.json is not valid JSON from here on: {exc}")
+            return
+    if audios == 0:
+        raise IngestError(f"{json_path} lists no audios (expected {{\"audios\": [...]}})")
 
 
 def _scan_segmented(root: str, metadata: list[str], wanted: Sequence[str]) -> Iterator[AudioItem | Reject]:
@@ -161,9 +175,10 @@ def _scan_segmented(root: str, metadata: list[str], wanted: Sequence[str]) -> It
                         raise ValueError("wrong number of fields")
                     begin, end = float(row["begin_time"]), float(row["end_time"])
                     text_tn = row["text_tn"]
-                    text_tn.encode("utf-8")
+                    for value in row.values():
+                        value.encode("utf-8")
                 except UnicodeEncodeError:
-                    yield Reject("undecodable_text", location, "undecodable bytes in text_tn", id=f"gigaspeech/{split}/{sid}")
+                    yield Reject("undecodable_text", location, "undecodable bytes in the row")
                     continue
                 except (KeyError, ValueError) as exc:
                     yield Reject("malformed_row", location, f"bad metadata row: {exc}")

@@ -31,7 +31,7 @@ from blspdata.records import Record, Reject
 
 _EVAL = re.compile(
     r"^\[(?P<start>\d+(?:\.\d+)?) - (?P<end>\d+(?:\.\d+)?)\]\t(?P<utt>\S+)\t(?P<label>\S+)\t"
-    r"\[(?P<v>[\d.]+), (?P<a>[\d.]+), (?P<d>[\d.]+)\]\s*$"
+    r"\[(?P<v>\d+(?:\.\d+)?), (?P<a>\d+(?:\.\d+)?), (?P<d>\d+(?:\.\d+)?)\]\s*$"
 )
 _TRANSCRIPT = re.compile(r"^(?P<utt>Ses\d\d[FM]_\S+) \[[\d.]+-[\d.]+\]: ?(?P<text>.*)$")
 
@@ -79,8 +79,11 @@ def _scan_session(folder: str, session: int, split: str, mapping: dict) -> Itera
                 yield Reject("undecodable_text" if error else "malformed_row", location, error or f"expected '[start - end]\\tUTT\\tlabel\\t[V, A, D]', got {line!r}")
                 continue
             utt = match["utt"]
-            labelled.add(utt)
             record_id = f"iemocap/{split}/{utt}"
+            if utt in labelled:
+                yield Reject("duplicate_id", location, f"{utt} has two evaluation lines", id=record_id)
+                continue
+            labelled.add(utt)
             if error:
                 yield Reject("undecodable_text", location, error, id=record_id)
                 continue

@@ -36,6 +36,14 @@ REQUIRED = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
 _CLIP = re.compile(r"^dia(\d+)_utt(\d+)\.mp4$")
 
 
+def _decodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _find(root: str, name: str) -> str | None:
     """`name` directly under ROOT or one folder down."""
     candidates = [os.path.join(root, name)] + [
@@ -88,12 +96,14 @@ def _scan_split(split: str, csv_path: str, video_dir: str | None, audio_dir: str
             native = f"dia{dialogue}_utt{utterance}"
             record_id = f"meld/{split}/{native}"
             clip = f"{native}.mp4"
+            if clip in referenced:
+                yield Reject("duplicate_id", location, f"{native} has two rows", id=record_id)
+                continue
             referenced.add(clip)
             raw_text = row["Utterance"]
-            try:
-                raw_text.encode("utf-8")
-            except UnicodeEncodeError:
-                yield Reject("undecodable_text", location, "undecodable bytes in Utterance", id=record_id)
+            bad = [key for key, value in row.items() if not _decodable(value)]
+            if bad:
+                yield Reject("undecodable_text", location, f"undecodable bytes in {', '.join(bad)}", id=record_id)
                 continue
             raw_label = row["Emotion"].strip()
             emotion, problem = labels.map_label(raw_label, mapping)

@@ -54,7 +54,8 @@ class BackendError(RuntimeError):
 
 def _context_error(message: str) -> bool:
     text = message.lower()
-    return any(key in text for key in ("context", "too long", "exceed", "maximum", "max_tokens"))
+    return any(key in text for key in ("context", "too long", "exceed", "maximum", "max_tokens", "max_new_tokens",
+                                       "length", "too many tokens"))
 
 
 def _check_prompt_length(request: Request, prompt_tokens: int | None, result: Result) -> Result:
@@ -76,6 +77,7 @@ class OpenAIBackend:
     request_timeout: float = 600.0
     server_timeout: float = 120.0
     extra_body: dict[str, Any] = field(default_factory=dict)  # engine-specific request fields
+    transport: Any = None  # an httpx transport, for tests
     name: str = "openai"
     _client: Any = field(default=None, repr=False)
     _last_ok: float = field(default=0.0, repr=False)
@@ -83,6 +85,8 @@ class OpenAIBackend:
     async def __aenter__(self) -> "OpenAIBackend":
         import httpx
 
+        if not self.base_url.startswith(("http://", "https://")):
+            raise BackendError(f"--base-url must start with http:// or https://, got {self.base_url!r}")
         self.base_url = self.base_url.rstrip("/")
         if not self.base_url.endswith("/v1"):
             self.base_url += "/v1"
@@ -91,6 +95,7 @@ class OpenAIBackend:
             base_url=self.base_url, headers={"Authorization": f"Bearer {key}"},
             timeout=httpx.Timeout(self.request_timeout, connect=10.0),
             limits=httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency),
+            transport=self.transport,
         )
         self._last_ok = time.monotonic()
         if self.model is None:
@@ -103,31 +108,53 @@ class OpenAIBackend:
     async def _first_model(self) -> str:
         """The server's only (or first) model, when the user did not name one."""
         response = await self._with_retries(lambda: self._client.get("/models"), "listing models")
-        data = response.json().get("data") or []
-        if not data:
-            raise BackendError(f"{self.base_url} serves no model; pass --model")
-        return data[0]["id"]
+        if response.status_code != 200:
+            raise BackendError(f"{self.base_url}/models answered HTTP {response.status_code}: "
+                               f"{_error_message(response)}" + (" (check --api-key)" if response.status_code in (401, 403)
+                                                                else ""))
+        try:
+            return response.json()["data"][0]["id"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise BackendError(f"{self.base_url}/models lists no model; pass --model") from None
 
     async def _with_retries(self, send, what: str):
+        """Send until the server answers something other than 429/5xx. Raises ServerDown when
+        the server as a whole has not answered for `server_timeout`, and _GaveUp when only this
+        request keeps failing that long while others succeed."""
         import httpx
 
-        delay = 0.5
+        delay, started = 0.5, time.monotonic()
         while True:
             try:
                 response = await send()
+            except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+                raise BackendError(f"bad server URL {self.base_url}: {exc}") from None
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
             else:
                 if response.status_code == 429 or response.status_code >= 500:
-                    problem = f"HTTP {response.status_code}: {response.text[:200]}"
+                    problem = f"HTTP {response.status_code}: {_error_message(response)[:200]}"
                 else:
                     self._last_ok = time.monotonic()
                     return response
-            if time.monotonic() - self._last_ok > self.server_timeout:
+            now = time.monotonic()
+            if now - started > self.server_timeout:
+                # Failing this long: the request's own fault if the server serves others (or its
+                # health endpoint), else the server is down.
+                if now - self._last_ok <= self.server_timeout or await self._healthy():
+                    raise _GaveUp(problem)
                 raise ServerDown(f"{self.base_url} has not answered for {self.server_timeout:.0f} s "
                                  f"({what}; last error: {problem})")
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 10.0)
+
+    async def _healthy(self) -> bool:
+        import httpx
+
+        try:
+            return (await self._client.get("/models", timeout=10.0)).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     async def complete(self, request: Request) -> Result:
         body: dict[str, Any] = {
@@ -136,21 +163,36 @@ class OpenAIBackend:
         }
         if request.temperature == 0:
             body["top_p"] = 1.0
-        response = await self._with_retries(lambda: self._client.post("/chat/completions", json=body), request.id)
-        if response.status_code == 400 or response.status_code == 413:
+        try:
+            response = await self._with_retries(lambda: self._client.post("/chat/completions", json=body), request.id)
+        except _GaveUp as failure:
+            return Result(request.id, reject="server_error",
+                          detail=f"failed for {self.server_timeout:.0f} s while other requests succeeded: {failure}")
+        status = response.status_code
+        if status in (401, 403, 404):  # every request would fail the same way: a setup problem
+            raise BackendError(f"{self.base_url}/chat/completions answered HTTP {status}: {_error_message(response)}"
+                               + (" (check --api-key)" if status != 404 else " (check --model and --base-url)"))
+        if 400 <= status < 500:  # this request: too long (400 vLLM/llama.cpp, 422 TGI, 413) or otherwise refused
             message = _error_message(response)
             reason = "prompt_too_long" if _context_error(message) else "request_rejected"
-            return Result(request.id, reject=reason, detail=f"HTTP {response.status_code}: {message}")
-        if response.status_code != 200:
-            raise BackendError(f"{self.base_url}/chat/completions answered HTTP {response.status_code}: "
-                               f"{_error_message(response)}")
-        payload = response.json()
-        choice = payload["choices"][0]
-        usage = payload.get("usage") or {}
-        text = (choice.get("message") or {}).get("content") or ""
+            return Result(request.id, reject=reason, detail=f"HTTP {status}: {message}")
+        try:
+            payload = response.json()
+            choice = payload["choices"][0]
+            text = choice["message"]["content"] or ""
+            usage = payload.get("usage") or {}
+            tokens = int(usage.get("completion_tokens") or 0)
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            return Result(request.id, reject="bad_response",
+                          detail=f"HTTP {status}, unexpected body ({type(exc).__name__}: {exc}): {response.text[:200]!r}")
+        text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates cannot be written as JSON
         result = Result(request.id, continuation=text.strip(), finished=choice.get("finish_reason") == "stop",
-                        output_tokens=int(usage.get("completion_tokens") or 0))
+                        output_tokens=tokens)
         return _check_prompt_length(request, usage.get("prompt_tokens"), result)
+
+
+class _GaveUp(Exception):
+    """One request kept failing (429/5xx/transport) while the server answered others."""
 
 
 def _error_message(response) -> str:
@@ -203,7 +245,8 @@ class VLLMBackend:
         prompts, keep = [], []
         tokenizer = self._llm.get_tokenizer()
         for i, request in enumerate(requests):
-            ids = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
+            text = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             if len(ids) + request.max_new_tokens > max_len:
                 results[i] = Result(request.id, reject="prompt_too_long",
                                     detail=f"prompt has {len(ids)} tokens; with {request.max_new_tokens} new tokens "

@@ -99,10 +99,16 @@ def run_on_ray(manifest: Path, job, done: set[str], engine_spec: dict[str, Any],
         _Worker, fn_constructor_kwargs={"job": job, "engine_spec": engine_spec, "done": frozenset(done),
                                         "manifest": str(manifest)},
         compute=ray.data.ActorPoolStrategy(size=actors), batch_size=batch_size, **resources)
+    seen: dict[str, int] = {}
     for row in dataset.iter_rows():
         result = Result(**orjson.loads(row["result"]))
         record = Record.from_dict(orjson.loads(row["record"])) if row["record"] else None
         if record is None:
             sink.reject(result.reject, row["location"], result.detail, None)
+        elif record.id in seen:  # actors cannot see each other's rows: duplicates are caught here
+            seen[record.id] += 1
+            sink.reject("duplicate_id", f"{row['location']}#{seen[record.id]}",
+                        f"{record.id} appears more than once in the manifest", record)
         else:
+            seen[record.id] = 1
             sink.result(record, row["location"], row["instruction"], result)

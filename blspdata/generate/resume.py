@@ -8,15 +8,17 @@ hash falls in shard i, for Slurm-style arrays; `merge` joins the shards' outputs
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import orjson
 
-from blspdata.records import JsonlWriter, iter_jsonl, read_records, sidecar
+from blspdata.records import JsonlWriter, iter_jsonl, sidecar
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -38,26 +40,53 @@ def shard_of(record_id: str, count: int) -> int:
 
 
 def recover(path: Path) -> dict[str, dict[str, Any] | None]:
-    """Ids of complete rows in `path` (an append-only JSONL file), with the generator of
-    each kept row; a torn last line (a killed writer) is cut off."""
+    """Ids of the rows in `path` (an append-only JSONL file), with each row's generator.
+
+    A torn last line (a writer killed mid-line) is cut off. A bad line anywhere else means
+    the file was edited or written by two processes at once: that is an error, not
+    something to repair silently.
+    """
     done: dict[str, dict[str, Any] | None] = {}
     if not path.exists():
         return done
-    good = 0
+    good, bad = 0, None
     with open(path, "rb") as handle:
-        for line in handle:
-            if not line.endswith(b"\n"):
-                break
+        for number, line in enumerate(handle, start=1):
+            if bad is not None:
+                raise ValueError(f"{path}:{bad[0]}: {bad[1]}, and it is not the last line; "
+                                 "fix or remove that line (was the file edited, or written by two runs?)")
+            if not line.strip():
+                good += len(line)
+                continue
             try:
+                if not line.endswith(b"\n"):
+                    raise ValueError("torn line")
                 row = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                break
-            done[row["id"]] = row.get("generator")
+                done[row["id"]] = row.get("generator")
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                bad = (number, f"not a complete JSON row with an id ({exc})")
+                continue
             good += len(line)
-    if good != path.stat().st_size:
+    if bad is not None:
         with open(path, "rb+") as handle:
             handle.truncate(good)
     return done
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if absent) for the duration: a second run
+    writing the same output, e.g. a requeued Slurm job beside the old one, is refused."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{path} is being written by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 class AppendWriter:
@@ -84,6 +113,10 @@ class AppendWriter:
 
 class MergeError(ValueError):
     pass
+
+
+# Rejects that are keyed by their manifest location rather than a record id.
+LOCATION_KEYED = ("malformed_row", "duplicate_id")
 
 
 def merge(inputs: Iterable[str | os.PathLike], out: str | os.PathLike,
@@ -115,15 +148,18 @@ def merge(inputs: Iterable[str | os.PathLike], out: str | os.PathLike,
     order = list(rows)
     missing: list[str] = []
     if manifest is not None:
-        manifest_ids = [record.id for record in read_records(manifest)]
+        # Malformed manifest rows have no id: generate rejects them keyed by their location.
+        manifest_ids = [row["id"] for _, row, _ in iter_jsonl(manifest) if row is not None and "id" in row]
+        known = set(manifest_ids)
         missing = [i for i in manifest_ids if i not in origin]
         if missing and not allow_gaps:
             raise MergeError(f"gap: {len(missing)} id(s) of {manifest} are in no shard, e.g. "
                              f"{', '.join(missing[:5])} (run the missing shards, or --allow-gaps)")
-        unknown = [i for i in origin if i not in set(manifest_ids)]
+        location_keyed = {i for i, row in rejects.items() if orjson.loads(row).get("reason") in LOCATION_KEYED}
+        unknown = [i for i in origin if i not in known and i not in location_keyed]
         if unknown:
             raise MergeError(f"{len(unknown)} id(s) are not in {manifest}, e.g. {', '.join(unknown[:5])}")
-        order = [i for i in manifest_ids if i in rows]
+        order = [i for i in dict.fromkeys(manifest_ids) if i in rows]
     with JsonlWriter(out) as writer, JsonlWriter(sidecar(out, "rejects.jsonl")) as reject_writer:
         for record_id in order:
             writer.write(orjson.loads(rows[record_id]))

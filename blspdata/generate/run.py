@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from blspdata.generate import prompts
 from blspdata.generate.backends import DryRunBackend, OpenAIBackend, Request, Result, VLLMBackend
-from blspdata.generate.resume import AppendWriter, parse_shard, recover, shard_of
+from blspdata.generate.resume import AppendWriter, exclusive, parse_shard, recover, shard_of
 from blspdata.records import Record, Reject, iter_jsonl, sidecar, write_json
 
 BACKENDS = ("embedded", "openai", "vllm", "dry-run")
@@ -122,13 +122,16 @@ class _Sink:
         self.in_flight = 0
 
     def reject(self, reason: str, location: str, detail: str, record: Record | None) -> None:
-        item = Reject(reason, location, detail, id=record.id if record else None,
+        """A reject row is keyed by the record's id, so a rerun skips it; rows without an id
+        (malformed) and duplicates of an id (whose first copy is generated) by location."""
+        keyed_by_id = record is not None and reason != "duplicate_id"
+        item = Reject(reason, location, detail, id=record.id if keyed_by_id else None,
                       record=record.to_dict() if record else None)
         if self.strict:
             raise GenerateError(item.message())
         self.summary.rejects[reason] += 1
         row = item.to_dict()
-        row.setdefault("id", location)  # so a rerun knows this row is done
+        row.setdefault("id", location)
         self.reject_writer.write(row)
         self.bar.update(1)
 
@@ -192,6 +195,16 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
     engine_spec = dict(backend=backend, base_url=base_url, model=model, api_key=api_key, serve=serve,
                        concurrency=concurrency, server_timeout=server_timeout, seed=seed, engine_args=engine_args)
 
+    if executor == "ray" and serve:
+        raise GenerateError("--serve with --executor ray would start one server per actor; start vLLM yourself "
+                            "and pass --base-url, or use --backend vllm")
+    with exclusive(out):
+        return _generate_locked(manifest, out, job, engine_spec, template, sampling, limit, strict, progress,
+                                executor, ray_actors)
+
+
+def _generate_locked(manifest: Path, out: Path, job: Job, engine_spec: dict[str, Any], template, sampling,
+                     limit: int | None, strict: bool, progress: bool, executor: str, ray_actors: int) -> Summary:
     kept = recover(out)
     done = set(kept) | set(recover(sidecar(out, "rejects.jsonl")))
     summary = Summary(output=str(out), already_done=len(done))
@@ -205,7 +218,7 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
             raise GenerateError(f"{out} holds rows made with other settings ({previous}); now: {generator}. "
                                 "Use another output, or delete it to start over.")
 
-    started = time.monotonic()
+    started = None
     try:
         if executor == "ray":
             from blspdata.generate.ray_executor import run_on_ray
@@ -214,6 +227,7 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
                 raise GenerateError("--limit is not supported with --executor ray")
             generator = generator_info(engine_spec, template, sampling)
             check_settings(generator)
+            started = time.monotonic()
             sink = _Sink(out, job, generator, summary, total, strict, progress)
             try:
                 run_on_ray(manifest, job, done, engine_spec, sink, total, ray_actors)
@@ -222,12 +236,18 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
         else:
             with contextlib.ExitStack() as stack:
                 engine = make_engine(stack, **engine_spec)
-                started = time.monotonic()
+
+                def check_and_start(generator: dict[str, Any]) -> None:
+                    nonlocal started
+                    check_settings(generator)
+                    started = time.monotonic()
+
                 asyncio.run(_drive_local(engine, manifest, job, done, out, summary, total, strict, progress,
-                                         template, sampling, check_settings))
+                                         template, sampling, check_and_start))
     finally:
-        summary.seconds = time.monotonic() - started
-        write_json(sidecar(out, "summary.json"), summary.to_dict())
+        if started is not None:  # a run that never started leaves the last summary alone
+            summary.seconds = time.monotonic() - started
+            write_json(sidecar(out, "summary.json"), summary.to_dict())
     return summary
 
 
@@ -260,7 +280,8 @@ def make_engine(stack: contextlib.ExitStack, backend: str, base_url: str | None 
             raise GenerateError(f"--serve supports vllm, not {serve!r}")
         if not model:
             raise GenerateError("--serve vllm needs --model (a Hugging Face id or a local folder)")
-        server = stack.enter_context(vllm_server(model, seed=seed))
+        extra = [f"--{key.replace('_', '-')}={value}" for key, value in (engine_args or {}).items()]
+        server = stack.enter_context(vllm_server(model, extra_args=extra, seed=seed))
         return OpenAIBackend(server.base_url, model=model, concurrency=concurrency or 256,
                              server_timeout=server_timeout)
     if backend == "dry-run":

@@ -107,7 +107,8 @@ class ManagedServer:
 
 def embedded_model_name(model: str | None = None) -> str:
     """The name the embedded server serves its model under (what goes into `generator`)."""
-    return (Path(model) if model else Path(SMOLLM2_FILE)).name.split(".")[0]
+    name = (Path(model) if model else Path(SMOLLM2_FILE)).name
+    return name[:-5] if name.endswith(".gguf") else name
 
 
 def embedded_llama(model: str | None = None, n_ctx: int = 2048, threads: int | None = None) -> ManagedServer:
