@@ -14,10 +14,11 @@ from blspdata import __version__
 app = typer.Typer(
     help="Build BLSP-Emo style training data for speech-language models.\n\n"
     "Stages, in pipeline order: ingest (corpora -> manifest), generate (manifest -> continuations "
-    "through an LLM; merge joins sharded runs).",
+    "through an LLM; merge joins sharded runs), curate (filters with reasons, exact and near-duplicate removal).",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
+    pretty_exceptions_enable=False,
 )
 ingest_app = typer.Typer(
     help="Import a corpus, as distributed, into a manifest (JSONL; gzipped if OUT ends in .gz).\n\n"
@@ -270,6 +271,52 @@ def merge_command(
         raise typer.Exit(1) from None
     typer.echo(f"merged {counts['shards']} shards: {counts['rows']} rows, {counts['rejects']} rejects -> {out}"
                + (f" ({counts['missing']} manifest ids missing)" if counts["missing"] else ""))
+
+
+@app.command("curate")
+def curate_command(
+    inputs: List[Path] = typer.Argument(..., help="Outputs of `blspdata generate` (all deduplicated together, in this order)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Kept rows (.jsonl or .jsonl.gz), written atomically; "
+                             "OUT.rejects.jsonl and OUT.stats.json beside it."),
+    config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False, help="TOML file with any of "
+                                          "the options below (keys with underscores, e.g. min_words = 5, disable = [\"language\"]); "
+                                          "flags given here win."),
+    disable: List[str] = typer.Option([], "--disable", help="Turn a filter off (repeatable): empty, refusal, length, "
+                                      "repetition, echo, language."),
+    enable: List[str] = typer.Option([], "--enable", help="Turn an optional filter on (repeatable): unfinished, "
+                                     "label_word (the emotion continuation names its label)."),
+    drop_unfinished: bool = typer.Option(False, "--drop-unfinished", help="Drop continuations cut at the token limit "
+                                         "(the recipe keeps them; same as --enable unfinished)."),
+    min_words: Optional[int] = typer.Option(None, "--min-words", help="Shorter is rejected as too_short [3]."),
+    max_words: Optional[int] = typer.Option(None, "--max-words", help="Longer is rejected as too_long [200]."),
+    max_dup_ngram_fraction: Optional[float] = typer.Option(None, "--max-dup-ngram-fraction", help="Share of words in "
+                                                           "repeated 3-grams above which a text is repetition [0.3]."),
+    echo_overlap: Optional[float] = typer.Option(None, "--echo-overlap", help="Share of the continuation's words that "
+                                                 "are the transcript's, from which it is an echo [0.8]."),
+    exact_dedup: Optional[bool] = typer.Option(None, "--exact-dedup/--no-exact-dedup", help="Drop exact duplicates of "
+                                               "normalised continuations [on]."),
+    near_dedup: Optional[bool] = typer.Option(None, "--near-dedup/--no-near-dedup", help="Drop near-duplicates "
+                                              "(MinHash + LSH over word n-grams) [on]."),
+    near_dup_threshold: Optional[float] = typer.Option(None, "--near-dup-threshold", help="Jaccard similarity from "
+                                                       "which two continuations are near-duplicates [0.8]."),
+    num_perm: Optional[int] = typer.Option(None, "--num-perm", help="MinHash permutations [128]."),
+    ngram: Optional[int] = typer.Option(None, "--ngram", help="Word n-gram size of the MinHash shingles [2]."),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Filter generated continuations (each drop with its reason) and remove exact and near duplicates."""
+    from blspdata.curate.run import CurateError, curate, settings_from
+
+    flags = {"disable": disable, "enable": enable + (["unfinished"] if drop_unfinished else []), "min_words": min_words,
+             "max_words": max_words, "max_dup_ngram_fraction": max_dup_ngram_fraction, "echo_overlap": echo_overlap,
+             "exact": exact_dedup, "near": near_dedup, "threshold": near_dup_threshold, "num_perm": num_perm,
+             "ngram": ngram}
+    try:
+        filters, dedup = settings_from(config, flags)
+        stats = curate(inputs, out, filters=filters, dedup=dedup, progress=progress)
+    except (CurateError, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"curate: {stats.render()}")
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,1 @@
+"""Curation: quality filters with reasons, exact and near-duplicate removal. See `run.curate`."""

@@ -1,0 +1,165 @@
+"""Quality filters for generated continuations.
+
+Each filter is a small function `(record, settings) -> reason or None`. They run in the
+order of FILTERS; the first reason found is the one recorded. Every threshold is a field of
+`FilterSettings`, settable from the CLI or a config file. Defaults suit the recipe's data:
+continuations of at most 48 tokens (about 35 words), often cut off mid-sentence.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from typing import Callable
+
+from blspdata.records import Record
+
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
+
+
+def words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+@dataclass
+class FilterSettings:
+    enabled: set[str] = field(default_factory=lambda: {name for name in FILTERS if name not in OFF_BY_DEFAULT})
+    min_words: int = 3               # "Yes." is not a continuation
+    max_words: int = 200             # far above 48 tokens: catches runaway generations
+    max_dup_ngram_fraction: float = 0.3   # Gopher uses 0.15-0.20 on documents; short texts repeat more
+    dup_ngram_size: int = 3
+    max_repeated_line_fraction: float = 0.3
+    echo_overlap: float = 0.8        # share of the continuation's words that are the transcript's
+    min_language_confidence: float = 0.9
+    language_min_words: int = 4      # too few words to tell a language
+
+
+# The recipe's own five patterns (PAPER.md, "Cleaning"), then the common assistant forms.
+RECIPE_REFUSALS = [
+    re.compile(r"^i'm sorry, but i cannot", re.I), re.compile(r"^i'm sorry, but i'm not sure", re.I),
+    re.compile(r"as an ai language model", re.I), re.compile(r"i'm sorry, but i", re.I),
+    re.compile(r"I'm not sure what you"),
+]
+BOILERPLATE = re.compile(
+    r"\bas an ai\b|\bas a (?:chatbot|language model|virtual assistant)\b|"
+    r"\bi don'?t have (?:personal|feelings|emotions|the ability)|\bi do not have (?:personal|feelings|emotions)|"
+    # refusing or apologising at the very start ("I cannot ..." inside a story is fine)
+    r"^\W*(?:i (?:cannot|can ?not|can't|am unable to|am not able to)|i'm unable to|i'?m sorry|i am sorry|"
+    r"i apologi[sz]e|sorry,|apologies)",
+    re.I,
+)
+INSTRUCTION_LEAK = re.compile(r"continue the following (?:sentence|text)|emotion tone|in a coherent (?:and engaging )?style",
+                              re.I)
+LABEL_WORDS = {
+    "neutral": r"neutral(?:ly|ity)?",
+    "happy": r"happ(?:y|ily|iness|ier|iest)",
+    "angry": r"angr(?:y|ily|ier)|anger(?:ed)?",
+    "sad": r"sad(?:ly|ness|der|dest)?",
+    "surprise": r"surpris(?:e|ed|es|ing|ingly)",
+}
+
+
+def refusal(record: Record, s: FilterSettings) -> str | None:
+    text = record.continuation or ""
+    if any(p.search(text) for p in RECIPE_REFUSALS) or BOILERPLATE.search(text):
+        return "refusal"
+    return None
+
+
+def empty(record: Record, s: FilterSettings) -> str | None:
+    return "empty" if not (record.continuation or "").strip() else None
+
+
+def length(record: Record, s: FilterSettings) -> str | None:
+    n = len(words(record.continuation or ""))
+    if n < s.min_words:
+        return "too_short"
+    if n > s.max_words:
+        return "too_long"
+    return None
+
+
+def unfinished(record: Record, s: FilterSettings) -> str | None:
+    """Off by default: the recipe keeps truncated continuations (trained without end-of-turn)."""
+    return "unfinished" if record.finished is False else None
+
+
+def repetition(record: Record, s: FilterSettings) -> str | None:
+    """Gopher-style: the share of words inside n-grams that occur more than once, and the
+    share of lines that repeat."""
+    tokens = words(record.continuation or "")
+    n = s.dup_ngram_size
+    if len(tokens) >= 2 * n:
+        grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+        counts = Counter(grams)
+        covered = set()
+        for i, gram in enumerate(grams):
+            if counts[gram] > 1:
+                covered.update(range(i, i + n))
+        if len(covered) / len(tokens) > s.max_dup_ngram_fraction:
+            return "repetition"
+    lines = [line.strip().lower() for line in (record.continuation or "").splitlines() if line.strip()]
+    if len(lines) >= 3:
+        repeated = sum(c for c in Counter(lines).values() if c > 1)
+        if repeated / len(lines) > s.max_repeated_line_fraction:
+            return "repetition"
+    return None
+
+
+def echo(record: Record, s: FilterSettings) -> str | None:
+    """The continuation repeats the transcript (most of its words are the transcript's:
+    small models often echo the sentence, reworded a little), or the instruction leaks
+    into it."""
+    text = record.continuation or ""
+    if INSTRUCTION_LEAK.search(text):
+        return "instruction_leak"
+    cont, source = words(text), set(words(record.text))
+    if cont and source and sum(w in source for w in cont) / len(cont) >= s.echo_overlap:
+        return "echo"
+    return None
+
+
+@lru_cache(maxsize=1)
+def _identifier():
+    from py3langid.langid import MODEL_DIR, MODEL_FILE, LanguageIdentifier
+
+    return LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True)
+
+
+def language(record: Record, s: FilterSettings) -> str | None:
+    """The continuation is confidently in another language than the record's."""
+    text = record.continuation or ""
+    if len(words(text)) < s.language_min_words:
+        return None
+    detected, confidence = _identifier().classify(text)
+    if detected != record.language and confidence >= s.min_language_confidence:
+        return f"language_{detected}"
+    return None
+
+
+def label_word(record: Record, s: FilterSettings) -> str | None:
+    """Off by default. Emotion task: the continuation names its own label outright."""
+    if record.task != "emotion" or record.emotion not in LABEL_WORDS:
+        return None
+    if re.search(rf"\b(?:{LABEL_WORDS[record.emotion]})\b", record.continuation or "", re.I):
+        return "names_label"
+    return None
+
+
+FILTERS: dict[str, Callable[[Record, FilterSettings], str | None]] = {
+    "empty": empty, "refusal": refusal, "length": length, "unfinished": unfinished,
+    "repetition": repetition, "echo": echo, "language": language, "label_word": label_word,
+}
+OFF_BY_DEFAULT = {"unfinished", "label_word"}
+SETTINGS = {f.name for f in fields(FilterSettings)} - {"enabled"}
+
+
+def first_reason(record: Record, settings: FilterSettings) -> str | None:
+    for name, check in FILTERS.items():
+        if name in settings.enabled:
+            reason = check(record, settings)
+            if reason:
+                return reason
+    return None
