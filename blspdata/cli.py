@@ -14,7 +14,8 @@ from blspdata import __version__
 app = typer.Typer(
     help="Build BLSP-Emo style training data for speech-language models.\n\n"
     "Stages, in pipeline order: ingest (corpora -> manifest), generate (manifest -> continuations "
-    "through an LLM; merge joins sharded runs), curate (filters with reasons, exact and near-duplicate removal).",
+    "through an LLM; merge joins sharded runs), curate (filters with reasons, exact and near-duplicate removal), publish (Hugging Face shards + card; "
+    "verify checks them).",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -317,6 +318,66 @@ def curate_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"curate: {stats.render()}")
+
+
+@app.command("publish")
+def publish_command(
+    inputs: List[Path] = typer.Argument(..., help="Curated records (outputs of `blspdata curate`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (built beside it, renamed at the end)."),
+    fmt: str = typer.Option("arrow", "--format", help="arrow: save_to_disk layout, open with "
+                            "datasets.load_from_disk('OUT/<config>'); parquet: the Hub layout "
+                            "(data/<config>/<split>-NNNNN-of-NNNNN.parquet), open with load_dataset('OUT', '<config>')."),
+    audio: str = typer.Option("embed", "--audio", help="embed: the segment as 16 kHz mono FLAC in an Audio column "
+                              "(self-contained); path: keep paths (relative to --audio-root)."),
+    audio_root: Optional[Path] = typer.Option(None, "--audio-root", help="With --audio path: write paths relative to this."),
+    max_shard_size: str = typer.Option("500MB", "--max-shard-size", help="Largest shard, e.g. 500MB, 2GB."),
+    validation: float = typer.Option(0.05, "--validation-fraction", min=0.0, max=1.0, help="For corpora without "
+                                     "their own splits: share of speakers in validation."),
+    test: float = typer.Option(0.05, "--test-fraction", min=0.0, max=1.0, help="Likewise for test."),
+    license: str = typer.Option("other", "--license", help="License field of the dataset card (check your corpora's)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists (only once the new one is complete)."),
+    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="OWNER/NAME: upload the dataset to the Hub "
+                                              "(token from HF_TOKEN or `huggingface-cli login`; never printed)."),
+    private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repository private."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --push-to-hub: list what would go up, upload nothing."),
+    jobs: Optional[int] = JobsOpt, progress: bool = ProgressOpt,
+) -> None:
+    """Publish curated records as Hugging Face Arrow/Parquet shards with a dataset card."""
+    from blspdata.publish import PublishError, publish, push_to_hub as push
+
+    try:
+        result = publish(inputs, out, fmt=fmt, audio=audio, audio_root=audio_root, max_shard_size=max_shard_size,
+                         validation=validation, test=test, jobs=jobs or _default_jobs(), license=license,
+                         overwrite=overwrite, progress=progress)
+        typer.echo(f"published {out}: " + "; ".join(
+            f"{config} " + ", ".join(f"{split} {n}" for split, n in splits.items())
+            for config, splits in result["rows"].items()))
+        if result["rejected"]:
+            typer.echo(f"  dropped {sum(result['rejected'].values())} (see {out}.rejects.jsonl): "
+                       + ", ".join(f"{k} {v}" for k, v in result["rejected"].items()))
+        if push_to_hub:
+            files = push(out, push_to_hub, private=private, dry_run=dry_run)
+            typer.echo(("would upload" if dry_run else "uploaded") + f" {len(files)} files to {push_to_hub}"
+                       + ("".join(f"\n  {f}" for f in files) if dry_run else ""))
+    except (PublishError, ValueError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("verify")
+def verify_command(
+    directory: Path = typer.Argument(..., help="A folder written by `blspdata publish`."),
+    sample: int = typer.Option(8, "--sample", min=0, help="Audio rows to decode per split."),
+) -> None:
+    """Reopen a published dataset with `datasets` and check rows, checksums and audio."""
+    from blspdata.publish import verify
+
+    problems = verify(directory, sample=sample)
+    for problem in problems:
+        typer.echo(f"problem: {problem}", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"{directory}: rows, checksums and audio check out")
 
 
 def _version(value: bool) -> None:

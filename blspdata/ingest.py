@@ -16,11 +16,9 @@ Output order is the importer's order (sorted), so identical input gives identica
 
 from __future__ import annotations
 
-import itertools
 import os
 import sys
-from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -28,6 +26,7 @@ from tqdm import tqdm
 
 from blspdata.corpora.audio import AudioError, extract_to_flac, probe
 from blspdata.corpora.text import get_normalizer
+from blspdata.parallel import ordered_map
 from blspdata.records import JsonlWriter, Record, Reject, sidecar, write_json
 
 # A segment may end this far past the audio's end (rounding in corpus metadata).
@@ -152,30 +151,6 @@ def process_item(item: AudioItem | Reject) -> list[Record | Reject]:
     return out
 
 
-def _process_chunk(chunk: list[AudioItem | Reject]) -> list[list[Record | Reject]]:
-    return [process_item(item) for item in chunk]
-
-
-def _ordered_parallel(items: Iterable[AudioItem | Reject], jobs: int, normalizer: str,
-                      chunk_size: int = 64) -> Iterator[list[Record | Reject]]:
-    """Map `process_item` over items in worker processes, results in input order, with a
-    bounded number of chunks in flight so memory does not grow with the corpus."""
-    chunks = iter(lambda it=iter(items): list(itertools.islice(it, chunk_size)), [])
-    if jobs <= 1:
-        _init_worker(normalizer)
-        for chunk in chunks:
-            yield from _process_chunk(chunk)
-        return
-    with ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(normalizer,)) as pool:
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.submit(_process_chunk, chunk))
-            if len(pending) >= 4 * jobs:
-                yield from pending.popleft().result()
-        while pending:
-            yield from pending.popleft().result()
-
-
 # ---------------------------------------------------------------------------- driver
 
 def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: int = 1,
@@ -186,7 +161,7 @@ def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: in
     summary = Summary(output=str(out))
     bar = tqdm(desc=desc, unit=" files", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     with JsonlWriter(out) as records, JsonlWriter(sidecar(out, "rejects.jsonl")) as rejects:
-        for results in _ordered_parallel(items, jobs, normalizer):
+        for results in ordered_map(process_item, items, jobs, initializer=_init_worker, initargs=(normalizer,)):
             bar.update(1)
             for result in results:
                 if isinstance(result, Reject):

@@ -171,6 +171,8 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
     manifest, out = Path(manifest), Path(out)
     if not manifest.is_file():
         raise GenerateError(f"manifest not found: {manifest}")
+    if out.resolve() == manifest.resolve():
+        raise GenerateError(f"--out {out} is the manifest itself; write the continuations elsewhere")
     if out.name.endswith(".gz"):
         raise GenerateError(f"{out}: generate appends as it goes (so it can resume) and writes plain JSONL; "
                             "name the output .jsonl")

@@ -1,0 +1,446 @@
+"""`blspdata publish`: curated records -> a Hugging Face dataset (Arrow or Parquet shards,
+a dataset card, checksums), and `blspdata verify` to check one.
+
+Layout of DIR:
+    arrow:    DIR/<config>/...          `datasets.load_from_disk("DIR/<config>")` (save_to_disk layout)
+    parquet:  DIR/data/<config>/<split>-00000-of-00002.parquet + DIR/README.md
+                                        `datasets.load_dataset("DIR", "<config>")`, and the Hub viewer
+    both:     DIR/README.md (the dataset card), DIR/blspdata.json (rows and sha256 of every file)
+Configs are the tasks (`semantic`, `emotion`); splits are `train`, `validation`, `test`: the
+corpus's own split where it has one (dev-* -> validation), else a speaker-disjoint hash split.
+With `--audio embed` (default) each row carries its segment as 16 kHz mono FLAC bytes in a
+`datasets.Audio(sampling_rate=16000)` column (`offset` becomes 0); `--audio path` keeps paths.
+`extra` and `generator` are JSON strings (their keys differ between corpora).
+Everything is built in a temporary folder beside DIR and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import orjson
+import soundfile as sf
+
+from blspdata.corpora.labels import CANONICAL
+from blspdata.parallel import ordered_map
+from blspdata.records import JsonlWriter, Record, Reject, iter_jsonl
+
+SPLITS = ("train", "validation", "test")
+RATE = 16000
+MANIFEST = "blspdata.json"
+CITATION = """@inproceedings{wang2024blspemo,
+  title     = {BLSP-Emo: Towards Empathetic Large Speech-Language Models},
+  author    = {Wang, Chen and Liao, Minpeng and Huang, Zhongqiang and Wu, Junhong and Zong, Chengqing and Zhang, Jiajun},
+  booktitle = {Proceedings of EMNLP},
+  year      = {2024},
+  note      = {arXiv:2406.03872}
+}"""
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------- rows
+
+def features(audio: str):
+    import datasets
+
+    return datasets.Features({
+        "id": datasets.Value("string"), "corpus": datasets.Value("string"), "split": datasets.Value("string"),
+        "audio": datasets.Audio(sampling_rate=RATE) if audio == "embed" else datasets.Value("string"),
+        "offset": datasets.Value("float64"), "duration": datasets.Value("float64"),
+        "sample_rate": datasets.Value("int32"), "text": datasets.Value("string"), "raw_text": datasets.Value("string"),
+        "speaker": datasets.Value("string"), "language": datasets.Value("string"),
+        "emotion": datasets.ClassLabel(names=list(CANONICAL)), "raw_emotion": datasets.Value("string"),
+        "extra": datasets.Value("string"), "task": datasets.Value("string"), "instruction": datasets.Value("string"),
+        "continuation": datasets.Value("string"), "finished": datasets.Value("bool"),
+        "generator": datasets.Value("string"),
+    })
+
+
+def target_split(record: Record, validation: float, test: float) -> str:
+    """The corpus's own split where it has one, else a stable speaker-disjoint hash split."""
+    name = record.split.lower()
+    if name.startswith(("dev", "val")):
+        return "validation"
+    if name.startswith("test"):
+        return "test"
+    if name.startswith("train"):
+        return "train"
+    key = f"{record.corpus}/{record.speaker or record.id}".encode()
+    u = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") / 2**64
+    return "test" if u < test else "validation" if u < test + validation else "train"
+
+
+def read_segment(path: str, offset: float, duration: float) -> np.ndarray:
+    """The segment as float32 mono at 16 kHz."""
+    with sf.SoundFile(path) as audio:
+        rate = audio.samplerate
+        start = int(round(offset * rate))
+        frames = int(round(duration * rate)) if duration > 0 else -1
+        audio.seek(start)
+        data = audio.read(frames, dtype="float32", always_2d=True)
+    data = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if rate != RATE:
+        data = _resample(data, rate)
+    return data
+
+
+def _resample(data: np.ndarray, rate: int) -> np.ndarray:
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data.reshape(1, -1)), format="flt", layout="mono")
+    frame.sample_rate = rate
+    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def _encode_row(job: tuple[dict[str, Any], str, str | None]) -> dict[str, Any] | Reject:
+    """A record -> a row of the published dataset (audio cut and encoded, in a worker)."""
+    row, audio_mode, audio_root = job
+    record = Record.from_dict(row)
+    out = {k: v for k, v in row.items()}
+    out["extra"] = json.dumps(record.extra, ensure_ascii=False, sort_keys=True)
+    out["generator"] = json.dumps(record.generator, sort_keys=True) if record.generator is not None else None
+    if audio_mode == "path":
+        out["audio"] = os.path.relpath(record.audio, audio_root) if audio_root else record.audio
+        return out
+    try:
+        samples = read_segment(record.audio, record.offset, record.duration)
+    except Exception as exc:  # missing file, corrupt audio, bad seek
+        return Reject("audio_unreadable", record.audio, f"{type(exc).__name__}: {exc}", id=record.id, record=row)
+    if samples.size == 0:
+        return Reject("audio_empty", record.audio, "the segment has no samples", id=record.id, record=row)
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, RATE, format="FLAC", subtype="PCM_16")
+    out["audio"] = {"bytes": buffer.getvalue(), "path": f"{record.id.replace('/', '__')}.flac"}
+    out["extra"] = json.dumps({**record.extra, "source_audio": record.audio, "source_offset": record.offset},
+                              ensure_ascii=False, sort_keys=True)
+    out.update(offset=0.0, sample_rate=RATE, duration=len(samples) / RATE)
+    return out
+
+
+def _encoded_rows(staged: str, audio: str, audio_root: str | None, jobs: int, rejects: str) -> Iterator[dict]:
+    """Rows of one (config, split), audio encoded in `jobs` processes (datasets'
+    from_generator wants a function and picklable arguments); rejects appended to a file."""
+    jobs_iter = ((row, audio, audio_root) for _, row, _ in iter_jsonl(staged))
+    for result in ordered_map(_encode_row, jobs_iter, jobs, chunk_size=16):
+        if isinstance(result, Reject):
+            with open(rejects, "ab") as handle:
+                handle.write(orjson.dumps({k: getattr(result, k) for k in Reject.__slots__}) + b"\n")
+        else:
+            yield result
+
+
+# ---------------------------------------------------------------------------- publish
+
+def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow", audio: str = "embed",
+            audio_root: str | Path | None = None, max_shard_size: str = "500MB", validation: float = 0.05,
+            test: float = 0.05, jobs: int = 1, license: str = "other", overwrite: bool = False,
+            progress: bool = True) -> dict[str, Any]:
+    """Publish curated records as a Hugging Face dataset in `out`. The Python face of
+    `blspdata publish`; returns the rows per config and split."""
+    import datasets
+
+    if fmt not in ("arrow", "parquet"):
+        raise PublishError(f"--format must be arrow or parquet, got {fmt!r}")
+    if audio not in ("embed", "path"):
+        raise PublishError(f"--audio must be embed or path, got {audio!r}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise PublishError(f"{out} exists; choose another --out or pass --overwrite")
+    inputs = [Path(p) for p in inputs]
+    max_bytes = _parse_size(max_shard_size)
+    if not progress:
+        datasets.disable_progress_bars()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staging, rejects, provenance = _stage(inputs, work, validation, test)
+        build = work / "dataset"
+        build.mkdir()
+        counts: dict[str, dict[str, int]] = defaultdict(dict)
+        info: dict[str, Any] = {}
+        for config in sorted(staging):
+            splits = {}
+            for split in SPLITS:
+                if split not in staging[config]:
+                    continue
+                dataset = datasets.Dataset.from_generator(
+                    _encoded_rows, features=features(audio), cache_dir=str(work / "cache"), split=split,
+                    gen_kwargs={"staged": str(staging[config][split]), "audio": audio, "jobs": jobs,
+                                "audio_root": str(audio_root) if audio_root else None,
+                                "rejects": str(work / "encode.rejects.jsonl")})
+                splits[split] = dataset
+                counts[config][split] = len(dataset)
+            dict_ = datasets.DatasetDict(splits)
+            info[config] = dict_
+            if fmt == "arrow":
+                dict_.save_to_disk(str(build / config), max_shard_size=max_bytes)
+            else:
+                for split, dataset in splits.items():
+                    shards = max(1, math.ceil(dataset.data.nbytes / max_bytes))
+                    folder = build / "data" / config
+                    folder.mkdir(parents=True, exist_ok=True)
+                    for index in range(shards):
+                        dataset.shard(shards, index, contiguous=True).to_parquet(
+                            str(folder / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
+        encode_rejects = work / "encode.rejects.jsonl"
+        if encode_rejects.exists():
+            rejects += [Reject(**row) for _, row, _ in iter_jsonl(encode_rejects)]
+        _write_card(build, info, fmt, audio, license, provenance, rejects)
+        files = {str(p.relative_to(build)): _sha256(p) for p in sorted(build.rglob("*")) if p.is_file()}
+        (build / MANIFEST).write_text(json.dumps({"format": fmt, "audio": audio, "rows": counts, "files": files},
+                                                 indent=2, sort_keys=True) + "\n")
+        with JsonlWriter(out.with_name(out.name + ".rejects.jsonl")) as writer:
+            for reject in rejects:
+                writer.write(reject.to_dict())
+        if out.exists():
+            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, trash)
+            os.replace(build, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(build, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"rows": dict(counts), "rejected": Counter(r.reason for r in rejects)}
+
+
+def _stage(inputs: list[Path], work: Path, validation: float, test: float):
+    """Sort the input rows into per-(config, split) JSONL files; count the provenance."""
+    staging: dict[str, dict[str, Path]] = defaultdict(dict)
+    writers: dict[tuple[str, str], Any] = {}
+    rejects: list[Reject] = []
+    provenance = {"corpora": Counter(), "hours": Counter(), "generators": {}, "curate": [], "inputs": []}
+    try:
+        for path in inputs:
+            if not path.is_file():
+                raise PublishError(f"input not found: {path}")
+            provenance["inputs"].append(str(path))
+            stats = _stats_beside(path)
+            if stats:
+                provenance["curate"].append(stats)
+            for number, row, error in iter_jsonl(path):
+                location = f"{path}:{number}"
+                try:
+                    if row is None:
+                        raise ValueError(error)
+                    record = Record.from_dict(row)
+                    if record.task not in ("semantic", "emotion") or record.continuation is None:
+                        raise ValueError("not a generated record (no task/continuation)")
+                except (TypeError, ValueError) as exc:
+                    rejects.append(Reject("malformed_row", location, str(exc), id=(row or {}).get("id")))
+                    continue
+                split = target_split(record, validation, test)
+                key = (record.task, split)
+                if key not in writers:
+                    staging[record.task][split] = work / f"{record.task}-{split}.jsonl"
+                    writers[key] = open(staging[record.task][split], "wb")
+                writers[key].write(orjson.dumps(record.to_dict()) + b"\n")
+                provenance["corpora"][f"{record.task}/{record.corpus}"] += 1
+                provenance["hours"][f"{record.task}/{record.corpus}"] += record.duration / 3600
+                if record.generator is not None:
+                    provenance["generators"][json.dumps(record.generator, sort_keys=True)] = record.generator
+    finally:
+        for handle in writers.values():
+            handle.close()
+    return staging, rejects, provenance
+
+
+def _stats_beside(path: Path) -> dict | None:
+    for suffix in (".jsonl.gz", ".jsonl"):
+        if path.name.endswith(suffix):
+            stats = path.with_name(path.name[: -len(suffix)] + ".stats.json")
+            if stats.is_file():
+                return json.loads(stats.read_text())
+    return None
+
+
+def _parse_size(text: str) -> int:
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    value = text.strip().upper()
+    for unit, factor in units.items():
+        if value.endswith(unit):
+            number = value[: -len(unit)].strip()
+            break
+    else:
+        number, factor = value, 1
+    try:
+        size = int(float(number) * factor)
+    except ValueError:
+        raise PublishError(f"--max-shard-size: expected a size such as 500MB, got {text!r}") from None
+    if size <= 0:
+        raise PublishError(f"--max-shard-size must be positive, got {text!r}")
+    return size
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------- the card
+
+def _write_card(build: Path, info: dict[str, Any], fmt: str, audio: str, license: str, provenance: dict,
+                rejects: list[Reject]) -> None:
+    from datasets.info import DatasetInfo, DatasetInfosDict
+    from datasets.splits import SplitDict, SplitInfo
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    from blspdata.generate import prompts
+
+    configs, infos = [], {}
+    for config, dict_ in info.items():
+        if fmt == "parquet":
+            configs.append({"config_name": config, "data_files": [
+                {"split": split, "path": f"data/{config}/{split}-*"} for split in dict_]})
+        splits = SplitDict()
+        for split, dataset in dict_.items():
+            splits.add(SplitInfo(name=split, num_examples=len(dataset), num_bytes=dataset.data.nbytes))
+        infos[config] = DatasetInfo(features=next(iter(dict_.values())).features, splits=splits, config_name=config)
+    card_data = DatasetCardData(license=license, language=["en"], task_categories=["audio-classification",
+                                "automatic-speech-recognition", "text-generation"],
+                                tags=["speech", "emotion", "speech-language-model", "blsp-emo", "blspdata"],
+                                pretty_name="BLSP-Emo style continuation data", configs=configs or None)
+    DatasetInfosDict(infos).to_dataset_card_data(card_data)
+
+    lines = ["# BLSP-Emo style continuation data", "",
+             "Speech utterances paired with an LLM's continuation of their transcript, built with "
+             "[blspdata](https://github.com/) the BLSP-Emo way: `semantic` rows continue an ASR transcript "
+             "(stage 1, semantic alignment); `emotion` rows continue it in the tone of its emotion label "
+             "(stage 2, emotion alignment).", "", "## Contents", "",
+             "| config / corpus | rows | hours |", "| --- | ---: | ---: |"]
+    for key, n in sorted(provenance["corpora"].items()):
+        lines.append(f"| {key} | {n} | {provenance['hours'][key]:.2f} |")
+    lines += ["", "| config | split | rows |", "| --- | --- | ---: |"]
+    for config, dict_ in info.items():
+        lines += [f"| {config} | {split} | {len(ds)} |" for split, ds in dict_.items()]
+    lines += ["", "## How it was made", ""]
+    for generator in provenance["generators"].values():
+        lines.append(f"- generator: backend `{generator.get('backend')}`, model `{generator.get('model')}`, "
+                     f"sampling `{json.dumps(generator.get('sampling'), sort_keys=True)}`")
+        prompt = generator.get("prompt") or {}
+        try:
+            template = prompts.load(prompt.get("id", ""))
+            same = " (the shipped template)" if template.sha256 == prompt.get("sha256") else " (a modified template)"
+            lines += [f"  - prompt `{prompt.get('id')}` sha256 `{prompt.get('sha256')}`{same}:",
+                      f"    system: `{template.system}`", f"    user: `{template.user}`"]
+        except prompts.PromptError:
+            lines.append(f"  - prompt `{prompt.get('id')}` sha256 `{prompt.get('sha256')}` (a user template)")
+    for stats in provenance["curate"]:
+        lines.append(f"- curate: {stats.get('kept')} of {stats.get('input')} kept; dropped: "
+                     + ", ".join(f"{k} {v}" for k, v in (stats.get("rejects") or {}).items()))
+    if rejects:
+        lines.append(f"- publish: {len(rejects)} rows dropped (" + ", ".join(
+            f"{k} {v}" for k, v in Counter(r.reason for r in rejects).items()) + ")")
+    lines += ["", f"Audio: {'16 kHz mono FLAC, cut to the utterance' if audio == 'embed' else 'paths (not embedded)'}. "
+              "Emotion labels: " + ", ".join(f"{i} {n}" for i, n in enumerate(CANONICAL)) + " (null for semantic rows). "
+              "`extra` and `generator` are JSON strings.", "", "## Load it", "", "```python"]
+    for config in info:
+        lines.append(f'ds = datasets.load_dataset("DIR_OR_HUB_ID", "{config}")' if fmt == "parquet"
+                     else f'ds = datasets.load_from_disk("DIR/{config}")')
+    lines += ["```", "", "## Citation", "", "```bibtex", CITATION, "```", ""]
+    DatasetCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines)).save(build / "README.md")
+
+
+# ---------------------------------------------------------------------------- verify
+
+def verify(directory: str | Path, sample: int = 8) -> list[str]:
+    """Problems found in a published dataset (empty: it checks out)."""
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        return [f"{manifest_path} missing: not a blspdata dataset"]
+    manifest = json.loads(manifest_path.read_text())
+    problems = []
+    present = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()} - {MANIFEST}
+    for name, digest in manifest["files"].items():
+        path = directory / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif _sha256(path) != digest:
+            problems.append(f"{name}: checksum differs from publish time")
+    problems += [f"{name}: not listed at publish time" for name in sorted(present - set(manifest["files"]))]
+    cache = Path(tempfile.mkdtemp(prefix="blspdata-verify-"))  # parquet is read through a cache: not the user's
+    card = DatasetCard.load(directory / "README.md").data.to_dict() if (directory / "README.md").is_file() else {}
+    card_rows = {}
+    entries = card.get("dataset_info") or []
+    for entry in [entries] if isinstance(entries, dict) else entries:  # one config: a mapping, not a list
+        for split in entry.get("splits", []):
+            card_rows[(entry.get("config_name"), split["name"])] = split["num_examples"]
+    for config, splits in manifest["rows"].items():
+        try:
+            loaded = (datasets.load_from_disk(str(directory / config)) if manifest["format"] == "arrow"
+                      else datasets.load_dataset(str(directory), config, cache_dir=str(cache)))
+        except Exception as exc:
+            problems.append(f"{config}: datasets cannot open it: {type(exc).__name__}: {exc}")
+            continue
+        for split, expected in splits.items():
+            got = len(loaded[split]) if split in loaded else 0
+            if got != expected or card_rows.get((config, split), expected) != expected:
+                problems.append(f"{config}/{split}: {got} rows, the card says {card_rows.get((config, split))}, "
+                                f"publish wrote {expected}")
+            if manifest["audio"] == "embed" and split in loaded and got:
+                step = max(1, got // sample)
+                for index in range(0, got, step)[:sample]:
+                    try:
+                        decoded = loaded[split][index]["audio"]
+                        if decoded["sampling_rate"] != RATE or len(decoded["array"]) == 0:
+                            problems.append(f"{config}/{split}[{index}]: audio is not 16 kHz or empty")
+                    except Exception as exc:
+                        problems.append(f"{config}/{split}[{index}]: audio does not decode: {exc}")
+    shutil.rmtree(cache, ignore_errors=True)
+    return problems
+
+
+# ---------------------------------------------------------------------------- the Hub
+
+def push_to_hub(directory: str | Path, repo_id: str, private: bool = False, dry_run: bool = False) -> list[str]:
+    """Upload a published dataset folder; returns the files (all of them, with `dry_run`).
+    The token comes from HF_TOKEN or `huggingface-cli login`; it is never printed."""
+    directory = Path(directory)
+    files = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    if dry_run:
+        return files
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    import httpx
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        api.upload_large_folder(repo_id=repo_id, folder_path=str(directory), repo_type="dataset",
+                                print_report=False)  # resumable: reruns skip what is already up
+    except OfflineModeIsEnabled:
+        raise PublishError("HF_HUB_OFFLINE is set: nothing was uploaded; the local dataset is intact") from None
+    except HfHubHTTPError as exc:
+        status = getattr(exc.response, "status_code", "?")
+        hint = " (log in with `huggingface-cli login` or set HF_TOKEN)" if status in (401, 403) else ""
+        raise PublishError(f"the Hub refused the upload to {repo_id}: HTTP {status}{hint}; the local dataset "
+                           "is intact") from None
+    except (httpx.HTTPError, OSError) as exc:
+        raise PublishError(f"cannot reach the Hub ({type(exc).__name__}); nothing was uploaded; the local "
+                           "dataset is intact") from None
+    return files

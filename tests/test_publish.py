@@ -1,0 +1,150 @@
+"""`blspdata publish` and `verify`: Arrow and Parquet datasets read back with `datasets`,
+audio compared with the sources, tampering caught, the Hub failing cleanly offline.
+
+The inputs are continuation records of the sample corpus made with the dry-run backend:
+these tests are about publishing, not about what an LLM writes."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import REPO, blspdata, read_jsonl
+
+SAMPLE = REPO / "manifests" / "sample"
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory) -> list[Path]:
+    work = tmp_path_factory.mktemp("gen")
+    outputs = []
+    for corpus, task in [("librispeech", "semantic"), ("gigaspeech", "semantic"), ("iemocap", "emotion"),
+                         ("meld", "emotion")]:
+        manifest = SAMPLE / f"{corpus}.jsonl"
+        if corpus == "meld":  # its audio is extracted beside the manifest: ingest it here
+            manifest = work / "meld.manifest.jsonl"
+            blspdata("ingest", "meld", "samples/corpora/MELD.Raw", "-o", manifest, "--no-progress", cwd=REPO)
+        out = work / f"{corpus}.continuations.jsonl"
+        blspdata("generate", manifest, "-o", out, "--task", task, "--backend", "dry-run", "--no-progress", cwd=REPO)
+        outputs.append(out)
+    return outputs
+
+
+@pytest.fixture(scope="module")
+def arrow(records, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pub") / "ds"
+    blspdata("publish", *records, "-o", out, "--jobs", "2", "--no-progress", cwd=REPO)
+    return out
+
+
+def source_rows(records: list[Path]) -> dict[str, dict]:
+    return {row["id"]: row for path in records for row in read_jsonl(path)}
+
+
+def test_arrow_reopens_with_datasets_and_matches_the_sources(arrow: Path, records):
+    sources = source_rows(records)
+    emotion = datasets.load_from_disk(str(arrow / "emotion"))
+    semantic = datasets.load_from_disk(str(arrow / "semantic"))
+    assert set(emotion) == {"train", "validation", "test"}  # IEMOCAP session 5 + MELD test; MELD dev
+    assert set(semantic) == {"train", "validation", "test"}  # LibriSpeech dev-clean / test-clean, GigaSpeech dev/test
+    total = sum(len(d) for d in emotion.values()) + sum(len(d) for d in semantic.values())
+    assert total == len(sources)
+    names = emotion["train"].features["emotion"].names
+    assert names == ["neutral", "happy", "angry", "sad", "surprise"]
+    for split in semantic:
+        for row in semantic[split]:
+            source = sources[row["id"]]
+            assert (row["text"], row["continuation"], row["task"]) == (source["text"], source["continuation"], "semantic")
+            assert row["emotion"] is None
+    row = emotion["test"][0]
+    assert names[row["emotion"]] == sources[row["id"]]["emotion"]
+    assert json.loads(row["generator"]) == sources[row["id"]]["generator"]
+
+
+def test_audio_is_the_source_segment_at_16k(arrow: Path, records):
+    sources = source_rows(records)
+    semantic = datasets.load_from_disk(str(arrow / "semantic"))
+    checked = 0
+    for split in semantic:
+        for row in semantic[split].select(range(min(3, len(semantic[split])))):
+            source = sources[row["id"]]
+            with sf.SoundFile(REPO / source["audio"]) as f:
+                f.seek(int(round(source["offset"] * f.samplerate)))
+                expected = f.read(int(round(source["duration"] * f.samplerate)), dtype="float32")
+            got = row["audio"]["array"]
+            assert row["audio"]["sampling_rate"] == 16000 and row["offset"] == 0.0
+            assert len(got) == len(expected)
+            # FLAC sources are sample-exact; Opus (GigaSpeech) decodes to floats, stored as 16-bit
+            np.testing.assert_allclose(got, expected, atol=1 / 32768 + 1e-6)
+            checked += 1
+    assert checked >= 6
+
+
+def test_parquet_layout_loads_with_load_dataset(records, tmp_path: Path):
+    out = tmp_path / "pq"
+    blspdata("publish", *records, "-o", out, "--format", "parquet", "--no-progress", cwd=REPO)
+    files = sorted(str(p.relative_to(out)) for p in (out / "data").rglob("*.parquet"))
+    assert "data/emotion/train-00000-of-00001.parquet" in files
+    loaded = datasets.load_dataset(str(out), "emotion", cache_dir=str(tmp_path / "cache"))
+    assert len(loaded["train"]) > 0 and loaded["train"][0]["audio"]["sampling_rate"] == 16000
+    card = (out / "README.md").read_text()
+    assert "config_name: emotion" in card and "path: data/emotion/train-*" in card
+    assert "Continue the following sentence that reflects" in card  # the template text
+    assert "BLSP-Emo: Towards Empathetic Large Speech-Language Models" in card
+    assert blspdata("verify", out).returncode == 0
+
+
+def test_verify_catches_tampering(arrow: Path, tmp_path: Path):
+    assert "check out" in blspdata("verify", arrow).stdout
+    copy = tmp_path / "copy"
+    import shutil
+    shutil.copytree(arrow, copy)
+    shard = next((copy / "emotion" / "train").glob("*.arrow"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    result = blspdata("verify", copy, check=False)
+    assert result.returncode == 1 and "checksum differs" in result.stderr
+
+
+def test_path_mode_and_speaker_disjoint_split(tmp_path: Path):
+    rows = read_jsonl(SAMPLE / "librispeech.jsonl")
+    for i, row in enumerate(rows):  # a corpus without splits of its own
+        row.update(split="all", speaker=f"spk{i % 10}", task="semantic", instruction="x", continuation=f"c {i}",
+                   finished=True, generator={"model": "m"})
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "paths"
+    blspdata("publish", inputs, "-o", out, "--audio", "path", "--audio-root", REPO, "--validation-fraction", "0.3",
+             "--test-fraction", "0.3", "--no-progress", cwd=REPO)
+    loaded = datasets.load_from_disk(str(out / "semantic"))
+    speakers = {split: set(loaded[split]["speaker"]) for split in loaded}
+    assert len(speakers) >= 2 and all(a.isdisjoint(b) for x, a in speakers.items() for y, b in speakers.items() if x < y)
+    assert loaded["train"][0]["audio"].startswith("samples/corpora/LibriSpeech/")
+
+
+def test_existing_output_failures_and_the_offline_hub(records, arrow: Path, tmp_path: Path):
+    result = blspdata("publish", *records, "-o", arrow, check=False, cwd=REPO)
+    assert result.returncode == 1 and "--overwrite" in result.stderr
+    missing = tmp_path / "never"
+    result = blspdata("publish", tmp_path / "nope.jsonl", "-o", missing, check=False)
+    assert result.returncode == 1 and not missing.exists() and not list(tmp_path.glob(".never*"))
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_secret_never_printed"}
+    out = tmp_path / "hub"
+    import subprocess, sys
+    run = subprocess.run([sys.executable, "-m", "blspdata", "publish", *map(str, records[:1]), "-o", str(out),
+                          "--push-to-hub", "someone/blsp-sample", "--no-progress"], capture_output=True, text=True,
+                         env=env, cwd=REPO)
+    assert run.returncode == 1 and "nothing was uploaded" in run.stderr and "local dataset is intact" in run.stderr
+    assert "hf_secret" not in run.stdout + run.stderr
+    assert blspdata("verify", out).returncode == 0
+    listing = blspdata("publish", *records[:1], "-o", tmp_path / "dry", "--push-to-hub", "someone/x", "--dry-run",
+                       "--no-progress", cwd=REPO).stdout
+    assert "would upload" in listing and "README.md" in listing and "blspdata.json" in listing
