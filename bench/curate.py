@@ -9,7 +9,7 @@ word, 0.81-0.91 at these lengths):
 
     ours-dedup       blspdata.curate.dedup.NearDuplicates(threshold=0.8, num_perm=128, ngram=2)
                      driven the way curate drives it: batches of 4096 texts -> .signatures(),
-                     then .check_and_add(id, signature) per record, in order
+                     then .check_batch(ids, signatures): each record in order against the index
     datasketch       datasketch.MinHashLSH(threshold=0.8, num_perm=128), record by record: a
                      fresh MinHash(num_perm=128) per text, update_batch() with the same
                      word-bigram shingles (same tokenizer, blspdata.curate.filters.words; word
@@ -52,6 +52,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import run_isolated  # bench/common.py (scripts run as `python bench/NAME.py`)
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench-out" / "curate"
@@ -221,9 +223,9 @@ def run_ours_dedup(ids: list[str], texts: list[str]) -> tuple[dict[str, str], st
     near = NearDuplicates(THRESHOLD, NUM_PERM, NGRAM)
     flags: dict[str, str] = {}
     for start in range(0, len(texts), BATCH):
+        batch_ids = ids[start:start + BATCH]
         signatures = near.signatures(texts[start:start + BATCH])
-        for i, record_id in enumerate(ids[start:start + BATCH]):
-            original = near.check_and_add(record_id, signatures[i])
+        for record_id, original in zip(batch_ids, near.check_batch(batch_ids, signatures)):
             if original is not None:
                 flags[record_id] = original
     return flags, f"{near.bands} bands x {near.rows} rows, candidates verified (estimated Jaccard >= {THRESHOLD})"
@@ -260,21 +262,30 @@ def run_datasketch(ids: list[str], texts: list[str], bulk: bool) -> tuple[dict[s
     return flags, f"{lsh.b} bands x {lsh.r} rows, no verification" + (", MinHash.generator" if bulk else "")
 
 
-def run_ours_curate() -> tuple[dict[str, str], str, dict]:
+CURATE_OUT = OUT / "ours-curate.jsonl"
+
+
+def run_ours_curate() -> str:
     from blspdata.curate.run import curate
 
-    out = OUT / "ours-curate.jsonl"
-    stats = curate([DATA], out, progress=False)
+    stats = curate([DATA], CURATE_OUT, progress=False)
+    return f"{stats.kept} kept of {stats.inputs} -> {CURATE_OUT.relative_to(REPO)} (+ rejects, stats)"
+
+
+def curate_flags() -> tuple[dict[str, str], dict[str, str]]:
+    """ours-curate's rejects: (duplicate flags, other reasons), read after the clock stops."""
+    from blspdata.records import sidecar
+
     flags: dict[str, str] = {}
     others: dict[str, str] = {}
-    with open(OUT / "ours-curate.rejects.jsonl", "rb") as handle:  # read after the clock stops
+    with open(sidecar(CURATE_OUT, "rejects.jsonl"), "rb") as handle:
         for line in handle:
             row = json.loads(line)
             if row["reason"].startswith(CURATE_REASONS):
                 flags[row["id"]] = row["reason"].split(":", 1)[1]
             else:
                 others[row["id"]] = row["reason"]
-    return flags, f"{stats.kept} kept of {stats.inputs} -> {out.relative_to(REPO)}", others
+    return flags, others
 
 
 def _current_rss() -> int:
@@ -311,9 +322,11 @@ def child(args: argparse.Namespace) -> None:
     elif args.only in ("datasketch", "datasketch-bulk"):
         flags, note = run_datasketch(ids, texts, bulk=args.only == "datasketch-bulk")
     else:
-        flags, note, others = run_ours_curate()
+        note = run_ours_curate()
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    if args.only == "ours-curate":
+        flags, others = curate_flags()
     (OUT / f"{args.only}.flags.json").write_text(json.dumps({"flags": flags, "others": others}))
     print(json.dumps({"records": args.records, "seconds": seconds, "import_s": imported, "peak_rss": peak,
                       "base_rss": base_rss, "note": note}))
@@ -324,14 +337,9 @@ def child(args: argparse.Namespace) -> None:
 def measure(name: str, args: argparse.Namespace) -> dict | None:
     command = [sys.executable, str(Path(__file__).resolve()), "--only", name, "--records", str(args.records),
                "--dup-share", str(args.dup_share), "--seed", str(args.seed)]
-    env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
-    if result.returncode != 0:
-        print(f"  {name} FAILED (exit {result.returncode}):\n"
-              + "\n".join("    " + line for line in result.stderr.strip().splitlines()[-15:]))
+    row = run_isolated(command, name)
+    if row is None:
         return None
-    row = json.loads(result.stdout.strip().splitlines()[-1])
     row["name"] = name
     saved = json.loads((OUT / f"{name}.flags.json").read_text())
     row["flags"], row["others"] = saved["flags"], saved["others"]
@@ -377,6 +385,7 @@ def main() -> None:
     if args.only:
         return child(args)
 
+    started = time.perf_counter()
     sys.path.insert(0, str(REPO))
     import numpy as np
 
@@ -431,6 +440,7 @@ def main() -> None:
     if ours and curated:
         print(f"ours-curate end to end: {rate(curated):.0f} records/s, {rate(curated) / rate(ours):.2f}x the rate of "
               "near-dedup alone")
+    print(f"whole run: {time.perf_counter() - started:.0f} s")
     if len(done) < len(CONTENDERS):
         sys.exit(1)
 

@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import run_isolated  # bench/common.py (scripts run as `python bench/NAME.py`)
+
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench-out"
 DEFAULT_ROOT = OUT / "librispeech"
@@ -241,14 +243,9 @@ def measure(name: str, args: argparse.Namespace, subset: bool = False) -> dict |
                "--repeat", str(args.repeat)]
     if subset:
         command.append("--subset")
-    env = dict(os.environ, TQDM_DISABLE="1", PYTHONPATH=os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
-    if result.returncode != 0:
-        print(f"  {name}{' (subset)' if subset else ''} FAILED (exit {result.returncode}):\n"
-              + "\n".join("    " + line for line in result.stderr.strip().splitlines()[-15:]))
+    row = run_isolated(command, f"{name}{' (subset)' if subset else ''}")
+    if row is None:
         return None
-    row = json.loads(result.stdout.strip().splitlines()[-1])
     row["name"] = name + (" 1/4" if subset else "")
     return row
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from enum import Enum
 from pathlib import Path
@@ -11,11 +12,23 @@ import typer
 
 from blspdata import __version__
 
+
+@contextlib.contextmanager
+def user_errors(*kinds: type[BaseException], note: str = ""):
+    """Errors a user can act on: one line on stderr and exit 1, no traceback."""
+    try:
+        yield
+    except kinds as exc:
+        typer.echo(f"error: {exc}", err=True)
+        if note:
+            typer.echo(note, err=True)
+        raise typer.Exit(1) from None
+
 app = typer.Typer(
     help="Build BLSP-Emo style training data for speech-language models.\n\n"
     "Stages, in pipeline order: ingest (corpora -> manifest), generate (manifest -> continuations "
     "through an LLM; merge joins sharded runs), curate (filters with reasons, exact and near-duplicate removal), publish (Hugging Face shards + card; "
-    "verify checks them).",
+    "verify checks them), train (stage1 semantic / stage2 emotion alignment), evaluate, chat.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -30,6 +43,12 @@ ingest_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(ingest_app, name="ingest")
+train_app = typer.Typer(help="Train the reference BLSP-Emo model (Whisper encoder + adapter + causal LM) on "
+                        "published shards. Runs under torchrun for several processes/GPUs.",
+                        no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(train_app, name="train")
+evaluate_app = typer.Typer(help="Evaluate a trained checkpoint.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(evaluate_app, name="evaluate")
 
 
 class Normalizer(str, Enum):
@@ -68,12 +87,9 @@ def _run(corpus: str, root: Path, out: Path, jobs: Optional[int], strict: bool, 
          progress: bool, **options) -> None:
     from blspdata.ingest import IngestError, ingest_corpus
 
-    try:
+    with user_errors(IngestError, OSError, ValueError):
         summary = ingest_corpus(corpus, str(root), out, jobs=jobs or _default_jobs(), strict=strict,
                                 normalizer=normalizer.value, progress=progress, **options)
-    except (IngestError, OSError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"{corpus}: {summary.render()}")
 
 
@@ -225,16 +241,13 @@ def generate_command(
     from blspdata.generate.prompts import PromptError
     from blspdata.generate.run import GenerateError, generate
 
-    try:
+    with user_errors(GenerateError, BackendError, ServerDown, PromptError, ValueError, OSError,
+                     note=f"(what was done is kept in {out}; rerun the same command to resume)"):
         summary = generate(manifest, out, task=task.value, prompt=prompt, backend=backend.value, base_url=base_url,
                            model=model, api_key=api_key, serve=serve, concurrency=concurrency,
                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, shard=shard,
                            server_timeout=server_timeout, limit=limit, strict=strict, progress=progress,
                            executor=executor, ray_actors=ray_actors, engine_args=_engine_args(engine_arg))
-    except (GenerateError, BackendError, ServerDown, PromptError, ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        typer.echo(f"(what was done is kept in {out}; rerun the same command to resume)", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"generate {task.value}: {summary.render()}")
 
 
@@ -265,11 +278,8 @@ def merge_command(
     """Join sharded generation outputs, checking for overlaps and gaps."""
     from blspdata.generate.resume import MergeError, merge
 
-    try:
+    with user_errors(MergeError, ValueError):
         counts = merge(inputs, out, manifest=manifest, allow_gaps=allow_gaps)
-    except (MergeError, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"merged {counts['shards']} shards: {counts['rows']} rows, {counts['rejects']} rejects -> {out}"
                + (f" ({counts['missing']} manifest ids missing)" if counts["missing"] else ""))
 
@@ -311,12 +321,9 @@ def curate_command(
              "max_words": max_words, "max_dup_ngram_fraction": max_dup_ngram_fraction, "echo_overlap": echo_overlap,
              "exact": exact_dedup, "near": near_dedup, "threshold": near_dup_threshold, "num_perm": num_perm,
              "ngram": ngram}
-    try:
+    with user_errors(CurateError, ValueError, OSError):
         filters, dedup = settings_from(config, flags)
         stats = curate(inputs, out, filters=filters, dedup=dedup, progress=progress)
-    except (CurateError, ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"curate: {stats.render()}")
 
 
@@ -345,7 +352,7 @@ def publish_command(
     """Publish curated records as Hugging Face Arrow/Parquet shards with a dataset card."""
     from blspdata.publish import PublishError, publish, push_to_hub as push
 
-    try:
+    with user_errors(PublishError, ValueError, OSError):
         result = publish(inputs, out, fmt=fmt, audio=audio, audio_root=audio_root, max_shard_size=max_shard_size,
                          validation=validation, test=test, jobs=jobs or _default_jobs(), license=license,
                          overwrite=overwrite, progress=progress)
@@ -359,9 +366,6 @@ def publish_command(
             files = push(out, push_to_hub, private=private, dry_run=dry_run)
             typer.echo(("would upload" if dry_run else "uploaded") + f" {len(files)} files to {push_to_hub}"
                        + ("".join(f"\n  {f}" for f in files) if dry_run else ""))
-    except (PublishError, ValueError, OSError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
 
 
 @app.command("verify")
@@ -378,6 +382,114 @@ def verify_command(
     if problems:
         raise typer.Exit(1)
     typer.echo(f"{directory}: rows, checksums and audio check out")
+
+
+def _train(stage: str, data: Path, out: Path, encoder: Optional[str], llm: Optional[str], llm_gguf: Optional[str],
+           init: Optional[Path], resume: bool, progress: bool, model_overrides: dict, **overrides) -> None:
+    import json
+
+    from blspdata.train.loop import TrainConfig, train
+    from blspdata.train.model import ModelConfig
+
+    folder = data / ("semantic" if stage == "stage1" else "emotion")
+    data = folder if folder.is_dir() else data
+    if init is not None and (encoder is None or llm is None):  # stage 2 inherits the bases of stage 1
+        saved = json.loads((init / "config.json").read_text())["model"]
+        encoder, llm, llm_gguf = encoder or saved["encoder"], llm or saved["llm"], llm_gguf or saved.get("llm_gguf")
+    if not encoder or not llm:
+        raise typer.BadParameter("--encoder and --llm are required (stage2 takes them from --init)")
+    cfg = TrainConfig.for_stage(stage, data=str(data), out=str(out), init=str(init) if init else None, **overrides)
+    model_config = ModelConfig(encoder=encoder, llm=llm, llm_gguf=llm_gguf,
+                               **{k: v for k, v in model_overrides.items() if v is not None})
+    with user_errors(ValueError, OSError, KeyError):
+        result = train(cfg, model_config, resume=resume, progress=progress)
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        typer.echo(f"{stage}: {result['steps']} steps -> {out}/final (trainable weights), {out}/last (resumable), "
+                   f"{out}/metrics.jsonl" + (f"; skipped {result['skipped']}" if result["skipped"] else ""))
+
+
+def _train_options(stage: str):
+    def command(
+        data: Path = typer.Argument(..., help="A dataset from `blspdata publish` (arrow); its "
+                                    + ("semantic" if stage == "stage1" else "emotion") + " config is used."),
+        out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints and metrics.jsonl."),
+        encoder: Optional[str] = typer.Option(None, "--encoder", help="Whisper checkpoint (name or folder) whose encoder is used."),
+        llm: Optional[str] = typer.Option(None, "--llm", help="Causal LM with a chat template (name or folder)."),
+        llm_gguf: Optional[str] = typer.Option(None, "--llm-gguf", help="GGUF file inside the --llm folder, if the LLM ships as GGUF."),
+        init: Optional[Path] = typer.Option(None, "--init", help="Checkpoint to start from (stage 2: the stage-1 result)."),
+        mix: Optional[Path] = typer.Option(None, "--mix", help="Stage 2: also train on this semantic dataset (response_ce only)."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [stage1 1e-4, stage2 2e-5]."),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[0.05]"),
+        warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="[stage1 1000, stage2 200]"),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine or linear decay after warm-up [cosine]."),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Per device [8]."),
+        grad_accum: Optional[int] = typer.Option(None, "--grad-accum", min=1, help="[stage1 24, stage2 16]: the paper's effective batch with 4 GPUs."),
+        epochs: Optional[float] = typer.Option(None, "--epochs", help="[stage1 1, stage2 3]"),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Optimizer steps (overrides --epochs)."),
+        max_length: Optional[int] = typer.Option(None, "--max-length", help="Text tokens; longer rows are skipped [256]."),
+        temperature: Optional[float] = typer.Option(None, "--temperature", help="Stage 1 KL temperature [2]."),
+        grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="[1.0]"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="[42]"),
+        save_every: Optional[int] = typer.Option(None, "--save-every", help="Save a resumable checkpoint every N steps [end only]."),
+        lora_scope: Optional[str] = typer.Option(None, "--lora-scope", help="Stage 2: audio (LoRA only at speech positions, the paper) or global."),
+        lora_r: Optional[int] = typer.Option(None, "--lora-r", help="[16]"),
+        lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="[16]"),
+        lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="[0.05]"),
+        audio_root: Optional[str] = typer.Option(None, "--audio-root", help="For datasets published with --audio path."),
+        resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last exactly (weights, optimizer, schedule, data position)."),
+        progress: bool = ProgressOpt,
+    ) -> None:
+        _train(stage, data, out, encoder, llm, llm_gguf, init, resume, progress,
+               {"lora_scope": lora_scope, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout},
+               mix=str(mix) if mix else None, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+               schedule=schedule, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps,
+               max_length=max_length, temperature=temperature, grad_clip=grad_clip, seed=seed, save_every=save_every,
+               audio_root=audio_root)
+
+    command.__doc__ = ("Stage 1, semantic alignment: response_kl, only the adapter trains." if stage == "stage1" else
+                       "Stage 2, emotion alignment: response_ce + input_er; adapter and (partial) LoRA train.")
+    return command
+
+
+train_app.command("stage1")(_train_options("stage1"))
+train_app.command("stage2")(_train_options("stage2"))
+
+
+@evaluate_app.command("ser")
+def evaluate_ser_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint folder (OUT/final of a training run)."),
+    data: Path = typer.Argument(..., help="A published dataset (its emotion config is used)."),
+    split: str = typer.Option("test", "--split", help="Split to score."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where ser.json, answers.jsonl and confusion.png go [CHECKPOINT/ser-SPLIT]."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N rows."),
+    head_only: bool = typer.Option(False, "--head-only", help="Score the emotion head only (no generation: fast)."),
+) -> None:
+    """Speech emotion recognition accuracy: the emotion head, and the model prompted with the paper's SER instruction."""
+    from blspdata.train.evaluate import evaluate_ser
+
+    folder = data / "emotion"
+    with user_errors(ValueError, OSError, KeyError):
+        result = evaluate_ser(checkpoint, folder if folder.is_dir() else data, split=split, out=out, limit=limit,
+                              prompt_too=not head_only)
+    typer.echo(result["text"])
+    prompted = ("" if result["prompt_accuracy"] is None else f", SER prompt accuracy {result['prompt_accuracy']:.3f} "
+                f"({result['prompt_unparsed']} answers without a label)")
+    typer.echo(f"\n{result['rows']} rows: emotion head accuracy {result['head_accuracy']:.3f}{prompted} -> {result['out']}")
+
+
+@app.command("chat")
+def chat_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint folder (OUT/final of a training run)."),
+    audio: Path = typer.Argument(..., exists=True, dir_okay=False, help="A speech file (any rate; read as 16 kHz mono)."),
+    instruction: Optional[str] = typer.Option(None, "--instruction", help="Text before the speech [the stage-2 "
+                                              "instruction: continue in the conveyed emotion tone]."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+) -> None:
+    """Generate a response to a speech file."""
+    from blspdata.train.evaluate import chat
+
+    with user_errors(ValueError, OSError, KeyError):
+        typer.echo(chat(checkpoint, audio, instruction, max_new_tokens))
 
 
 def _version(value: bool) -> None:

@@ -25,21 +25,10 @@ ENGINE = ["-E", "gpu_memory_utilization=0.25", "-E", "max_model_len=2048"]
 
 @pytest.fixture(scope="session")
 def model_folder(tmp_path_factory) -> Path:
-    """SmolLM2 as a transformers folder (save_pretrained refuses a GGUF-loaded model, so
-    the weights move into a model built from the same config)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """SmolLM2 as a transformers folder (vLLM cannot read a GGUF)."""
+    from blspdata.train.model import gguf_to_folder
 
-    gguf = smollm2_path()
-    folder = tmp_path_factory.mktemp("smollm2-hf")
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    fresh = AutoModelForCausalLM.from_config(loaded.config)
-    fresh.load_state_dict(loaded.state_dict())
-    fresh.save_pretrained(folder)
-    config = json.loads((folder / "config.json").read_text())
-    config.pop("quantization_config", None)  # the weights are plain float32 now, not GGUF
-    (folder / "config.json").write_text(json.dumps(config))
-    AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(folder)
-    return folder
+    return gguf_to_folder(smollm2_path(), tmp_path_factory.mktemp("smollm2-hf"))
 
 
 def test_vllm_backend_in_process(model_folder: Path, tmp_path: Path):

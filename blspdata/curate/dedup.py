@@ -2,24 +2,31 @@
 
 Exact: a 64-bit hash of the normalised text (lower case, words only).
 Near: MinHash over word n-gram shingles + LSH banding. Signatures are computed in numpy
-for a whole batch of records at once (the hot path); the LSH index is one dict per band.
-The first record seen keeps its place; a later one whose signature agrees with an indexed
-record's in some band, and whose estimated Jaccard similarity (the share of equal
-signature slots) reaches the threshold, is a duplicate of it. Memory holds one signature
-(num_perm x 4 bytes) and the band keys per kept record, never texts.
+for a whole batch of records at once (the hot path); the LSH index is one dict per band,
+keyed by an int that folds the band's signature slots together. The first record seen keeps
+its place; a later one whose band key equals an indexed record's in some band, and whose
+estimated Jaccard similarity (the share of equal signature slots) reaches the threshold, is
+a duplicate of it. Memory holds one signature (num_perm x 4 bytes) and the band keys per
+kept record, and a 32-bit hash per distinct word seen, never texts.
+
+Everything is deterministic (seeded numpy, blake2b for words; no Python `hash()`), so the
+same inputs give the same results in every process and run.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from itertools import chain
+from typing import Sequence
 
 import numpy as np
 
 from blspdata.curate.filters import words
 
-_PRIME = np.uint64((1 << 61) - 1)
 _MASK32 = np.uint64(0xFFFFFFFF)
+_GRAM_MULTIPLIER = np.uint64(1000003)  # combines the word hashes of an n-gram
+_CHUNK = 16  # records per step of the MinHash loop: keeps its (shingles, num_perm) scratch ~0.5 MiB, in cache
 
 
 def _stable_hash32(text: str) -> int:
@@ -27,7 +34,12 @@ def _stable_hash32(text: str) -> int:
 
 
 def exact_key(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(" ".join(words(text)).encode(), digest_size=8).digest(), "little")
+    return exact_key_of_words(words(text))
+
+
+def exact_key_of_words(tokens: Sequence[str]) -> int:
+    """exact_key() of a text whose words(text) are already at hand."""
+    return int.from_bytes(hashlib.blake2b(" ".join(tokens).encode(), digest_size=8).digest(), "little")
 
 
 def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5) -> tuple[int, int]:
@@ -51,6 +63,13 @@ def optimal_bands(threshold: float, num_perm: int, fp_weight: float = 0.5, fn_we
 
 @dataclass
 class NearDuplicates:
+    """Streaming near-duplicate index. Use it as
+
+        signatures = near.signatures(texts)             # one numpy pass per batch
+        originals = near.check_batch(ids, signatures)   # in order: None = kept (and indexed)
+
+    or `near.check_and_add(id, signature)` one record at a time (same result, slower)."""
+
     threshold: float = 0.8
     num_perm: int = 128
     ngram: int = 2
@@ -58,54 +77,115 @@ class NearDuplicates:
 
     def __post_init__(self) -> None:
         rng = np.random.default_rng(self.seed)
-        self._a = rng.integers(1, 1 << 32, size=(self.num_perm, 1), dtype=np.uint64)
-        self._b = rng.integers(0, 1 << 32, size=(self.num_perm, 1), dtype=np.uint64)
+        # The num_perm hash functions ("permutations") of MinHash map a 32-bit shingle hash x to
+        # the top 32 bits of a*x + b mod 2^64, with a odd and a, b random 64-bit numbers:
+        # multiply-add-shift (Dietzfelbinger), a universal family that needs only a multiply,
+        # an add (both wrap around in uint64) and a shift, not the slow (a*x + b) mod prime.
+        self._a = rng.integers(0, 1 << 64, size=self.num_perm, dtype=np.uint64) | np.uint64(1)
+        self._b = rng.integers(0, 1 << 64, size=self.num_perm, dtype=np.uint64)
         # Candidates are verified against the stored signature, so false positives cost only
         # a comparison: tune the bands for recall (datasketch's default weighs both 0.5).
         self.bands, self.rows = optimal_bands(self.threshold, self.num_perm, fp_weight=0.05, fn_weight=0.95)
-        self._index: list[dict[bytes, int]] = [{} for _ in range(self.bands)]
-        self._ids: list[str] = []
-        self._signatures = np.zeros((1024, self.num_perm), dtype=np.uint32)
+        # Multipliers that fold a band's `rows` slots into one key (see _band_keys).
+        self._band_mix = rng.integers(0, 1 << 64, size=self.rows, dtype=np.uint64) | np.uint64(1)
+        self._index: list[dict[int, int]] = [{} for _ in range(self.bands)]  # band key -> slot
+        self._ids: list[str] = []  # slot -> record id
+        self._signatures = np.zeros((1024, self.num_perm), dtype=np.uint32)  # slot -> signature (grows)
         self._word_hash: dict[str, int] = {}
 
     # -------------------------------------------------------------------- signatures
-    def _shingles(self, text: str) -> np.ndarray:
-        """32-bit hashes of the word n-grams (word unigrams for texts shorter than n)."""
-        tokens = words(text)
-        cache = self._word_hash
-        hashed = np.fromiter((cache[t] if t in cache else cache.setdefault(t, _stable_hash32(t)) for t in tokens),
-                             dtype=np.uint64, count=len(tokens))
-        n = self.ngram if len(tokens) >= self.ngram else 1
-        if len(tokens) == 0:
-            return np.zeros(1, dtype=np.uint64)
-        combined = hashed[: len(tokens) - n + 1].copy()
-        for k in range(1, n):  # polynomial combination of the n word hashes, kept to 32 bits
-            combined = (combined * np.uint64(1000003) + hashed[k: len(tokens) - n + 1 + k]) & _MASK32
-        return np.unique(combined)
-
-    def signatures(self, texts: list[str]) -> np.ndarray:
+    def signatures(self, texts: Sequence[str]) -> np.ndarray:
         """MinHash signatures of many texts at once: (len(texts), num_perm) uint32."""
-        shingles = [self._shingles(t) for t in texts]
-        lengths = np.array([len(s) for s in shingles])
-        flat = np.concatenate(shingles)
-        permuted = ((self._a * flat[None, :] + self._b) % _PRIME) & _MASK32  # (num_perm, total shingles)
-        starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-        return np.minimum.reduceat(permuted, starts, axis=1).T.astype(np.uint32)
+        return self.signatures_of_words([words(text) for text in texts])
+
+    def signatures_of_words(self, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
+        """signatures() of texts whose words(text) are already at hand."""
+        shingles, counts = self._shingles(token_lists)
+        return self._minhash(shingles, counts)
+
+    def _shingles(self, token_lists: Sequence[Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """The 32-bit hashes of all texts' shingles, text after text in one array (uint64, to
+        multiply in _minhash without overflow), and how many belong to each text. Shingles
+        are word n-grams; a text shorter than n words gives its words instead, and a text
+        without words one constant shingle (the empty word), so that it too has a signature.
+        A text's shingles may repeat: a repeat cannot change a minimum, so no np.unique."""
+        token_lists = [tokens or [""] for tokens in token_lists]
+        lengths = np.fromiter(map(len, token_lists), dtype=np.int64, count=len(token_lists))
+        flat = list(chain.from_iterable(token_lists))
+        cache = self._word_hash
+        for word in set(flat).difference(cache):  # blake2b each distinct word once per process
+            cache[word] = _stable_hash32(word)
+        hashes = np.fromiter(map(cache.__getitem__, flat), dtype=np.uint64, count=len(flat))
+
+        # The n-gram starting at each word of the batch: a polynomial in the hashes of it and the
+        # next n-1 words, kept to 32 bits. Those running past the end of their text are dropped.
+        n = self.ngram
+        grams = hashes
+        for k in range(1, n):
+            following = np.zeros_like(hashes)
+            following[:-k] = hashes[k:]
+            grams = (grams * _GRAM_MULTIPLIER + following) & _MASK32
+        text_end = np.repeat(np.cumsum(lengths), lengths)  # per word: the flat index where its text ends
+        short = np.repeat(lengths < n, lengths)  # per word: its text is shorter than n words
+        fits = np.arange(len(flat)) + n <= text_end  # per word: an n-gram starting here stays in its text
+        shingles = np.where(short, hashes, grams)[short | fits]
+        counts = np.where(lengths < n, lengths, lengths - n + 1)
+        return shingles, counts
+
+    def _minhash(self, shingles: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Per text, the minimum over its shingles of each of the num_perm hash functions.
+        `shingles` holds the texts' shingles one text after another, counts[i] (>= 1) of text i."""
+        n = len(counts)
+        out = np.empty((n, self.num_perm), dtype=np.uint32)
+        offsets = np.concatenate(([0], np.cumsum(counts)))  # text i: shingles[offsets[i]:offsets[i + 1]]
+        bounds = list(range(0, n, _CHUNK)) + [n]
+        # A few records at a time, into one reused buffer: the whole batch at once would be a
+        # (shingles x num_perm) uint64 array of 100+ MiB, slower for leaving the CPU cache.
+        scratch = np.empty((int(np.diff(offsets[bounds]).max(initial=0)), self.num_perm), dtype=np.uint64)
+        for first, last in zip(bounds, bounds[1:]):
+            lo, hi = offsets[first], offsets[last]
+            values = scratch[:hi - lo]
+            np.multiply(shingles[lo:hi, None], self._a, out=values)
+            values += self._b  # a*x + b, wrapping mod 2^64
+            # Keeping the top 32 bits (>> 32) is monotone: take the minima first, shift only them.
+            minima = np.minimum.reduceat(values, offsets[first:last] - lo, axis=0)
+            out[first:last] = minima >> np.uint64(32)
+        return out
 
     # -------------------------------------------------------------------- index
+    def _band_keys(self, signatures: np.ndarray) -> list[list[int]]:
+        """Per signature, one int key per band: sum over the band's slots of slot * multiplier,
+        mod 2^64. Two different bands rarely share a key; when they do, it only adds a
+        candidate, which is verified. Keys are cut to 60 bits: a Python int under 2^60 takes
+        32 bytes, a larger one 36 (48 once allocated), and the index holds millions of them."""
+        used = signatures[:, :self.bands * self.rows].astype(np.uint64).reshape(len(signatures), self.bands, self.rows)
+        return ((used @ self._band_mix) >> np.uint64(4)).tolist()
+
+    def check_batch(self, record_ids: Sequence[str], signatures: np.ndarray) -> list[str | None]:
+        """check_and_add() for each record of a batch, in order (a record may duplicate an
+        earlier one of the same batch): the id each duplicates, or None where it was kept."""
+        keys = self._band_keys(signatures)
+        return [self._check(record_id, signature, band_keys)
+                for record_id, signature, band_keys in zip(record_ids, signatures, keys)]
+
     def check_and_add(self, record_id: str, signature: np.ndarray) -> str | None:
         """The id of an indexed near-duplicate of this signature, else index it and return None."""
-        keys = [signature[b * self.rows:(b + 1) * self.rows].tobytes() for b in range(self.bands)]
+        return self._check(record_id, signature, self._band_keys(signature[None, :])[0])
+
+    def _check(self, record_id: str, signature: np.ndarray, keys: list[int]) -> str | None:
+        """check_and_add() with the signature's band keys already computed."""
         candidates = {index[key] for index, key in zip(self._index, keys) if key in index}
         if candidates:
-            ordered = sorted(candidates)
-            similarity = (self._signatures[ordered] == signature).mean(axis=1)
-            best = int(np.argmax(similarity))
-            if similarity[best] >= self.threshold:
+            ordered = sorted(candidates)  # ties go to the earliest record
+            agree = (self._signatures[ordered] == signature).sum(axis=1)
+            best = int(np.argmax(agree))
+            if agree[best] / self.num_perm >= self.threshold:
                 return self._ids[ordered[best]]
         slot = len(self._ids)
-        if slot == len(self._signatures):
-            self._signatures = np.concatenate([self._signatures, np.zeros_like(self._signatures)])
+        if slot == len(self._signatures):  # double; np.zeros pages take memory only once written
+            grown = np.zeros((2 * slot, self.num_perm), dtype=np.uint32)
+            grown[:slot] = self._signatures
+            self._signatures = grown
         self._signatures[slot] = signature
         self._ids.append(record_id)
         for index, key in zip(self._index, keys):

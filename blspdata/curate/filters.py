@@ -23,6 +23,14 @@ def words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
 
+@lru_cache(maxsize=4)
+def cached_words(text: str) -> tuple[str, ...]:
+    """words(text), remembered for the last few texts: several filters, the statistics and the
+    dedup keys of one record all need the words of its continuation (and a regex over every
+    text is a good share of curate's time). A tuple, so that no caller can change the cached value."""
+    return tuple(words(text))
+
+
 @dataclass
 class FilterSettings:
     enabled: set[str] = field(default_factory=lambda: {name for name in FILTERS if name not in OFF_BY_DEFAULT})
@@ -73,7 +81,7 @@ def empty(record: Record, s: FilterSettings) -> str | None:
 
 
 def length(record: Record, s: FilterSettings) -> str | None:
-    n = len(words(record.continuation or ""))
+    n = len(cached_words(record.continuation or ""))
     if n < s.min_words:
         return "too_short"
     if n > s.max_words:
@@ -89,7 +97,7 @@ def unfinished(record: Record, s: FilterSettings) -> str | None:
 def repetition(record: Record, s: FilterSettings) -> str | None:
     """Gopher-style: the share of words inside n-grams that occur more than once, and the
     share of lines that repeat."""
-    tokens = words(record.continuation or "")
+    tokens = cached_words(record.continuation or "")
     n = s.dup_ngram_size
     if len(tokens) >= 2 * n:
         grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
@@ -115,7 +123,7 @@ def echo(record: Record, s: FilterSettings) -> str | None:
     text = record.continuation or ""
     if INSTRUCTION_LEAK.search(text):
         return "instruction_leak"
-    cont, source = words(text), set(words(record.text))
+    cont, source = cached_words(text), set(cached_words(record.text))
     if cont and source and sum(w in source for w in cont) / len(cont) >= s.echo_overlap:
         return "echo"
     return None
@@ -131,7 +139,7 @@ def _identifier():
 def language(record: Record, s: FilterSettings) -> str | None:
     """The continuation is confidently in another language than the record's."""
     text = record.continuation or ""
-    if len(words(text)) < s.language_min_words:
+    if len(cached_words(text)) < s.language_min_words:
         return None
     detected, confidence = _identifier().classify(text)
     if detected != record.language and confidence >= s.min_language_confidence:

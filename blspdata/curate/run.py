@@ -20,8 +20,8 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from blspdata.curate.dedup import NearDuplicates, exact_key
-from blspdata.curate.filters import FILTERS, SETTINGS, FilterSettings, first_reason, words
+from blspdata.curate.dedup import NearDuplicates, exact_key_of_words
+from blspdata.curate.filters import FILTERS, SETTINGS, FilterSettings, cached_words, first_reason
 from blspdata.records import JsonlWriter, Record, Reject, iter_jsonl, sidecar, write_json
 
 LENGTH_BINS = [0, 5, 10, 15, 20, 25, 30, 40, 60, 100, 200]
@@ -177,20 +177,21 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
             rejected.write(Reject(reason, location, detail, id=record.id if record else (row or {}).get("id"),
                                   record=row).to_dict())
 
-        def flush(batch: list[tuple[str, Record, dict]]) -> None:
-            signatures = near.signatures([r.continuation or "" for _, r, _ in batch]) if near and batch else None
-            for i, (location, record, row) in enumerate(batch):
-                if signatures is not None:
-                    original = near.check_and_add(record.id, signatures[i])
-                    if original is not None:
-                        drop(f"near_duplicate_of:{original}", location, record, row)
-                        continue
+        def flush(batch: list[tuple[str, Record, dict, tuple[str, ...]]]) -> None:
+            originals: list[str | None] = [None] * len(batch)
+            if near and batch:  # signatures in one numpy pass, then the index in input order
+                signatures = near.signatures_of_words([tokens for _, _, _, tokens in batch])
+                originals = near.check_batch([record.id for _, record, _, _ in batch], signatures)
+            for (location, record, row, tokens), original in zip(batch, originals):
+                if original is not None:
+                    drop(f"near_duplicate_of:{original}", location, record, row)
+                    continue
                 stats.kept += 1
                 stats.after[(record.corpus, record.task, record.emotion)] += 1
-                stats.lengths_after.append(len(words(record.continuation or "")))
+                stats.lengths_after.append(len(tokens))
                 kept.write(row)
 
-        batch: list[tuple[str, Record, dict]] = []
+        batch: list[tuple[str, Record, dict, tuple[str, ...]]] = []  # (location, record, row, its words)
         for location, record, row, error in _rows(inputs):
             stats.inputs += 1
             bar.update(1)
@@ -198,18 +199,19 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
                 drop("malformed_row", location, None, row, error)
                 continue
             stats.before[(record.corpus, record.task, record.emotion)] += 1
-            stats.lengths_before.append(len(words(record.continuation or "")))
+            tokens = cached_words(record.continuation or "")  # tokenized once: the filters get them from the cache
+            stats.lengths_before.append(len(tokens))
             reason = first_reason(record, filters)
             if reason:
                 drop(reason, location, record, row)
                 continue
             if dedup.exact:
-                key = exact_key(record.continuation or "")
+                key = exact_key_of_words(tokens)
                 if key in exact_seen:
                     drop(f"exact_duplicate_of:{exact_seen[key]}", location, record, row)
                     continue
                 exact_seen[key] = record.id
-            batch.append((location, record, row))
+            batch.append((location, record, row, tokens))
             if len(batch) >= batch_size:
                 flush(batch)
                 batch = []

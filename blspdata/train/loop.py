@@ -1,0 +1,378 @@
+"""The two alignment stages and the training loop (PAPER.md, "Training").
+
+stage1_semantic_alignment: `response_kl`, KL between the LLM's next-token distributions over
+    the continuation given speech (student) and given the transcript (teacher, no gradient),
+    temperature 2. Only the adapter trains. Data: the `semantic` config.
+stage2_emotion_alignment: `response_ce` (continuation given speech, with the unlabelled
+    instruction: the model must hear the emotion) + `input_er` (emotion head). Adapter and
+    LoRA train. Data: the `emotion` config (optionally mixed with `semantic`).
+
+One loop runs both, on one CPU or under `torchrun` (DDP: gloo on CPU, NCCL on GPU); only
+rank 0 writes. A checkpoint holds the trainable weights (safetensors), the model config
+naming the base encoder and LLM, and the trainer state for an exact `--resume`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from blspdata.corpora.labels import CANONICAL
+from blspdata.train.model import BLSPModel, ModelConfig, Prompt, build_batch
+
+SYSTEM = "You are a helpful assistant."
+SYSTEM_EMPATHY = ("You are a helpful assistant. Your response should fulfill requests with empathy toward "
+                  "user's emotion tone.")
+STAGE1_INSTRUCTION = "Continue the following sentence in a coherent style: "
+STAGE2_INSTRUCTION = "Continue the following sentence based on the conveyed emotion tone in a coherent style: "
+SER_INSTRUCTION = ("Please identify the emotion tone of the speech provided below. Select from the following "
+                   "options: neutral, sad, angry, happy, or surprise.\n\nSpeech: ")
+
+
+@dataclass
+class TrainConfig:
+    """Defaults are the paper's (stage 1; stage 2 overrides lr, warm-up, batch, epochs)."""
+    stage: str = "stage1"
+    data: str = ""                  # a folder from `blspdata publish` (the config subfolder or its parent)
+    out: str = ""
+    mix: str | None = None          # stage 2: also train on this semantic dataset (response_ce only)
+    init: str | None = None         # stage 2: the stage-1 checkpoint to start from
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 1000
+    schedule: str = "cosine"        # or linear
+    batch_size: int = 8             # per device
+    grad_accum: int = 24
+    epochs: float = 1.0
+    max_steps: int | None = None    # optimizer steps; overrides epochs
+    max_length: int = 256           # text tokens (transcript or continuation)
+    min_audio_s: float = 1.0
+    max_audio_s: float = 30.0
+    temperature: float = 2.0        # response_kl
+    grad_clip: float = 1.0
+    seed: int = 42
+    save_every: int = 0             # optimizer steps; 0 = at the end only
+    log_every: int = 1
+    audio_root: str | None = None   # datasets published with --audio path
+
+    @classmethod
+    def for_stage(cls, stage: str, **overrides: Any) -> "TrainConfig":
+        base = cls(stage=stage)
+        if stage == "stage2":
+            base.lr, base.warmup_steps, base.grad_accum, base.epochs = 2e-5, 200, 16, 3.0
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(base, key, value)
+        return base
+
+
+# ---------------------------------------------------------------------------- data
+
+def load_rows(path: str, split: str = "train"):
+    import datasets
+
+    folder = Path(path)
+    dataset = datasets.load_from_disk(str(folder))
+    if isinstance(dataset, datasets.DatasetDict):
+        dataset = dataset[split]
+    if isinstance(dataset.features.get("audio"), datasets.Audio):
+        dataset = dataset.cast_column("audio", datasets.Audio(decode=False))  # we decode the FLAC ourselves
+    return dataset
+
+
+def decode_audio(row: dict, audio_root: str | None) -> np.ndarray:
+    audio = row["audio"]
+    if isinstance(audio, dict):
+        data, rate = sf.read(io.BytesIO(audio["bytes"]), dtype="float32")
+        return data if data.ndim == 1 else data.mean(axis=1)
+    from blspdata.publish import read_segment
+
+    path = os.path.join(audio_root, audio) if audio_root and not os.path.isabs(audio) else audio
+    return read_segment(path, row["offset"], row["duration"])
+
+
+def usable(dataset, model: BLSPModel, cfg: TrainConfig) -> tuple[list[int], Counter]:
+    """Indices of rows fit to train on, and why the others are skipped (the paper drops
+    audio outside 1-30 s and text over 256 tokens)."""
+    limit = min(cfg.max_audio_s, model.feature_extractor.chunk_length)
+    keep, skipped = [], Counter()
+    tokenizer = model.tokenizer
+    for index, row in enumerate(dataset.select_columns(["audio", "duration", "text", "continuation"])):
+        if not row["audio"]:
+            skipped["audio_missing"] += 1
+        elif row["duration"] > limit:
+            skipped["audio_too_long"] += 1
+        elif row["duration"] < cfg.min_audio_s:
+            skipped["audio_too_short"] += 1
+        elif max(len(tokenizer(row["text"]).input_ids), len(tokenizer(row["continuation"] or "").input_ids)) > cfg.max_length:
+            skipped["text_too_long"] += 1
+        elif not (row["continuation"] or "").strip():
+            skipped["continuation_empty"] += 1
+        else:
+            keep.append(index)
+    return keep, skipped
+
+
+class Batches:
+    """Deterministic batches: a seeded permutation per epoch, this rank's share of it."""
+
+    def __init__(self, sources: list[tuple[Any, list[int]]], batch_size: int, seed: int, rank: int, world: int):
+        self.items = [(s, i) for s, (_, indices) in enumerate(sources) for i in indices]
+        self.sources = [d for d, _ in sources]
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+
+    def per_epoch(self) -> int:
+        return len(self.items) // (self.batch_size * self.world)
+
+    def epoch(self, number: int):
+        order = np.random.default_rng(self.seed + number).permutation(len(self.items))
+        mine = order[self.rank::self.world]
+        for b in range(self.per_epoch()):
+            chunk = mine[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [(self.sources[self.items[i][0]], self.items[i][1]) for i in chunk]
+
+
+def collate(model: BLSPModel, rows: list[dict], cfg: TrainConfig) -> dict[str, Any]:
+    tokenizer = model.tokenizer
+    audios = [decode_audio(row, cfg.audio_root) for row in rows]
+    features = model.feature_extractor(audios, sampling_rate=16000, return_tensors="pt").input_features
+    continuations = []
+    for row in rows:
+        ids = tokenizer(row["continuation"], add_special_tokens=False).input_ids[: cfg.max_length]
+        if row["finished"]:  # a truncated continuation is trained without an end-of-turn token
+            ids = ids + [tokenizer.eos_token_id]
+        continuations.append(ids)
+    return {
+        "features": features, "samples": torch.tensor([len(a) for a in audios]),
+        "transcripts": [tokenizer(row["text"], add_special_tokens=False).input_ids[: cfg.max_length] for row in rows],
+        "continuations": continuations,
+        "emotions": torch.tensor([-100 if row["emotion"] is None else row["emotion"] for row in rows]),
+    }
+
+
+# ---------------------------------------------------------------------------- the losses
+
+def _gather(logits: torch.Tensor, predict: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([logits[i, positions] for i, positions in enumerate(predict)])
+
+
+def stage1_semantic_alignment(model: BLSPModel, prompt: Prompt, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+    """response_kl: the speech path learns to continue as the text path does."""
+    speech, lengths = model.speech_embeddings(batch["features"], batch["samples"])
+    with torch.no_grad():
+        embeds, attention, predict, _ = build_batch(model, prompt, batch["transcripts"], batch["continuations"])
+        teacher = _gather(model.lm_logits(embeds, attention, None), predict)
+    embeds, attention, predict, _ = build_batch(model, prompt, list(speech), batch["continuations"], lengths)
+    student = _gather(model.lm_logits(embeds, attention, None), predict)
+    t = cfg.temperature
+    kl = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
+                  reduction="batchmean")
+    return kl * t * t, {"response_kl": kl.item()}
+
+
+def stage2_emotion_alignment(model: BLSPModel, prompt: Prompt, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+    """response_ce on the continuation given speech + input_er of the emotion head."""
+    speech, lengths = model.speech_embeddings(batch["features"], batch["samples"])
+    embeds, attention, predict, speech_mask = build_batch(model, prompt, list(speech), batch["continuations"], lengths)
+    logits = _gather(model.lm_logits(embeds, attention, speech_mask), predict)
+    targets = torch.cat([torch.tensor(c, device=logits.device) for c in batch["continuations"]])
+    ce = F.cross_entropy(logits, targets)
+    labels = batch["emotions"].to(logits.device)
+    metrics = {"response_ce": ce.item()}
+    loss = ce
+    if (labels >= 0).any():
+        emotion_logits = model.emotion_logits(speech, lengths)
+        er = F.cross_entropy(emotion_logits, labels, ignore_index=-100)
+        loss = loss + er
+        known = labels >= 0
+        metrics["input_er"] = er.item()
+        metrics["er_accuracy"] = (emotion_logits.argmax(-1)[known] == labels[known]).float().mean().item()
+    return loss, metrics
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(folder: Path, model: BLSPModel, cfg: TrainConfig, state: dict | None) -> None:
+    from safetensors.torch import save_file
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.trainable_state().items()}, str(tmp / "model.safetensors"))
+    (tmp / "config.json").write_text(json.dumps({"model": model.config.to_dict(), "train": asdict(cfg)}, indent=2))
+    if state is not None:
+        torch.save(state, tmp / "trainer_state.pt")
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+
+
+def load_weights(model: BLSPModel, checkpoint: str | Path, strict_bases: bool = True) -> dict:
+    """Load a checkpoint's trainable weights; refuse one made for another encoder or LLM."""
+    from safetensors.torch import load_file
+
+    checkpoint = Path(checkpoint)
+    saved = json.loads((checkpoint / "config.json").read_text())["model"]
+    for key in ("encoder", "llm", "llm_gguf"):
+        if strict_bases and saved.get(key) != getattr(model.config, key):
+            raise ValueError(f"{checkpoint} was trained with {key} {saved.get(key)!r}, this model uses "
+                             f"{getattr(model.config, key)!r}")
+    weights = load_file(str(checkpoint / "model.safetensors"))
+    own = dict(model.named_parameters())
+    unknown = [k for k in weights if k not in own]
+    if unknown:
+        raise ValueError(f"{checkpoint} holds weights this model lacks, e.g. {unknown[:3]}")
+    with torch.no_grad():
+        for name, value in weights.items():
+            own[name].copy_(value)
+    return saved
+
+
+# ---------------------------------------------------------------------------- the loop
+
+def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Run one stage. Returns the final metrics."""
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    model_config.lora = cfg.stage == "stage2"
+    model = BLSPModel(model_config).to(device)
+    if cfg.init:
+        load_weights(model, cfg.init)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    out = Path(cfg.out)
+
+    dataset = load_rows(cfg.data)
+    keep, skipped = usable(dataset, model, cfg)
+    sources = [(dataset, keep)]
+    if cfg.mix:
+        mixed = load_rows(cfg.mix)
+        mixed_keep, mixed_skipped = usable(mixed, model, cfg)
+        sources.append((mixed, mixed_keep))
+        skipped += mixed_skipped
+    batches = Batches(sources, cfg.batch_size, cfg.seed, rank, world)
+    if batches.per_epoch() == 0:
+        raise ValueError(f"{cfg.data}: {len(keep)} usable rows, fewer than one batch of {cfg.batch_size} x {world}")
+    steps_per_epoch = max(1, batches.per_epoch() // cfg.grad_accum)
+    total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
+
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def schedule(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress_ = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_))) if cfg.schedule == "cosine" else max(0.0, 1 - progress_)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    ddp_params = trainable
+    step, micro = 0, 0
+    if resume and (out / "last" / "trainer_state.pt").exists():
+        load_weights(model, out / "last")
+        state = torch.load(out / "last" / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, micro = state["step"], state["micro"]
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        metrics = out / "metrics.jsonl"
+        if rank == 0 and metrics.exists():  # drop what was logged after the checkpoint we go back to
+            kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= step]
+            metrics.write_text("".join(line + "\n" for line in kept))
+
+    if distributed:
+        import torch.distributed as dist
+
+    prompt = (Prompt(model.tokenizer, SYSTEM, STAGE1_INSTRUCTION) if cfg.stage == "stage1"
+              else Prompt(model.tokenizer, SYSTEM_EMPATHY, STAGE2_INSTRUCTION))
+    loss_fn = stage1_semantic_alignment if cfg.stage == "stage1" else stage2_emotion_alignment
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                else torch.autocast("cpu", enabled=False))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        print(f"{cfg.stage}: {sum(len(k) for _, k in sources)} rows, skipped {dict(skipped) or 0}; "
+              f"{total_steps} steps of {cfg.batch_size} x {cfg.grad_accum} x {world}", file=sys.stderr)
+    log = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total_steps, initial=step, desc=cfg.stage, disable=not progress or rank != 0, file=sys.stderr)
+    model.adapter.train()
+    started, tokens, last = time.monotonic(), 0, {}
+    epoch = micro // max(1, batches.per_epoch())
+    done = step >= total_steps
+    while not done:
+        for position, rows_spec in enumerate(batches.epoch(epoch)):
+            if epoch * batches.per_epoch() + position < micro:
+                continue  # resume: this batch was seen before the interruption
+            rows = [source[int(index)] for source, index in rows_spec]
+            batch = collate(model, rows, cfg)
+            batch["features"] = batch["features"].to(device)
+            with autocast:
+                loss, metrics = loss_fn(model, prompt, batch, cfg)
+            (loss / cfg.grad_accum).backward()
+            tokens += sum(len(c) for c in batch["continuations"])
+            micro += 1
+            for key, value in metrics.items():
+                last.setdefault(key, []).append(value)
+            if micro % cfg.grad_accum:
+                continue
+            if distributed:
+                for p in ddp_params:
+                    if p.grad is not None:
+                        dist.all_reduce(p.grad)
+                        p.grad /= world
+            norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            record = {"step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": float(norm),
+                      **{k: float(np.mean(v)) for k, v in last.items()},
+                      "tokens_per_s": tokens * world / max(1e-9, time.monotonic() - started)}
+            last = {}
+            if rank == 0:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("response_kl", "response_ce", "input_er", "er_accuracy")}, refresh=False)
+            bar.update(1)
+            if rank == 0 and (step >= total_steps or (cfg.save_every and step % cfg.save_every == 0)):
+                save_checkpoint(out / "last", model, cfg, {
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                    "micro": micro, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()})
+            if step >= total_steps:
+                done = True
+                break
+        epoch += 1
+    bar.close()
+    if rank == 0:
+        save_checkpoint(out / "final", model, cfg, None)
+        log.close()
+    if distributed:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"steps": step, "skipped": dict(skipped)}

