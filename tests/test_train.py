@@ -174,3 +174,13 @@ def test_unfit_rows_are_skipped_with_a_counted_reason(models):
     keep, skipped = usable(rows, model, TrainConfig(max_length=256))
     assert keep == [0]
     assert skipped == {"audio_missing": 1, "audio_too_long": 1, "audio_too_short": 1, "text_too_long": 1}
+
+
+def test_stage2_can_mix_in_semantic_rows(stage1: Path, dataset: Path, tmp_path: Path):
+    run = tmp_path / "mixed"
+    result = blspdata("train", "stage2", dataset, "-o", run, "--init", stage1 / "final", "--mix", dataset / "semantic",
+                      "--batch-size", "8", "--grad-accum", "1", "--max-steps", "2", "--warmup-steps", "1",
+                      "--no-progress")
+    rows = metrics(run)
+    assert [m["step"] for m in rows] == [1, 2] and all("response_ce" in m for m in rows)
+    assert "stage2" in result.stdout

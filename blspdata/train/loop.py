@@ -290,7 +290,6 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_))) if cfg.schedule == "cosine" else max(0.0, 1 - progress_)
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    ddp_params = trainable
     step, micro = 0, 0
     if resume and (out / "last" / "trainer_state.pt").exists():
         load_weights(model, out / "last")
@@ -304,9 +303,6 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
         if rank == 0 and metrics.exists():  # drop what was logged after the checkpoint we go back to
             kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= step]
             metrics.write_text("".join(line + "\n" for line in kept))
-
-    if distributed:
-        import torch.distributed as dist
 
     prompt = (Prompt(model.tokenizer, SYSTEM, STAGE1_INSTRUCTION) if cfg.stage == "stage1"
               else Prompt(model.tokenizer, SYSTEM_EMPATHY, STAGE2_INSTRUCTION))
@@ -341,8 +337,8 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
                 last.setdefault(key, []).append(value)
             if micro % cfg.grad_accum:
                 continue
-            if distributed:
-                for p in ddp_params:
+            if distributed:  # average the trainable gradients across processes (what DDP does)
+                for p in trainable:
                     if p.grad is not None:
                         dist.all_reduce(p.grad)
                         p.grad /= world
@@ -358,7 +354,9 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
             if rank == 0:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
-                bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k in ("response_kl", "response_ce", "input_er", "er_accuracy")}, refresh=False)
+                bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
+                                 if k in ("response_kl", "response_ce", "input_er", "er_accuracy", "tokens_per_s")},
+                                refresh=False)
             bar.update(1)
             if rank == 0 and (step >= total_steps or (cfg.save_every and step % cfg.save_every == 0)):
                 save_checkpoint(out / "last", model, cfg, {
