@@ -33,7 +33,9 @@ bench-out/train/models):
 
 Both report the loss of their first step: from the same weights on the same batch it must
 agree (LoRA's B starts at zero, so LoRA dropout does not matter yet): the evidence that the
-arithmetic is the same.
+arithmetic is the same. Later losses part a little: Hugging Face's warm-up starts at lr 0
+(train()'s at lr / warm-up steps), Trainer exempts biases and LayerNorm weights from weight
+decay, and LoRA dropout draws other masks.
 
 How: the dataset is built once the way tests/test_train.py builds one (ingest MELD, dry-run
 `generate --task emotion` on the IEMOCAP and MELD sample manifests, `publish`), cached
@@ -47,7 +49,9 @@ excluded and printed apart. Throughput: samples/s; continuation tokens/s (the to
 loss is computed on, end-of-turn included, as train() counts them in metrics.jsonl); total
 tokens/s (prompt + speech positions + continuation, padding not counted). Where time goes:
 data (reading rows + collate / __getitem__ + collator), forward (the loss), the rest
-(backward + clipping + optimizer + scheduler, + Trainer's own work for trainer).
+(backward + clipping + optimizer + scheduler, + Trainer's own work for trainer). Every
+step's seconds are printed too, and the median timed step of each (steadier than the sum on
+a shared machine: one slow step moves the sum, not the median).
 
 When torch.cuda.is_available(), both contenders run again on the GPU (bf16 autocast, as
 train() does there; trainer with bf16=True), with model FLOPs utilisation:
@@ -69,6 +73,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -250,9 +255,10 @@ def run_ours(rig: Rig, warmup: int, steps: int, batch_size: int) -> dict:
         losses.append(metrics["response_ce"] + metrics.get("input_er", 0.0))
         for key, (a, b) in zip(phases, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
             phases[key].append(b - a)
-    timed = slice(warmup, total)
-    return {"seconds": ends[-1] - ends[warmup - 1] if warmup else ends[-1] - ends[0], "losses": losses,
-            "phases": {k: sum(v[timed]) for k, v in phases.items()}, "step_s": [b - a for a, b in zip([started] + ends, ends)]}
+    base = max(warmup, 1)  # the window opens at the end of step `base` (without warm-up: of step 1)
+    return {"seconds": ends[-1] - ends[base - 1], "losses": losses,
+            "phases": {k: sum(v[base:]) for k, v in phases.items()},
+            "step_s": [b - a for a, b in zip([started] + ends, ends)]}
 
 
 def run_trainer(rig: Rig, warmup: int, steps: int, batch_size: int) -> dict:
@@ -364,10 +370,12 @@ def run_trainer(rig: Rig, warmup: int, steps: int, batch_size: int) -> dict:
                       callbacks=[Clock()])
     started = time.perf_counter()
     trainer.train()
-    first, last = (marks[warmup - 1] if warmup else {"data": 0.0, "forward": 0.0}), marks[-1]
-    seconds = ends[-1] - (ends[warmup - 1] if warmup else ends[0])
+    base = max(warmup, 1)  # the window opens at the end of step `base` (without warm-up: of step 1)
+    first, last = marks[base - 1], marks[-1]
+    seconds = ends[-1] - ends[base - 1]
     data, forward = last["data"] - first["data"], last["forward"] - first["forward"]
-    return {"seconds": seconds, "losses": [float(x) for x in losses], "step_s": [b - a for a, b in zip([started] + ends, ends)],
+    return {"seconds": seconds, "losses": [float(x) for x in losses],
+            "step_s": [b - a for a, b in zip([started] + ends, ends)],
             "phases": {"data": data, "forward": forward, "backward+optimizer+Trainer": seconds - data - forward}}
 
 
@@ -378,9 +386,9 @@ def child(args: argparse.Namespace) -> None:
     import transformers  # noqa: F401
 
     import blspdata.train.loop  # noqa: F401
-    imported = time.perf_counter() - start
     if args.only == "trainer":
         from transformers import Trainer  # noqa: F401
+    imported = time.perf_counter() - start
     start = time.perf_counter()
     total = args.warmup + args.steps
     rig = Rig(args.device, args.batch_size, total)
@@ -388,9 +396,9 @@ def child(args: argparse.Namespace) -> None:
     run = run_ours if args.only == "ours" else run_trainer
     result = run(rig, args.warmup, args.steps, args.batch_size)
     counts = rig.counts(range(args.warmup, total) if args.warmup else range(1, total), args.batch_size)
-    result.update(counts, steps=args.steps if args.warmup else args.steps - 1, import_s=imported, setup_s=setup,
-                  device=args.device, torch_threads=torch.get_num_threads(), mfu_params=rig.mfu_params(),
-                  trainable=sum(p.numel() for p in rig.trainable()),
+    result.update(counts, warmup=args.warmup, steps=args.steps if args.warmup else args.steps - 1,
+                  import_s=imported, setup_s=setup, device=args.device, torch_threads=torch.get_num_threads(),
+                  mfu_params=rig.mfu_params(), trainable=sum(p.numel() for p in rig.trainable()),
                   peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     if rig.device.type == "cuda":
         result.update(gpu=torch.cuda.get_device_name(rig.device), gpu_peak=torch.cuda.max_memory_allocated(rig.device))
@@ -453,11 +461,15 @@ def report(rows: list[dict], device: str) -> None:
               f"({ours['seconds'] / trainer['seconds']:.2f}x the time for the same {ours['steps']} steps); "
               f"peak RSS {ours['peak_rss'] / trainer['peak_rss']:.2f}x"
               + (f"; GPU peak memory {ours['gpu_peak'] / trainer['gpu_peak']:.2f}x" if gpu else ""))
-        if gpu:
-            print(f"MFU = 6 x N x total tokens / s / {ours['gpu']} dense bf16 peak "
-                  f"({peak_tflops(ours['gpu']) or 'unknown'} TFLOP/s), N = {ours['mfu_params'] / 1e6:.1f} M "
-                  f"(LLM incl. LoRA and the tied LM head, input embedding out; adapter; emotion head). Frozen base "
-                  f"weights get no weight gradients: the work actually done is nearer 4 x N (MFU / 1.5).")
+        median = lambda row: statistics.median(row["step_s"][max(row["warmup"], 1):])  # noqa: E731
+        print(f"median timed step: ours {median(ours):.2f} s, trainer {median(trainer):.2f} s "
+              f"(ours at {median(trainer) / median(ours):.2f}x the trainer's speed by this measure)")
+    if gpu and rows:
+        first = rows[0]
+        print(f"MFU = 6 x N x total tokens / s / {first['gpu']} dense bf16 peak "
+              f"({peak_tflops(first['gpu']) or 'unknown'} TFLOP/s), N = {first['mfu_params'] / 1e6:.1f} M "
+              f"(LLM incl. LoRA and the tied LM head, input embedding out; adapter; emotion head). Frozen base "
+              f"weights get no weight gradients: the work actually done is nearer 4 x N (MFU / 1.5).")
 
 
 def main() -> None:

@@ -92,7 +92,7 @@ def read_segment(path: str, offset: float, duration: float) -> np.ndarray:
         frames = int(round(duration * rate)) if duration > 0 else -1
         audio.seek(start)
         data = audio.read(frames, dtype="float32", always_2d=True)
-    data = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    data = data[:, 0] if data.shape[1] == 1 else data.sum(axis=1, dtype=np.float32) / data.shape[1]
     if rate != RATE:
         data = _resample(data, rate)
     return data
@@ -109,6 +109,22 @@ def _resample(data: np.ndarray, rate: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
+def _as_is(record: Record) -> bytes | None:
+    """The file's bytes, if they are exactly what would be embedded (16 kHz mono PCM_16 FLAC,
+    the utterance is the whole file): most LibriSpeech-like corpora, and MELD after ingest."""
+    if not record.audio.endswith(".flac") or record.offset != 0:
+        return None
+    try:
+        info = sf.info(record.audio)
+    except Exception:
+        return None  # let the normal path report it
+    if (info.samplerate, info.channels, info.subtype) != (RATE, 1, "PCM_16") \
+            or abs(info.frames / RATE - record.duration) > 1 / RATE:
+        return None
+    with open(record.audio, "rb") as handle:
+        return handle.read()
+
+
 def _encode_row(job: tuple[dict[str, Any], str, str | None]) -> dict[str, Any] | Reject:
     """A record -> a row of the published dataset (audio cut and encoded, in a worker)."""
     row, audio_mode, audio_root = job
@@ -118,6 +134,13 @@ def _encode_row(job: tuple[dict[str, Any], str, str | None]) -> dict[str, Any] |
     out["generator"] = json.dumps(record.generator, sort_keys=True) if record.generator is not None else None
     if audio_mode == "path":
         out["audio"] = os.path.relpath(record.audio, audio_root) if audio_root else record.audio
+        return out
+    payload = _as_is(record)
+    if payload is not None:  # already 16 kHz mono 16-bit FLAC and the whole file: no need to re-encode
+        out["audio"] = {"bytes": payload, "path": f"{record.id.replace('/', '__')}.flac"}
+        out["extra"] = json.dumps({**record.extra, "source_audio": record.audio, "source_offset": record.offset},
+                                  ensure_ascii=False, sort_keys=True)
+        out.update(offset=0.0, sample_rate=RATE)
         return out
     try:
         samples = read_segment(record.audio, record.offset, record.duration)

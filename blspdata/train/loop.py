@@ -167,7 +167,10 @@ def collate(model: BLSPModel, rows: list[dict], cfg: TrainConfig) -> dict[str, A
 # ---------------------------------------------------------------------------- the losses
 
 def _gather(logits: torch.Tensor, predict: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([logits[i, positions] for i, positions in enumerate(predict)])
+    """The logits at the positions that predict continuation tokens, as one (tokens, vocab)
+    tensor. One indexing op: per-row slices would each backpropagate a full-size zero tensor."""
+    rows = torch.cat([torch.full_like(positions, i) for i, positions in enumerate(predict)])
+    return logits[rows, torch.cat(predict)]
 
 
 def stage1_semantic_alignment(model: BLSPModel, prompt: Prompt, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
@@ -328,6 +331,7 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
             rows = [source[int(index)] for source, index in rows_spec]
             batch = collate(model, rows, cfg)
             batch["features"] = batch["features"].to(device)
+            batch["samples"] = batch["samples"].to(device)
             with autocast:
                 loss, metrics = loss_fn(model, prompt, batch, cfg)
             (loss / cfg.grad_accum).backward()
