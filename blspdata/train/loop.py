@@ -88,6 +88,8 @@ def load_rows(path: str, split: str = "train"):
     folder = Path(path)
     dataset = datasets.load_from_disk(str(folder))
     if isinstance(dataset, datasets.DatasetDict):
+        if split not in dataset:
+            raise ValueError(f"{folder} has no {split!r} split (it has: {', '.join(dataset)})")
         dataset = dataset[split]
     if isinstance(dataset.features.get("audio"), datasets.Audio):
         dataset = dataset.cast_column("audio", datasets.Audio(decode=False))  # we decode the FLAC ourselves
