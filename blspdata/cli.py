@@ -398,6 +398,8 @@ def _train(stage: str, data: Path, out: Path, encoder: Optional[str], llm: Optio
         encoder, llm, llm_gguf = encoder or saved["encoder"], llm or saved["llm"], llm_gguf or saved.get("llm_gguf")
     if not encoder or not llm:
         raise typer.BadParameter("--encoder and --llm are required (stage2 takes them from --init)")
+    # Local folders are recorded as absolute paths, so the checkpoint works from anywhere.
+    encoder, llm = (str(Path(p).resolve()) if Path(p).exists() else p for p in (encoder, llm))
     cfg = TrainConfig.for_stage(stage, data=str(data), out=str(out), init=str(init) if init else None, **overrides)
     model_config = ModelConfig(encoder=encoder, llm=llm, llm_gguf=llm_gguf,
                                **{k: v for k, v in model_overrides.items() if v is not None})
