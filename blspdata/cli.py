@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from typer.core import TyperGroup
 
 from blspdata import __version__
 
@@ -24,7 +25,18 @@ def user_errors(*kinds: type[BaseException], note: str = ""):
             typer.echo(note, err=True)
         raise typer.Exit(1) from None
 
+class _PipelineOrder(TyperGroup):
+    """`blspdata --help` lists the commands in pipeline order, not registration order."""
+
+    ORDER = ("ingest", "generate", "merge", "curate", "publish", "verify", "train", "evaluate", "chat")
+
+    def list_commands(self, ctx) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: self.ORDER.index(n) if n in self.ORDER else len(self.ORDER))
+
+
 app = typer.Typer(
+    cls=_PipelineOrder,
     help="Build BLSP-Emo style training data for speech-language models.\n\n"
     "Stages, in pipeline order: ingest (corpora -> manifest), generate (manifest -> continuations "
     "through an LLM; merge joins sharded runs), curate (filters with reasons, exact and near-duplicate removal), publish (Hugging Face shards + card; "
