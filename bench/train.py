@@ -265,7 +265,6 @@ def run_trainer(rig: Rig, warmup: int, steps: int, batch_size: int) -> dict:
     import io
     import logging
 
-    import numpy as np
     import soundfile as sf
     import torch
     import torch.nn.functional as F

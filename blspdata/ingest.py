@@ -179,6 +179,19 @@ def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: in
     return summary
 
 
+def undecodable_fields(row: dict[str, Any]) -> list[str]:
+    """Columns of a CSV row (read with errors="surrogateescape") holding bytes that are not
+    UTF-8: the row is rejected, not written with broken text."""
+    bad = []
+    for key, value in row.items():
+        try:
+            if isinstance(value, str):
+                value.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(key)
+    return bad
+
+
 def read_text_lines(path: str) -> Iterator[tuple[int, str, str]]:
     """Yield `(line_number, text, error)` for a text file, decoding each line on its own so
     one undecodable line is rejected without losing the rest of the file. For such a line

@@ -22,7 +22,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -135,25 +134,22 @@ def _encode_row(job: tuple[dict[str, Any], str, str | None]) -> dict[str, Any] |
     if audio_mode == "path":
         out["audio"] = os.path.relpath(record.audio, audio_root) if audio_root else record.audio
         return out
-    payload = _as_is(record)
-    if payload is not None:  # already 16 kHz mono 16-bit FLAC and the whole file: no need to re-encode
-        out["audio"] = {"bytes": payload, "path": f"{record.id.replace('/', '__')}.flac"}
-        out["extra"] = json.dumps({**record.extra, "source_audio": record.audio, "source_offset": record.offset},
-                                  ensure_ascii=False, sort_keys=True)
-        out.update(offset=0.0, sample_rate=RATE)
-        return out
-    try:
-        samples = read_segment(record.audio, record.offset, record.duration)
-    except Exception as exc:  # missing file, corrupt audio, bad seek
-        return Reject("audio_unreadable", record.audio, f"{type(exc).__name__}: {exc}", id=record.id, record=row)
-    if samples.size == 0:
-        return Reject("audio_empty", record.audio, "the segment has no samples", id=record.id, record=row)
-    buffer = io.BytesIO()
-    sf.write(buffer, samples, RATE, format="FLAC", subtype="PCM_16")
-    out["audio"] = {"bytes": buffer.getvalue(), "path": f"{record.id.replace('/', '__')}.flac"}
+    payload = _as_is(record)  # already 16 kHz mono 16-bit FLAC and the whole file: no re-encoding
+    if payload is None:
+        try:
+            samples = read_segment(record.audio, record.offset, record.duration)
+        except Exception as exc:  # missing file, corrupt audio, bad seek
+            return Reject("audio_unreadable", record.audio, f"{type(exc).__name__}: {exc}", id=record.id, record=row)
+        if samples.size == 0:
+            return Reject("audio_empty", record.audio, "the segment has no samples", id=record.id, record=row)
+        buffer = io.BytesIO()
+        sf.write(buffer, samples, RATE, format="FLAC", subtype="PCM_16")
+        payload = buffer.getvalue()
+        out["duration"] = len(samples) / RATE
+    out["audio"] = {"bytes": payload, "path": f"{record.id.replace('/', '__')}.flac"}
     out["extra"] = json.dumps({**record.extra, "source_audio": record.audio, "source_offset": record.offset},
                               ensure_ascii=False, sort_keys=True)
-    out.update(offset=0.0, sample_rate=RATE, duration=len(samples) / RATE)
+    out.update(offset=0.0, sample_rate=RATE)
     return out
 
 

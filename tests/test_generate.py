@@ -6,7 +6,6 @@ One server is started for the session and shared; tests that kill a server start
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

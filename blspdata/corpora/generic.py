@@ -17,7 +17,7 @@ import os
 from typing import Any, Iterator
 
 from blspdata.corpora import labels
-from blspdata.ingest import AudioItem, IngestError, segment_problem
+from blspdata.ingest import AudioItem, IngestError, segment_problem, undecodable_fields
 from blspdata.records import Record, Reject, iter_jsonl
 
 
@@ -34,11 +34,9 @@ def _rows(fmt: str, path: str) -> Iterator[tuple[str, dict[str, Any] | None, str
             if None in row or any(v is None for v in row.values()):
                 yield location, None, f"expected {len(reader.fieldnames or ())} fields"
                 continue
-            try:
-                for value in row.values():
-                    value.encode("utf-8")
-            except UnicodeEncodeError:
-                yield location, None, "undecodable bytes"
+            bad = undecodable_fields(row)
+            if bad:
+                yield location, None, f"undecodable bytes in {', '.join(bad)}"
                 continue
             yield location, row, ""
 
@@ -69,7 +67,7 @@ def scan(root: str, fmt: str, audio_col: str = "audio", text_col: str = "text", 
             continue
         if offset_col or duration_col:
             if not duration_col or row.get(duration_col) in (None, ""):
-                yield Reject("malformed_row", location, f"a segment needs a duration (--duration-col)")
+                yield Reject("malformed_row", location, "a segment needs a duration (--duration-col)")
                 continue
             problem = segment_problem(offset, duration)
             if problem:

@@ -33,7 +33,7 @@ from typing import Iterator, Sequence
 import ijson
 
 from blspdata.corpora.text import gigaspeech_text
-from blspdata.ingest import AudioItem, IngestError, segment_problem
+from blspdata.ingest import AudioItem, IngestError, segment_problem, undecodable_fields
 from blspdata.records import Record, Reject
 
 SUBSETS = ("XS", "S", "M", "L", "XL")
@@ -175,13 +175,12 @@ def _scan_segmented(root: str, metadata: list[str], wanted: Sequence[str]) -> It
                         raise ValueError("wrong number of fields")
                     begin, end = float(row["begin_time"]), float(row["end_time"])
                     text_tn = row["text_tn"]
-                    for value in row.values():
-                        value.encode("utf-8")
-                except UnicodeEncodeError:
-                    yield Reject("undecodable_text", location, "undecodable bytes in the row")
-                    continue
                 except (KeyError, ValueError) as exc:
                     yield Reject("malformed_row", location, f"bad metadata row: {exc}")
+                    continue
+                bad = undecodable_fields(row)
+                if bad:
+                    yield Reject("undecodable_text", location, f"undecodable bytes in {', '.join(bad)}")
                     continue
                 record = _record(split, sid, "", 0.0, 0.0, text_tn, None,
                                  {k: row[k] for k in ("audio_id", "source", "category") if row.get(k)})

@@ -123,19 +123,13 @@ def _read_transcripts(path: str) -> tuple[dict[str, tuple[str | None, str]], lis
     bad: list[Reject] = []
     if not os.path.isfile(path):
         return transcripts, bad  # each labelled turn is then rejected as transcript_missing
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            location = f"{path}:{number}"
-            try:
-                line, undecodable = raw.decode("utf-8"), False
-            except UnicodeDecodeError:
-                line, undecodable = raw.decode("utf-8", errors="replace"), True
-            line = line.rstrip("\r\n")
-            if not line.startswith("Ses"):
-                continue  # lines of other speakers/annotations carry no turn id
-            match = _TRANSCRIPT.match(line)
-            if not match:
-                bad.append(Reject("malformed_row", location, f"expected 'UTT [start-end]: text', got {line!r}"))
-                continue
-            transcripts[match["utt"]] = (None if undecodable else match["text"].strip(), location)
+    for number, line, error in read_text_lines(path):
+        location = f"{path}:{number}"
+        if not line.startswith("Ses"):
+            continue  # lines of other speakers/annotations carry no turn id
+        match = _TRANSCRIPT.match(line)
+        if not match:
+            bad.append(Reject("malformed_row", location, f"expected 'UTT [start-end]: text', got {line!r}"))
+            continue
+        transcripts[match["utt"]] = (None if error else match["text"].strip(), location)
     return transcripts, bad

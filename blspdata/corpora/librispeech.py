@@ -13,7 +13,6 @@ ROOT may be the `LibriSpeech` folder (holding the splits) or one split folder.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Iterator, Sequence
 
 from blspdata.ingest import AudioItem, IngestError, read_text_lines

@@ -24,7 +24,7 @@ from typing import Iterator, Sequence
 import ftfy
 
 from blspdata.corpora import labels
-from blspdata.ingest import AudioItem, IngestError
+from blspdata.ingest import AudioItem, IngestError, undecodable_fields
 from blspdata.records import Record, Reject
 
 SPLITS = {  # split -> (CSV, video folder)
@@ -34,14 +34,6 @@ SPLITS = {  # split -> (CSV, video folder)
 }
 REQUIRED = ("Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID")
 _CLIP = re.compile(r"^dia(\d+)_utt(\d+)\.mp4$")
-
-
-def _decodable(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _find(root: str, name: str) -> str | None:
@@ -101,7 +93,7 @@ def _scan_split(split: str, csv_path: str, video_dir: str | None, audio_dir: str
                 continue
             referenced.add(clip)
             raw_text = row["Utterance"]
-            bad = [key for key, value in row.items() if not _decodable(value)]
+            bad = undecodable_fields(row)
             if bad:
                 yield Reject("undecodable_text", location, f"undecodable bytes in {', '.join(bad)}", id=record_id)
                 continue

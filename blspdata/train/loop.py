@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from blspdata.corpora.labels import CANONICAL
 from blspdata.train.model import BLSPModel, ModelConfig, Prompt, build_batch
 
 SYSTEM = "You are a helpful assistant."

@@ -12,7 +12,6 @@ acts only at speech positions ("partial LoRA"): a hook zeroes the LoRA update el
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,7 +167,7 @@ class BLSPModel(nn.Module):
         return model.eval()
 
     @torch.no_grad()
-    def respond(self, audio: "np.ndarray", prompt: "Prompt", max_new_tokens: int = 64) -> str:
+    def respond(self, audio: Any, prompt: "Prompt", max_new_tokens: int = 64) -> str:
         """Greedy response of the LLM to `prompt` with this speech where the input goes."""
         features = self.feature_extractor([audio], sampling_rate=16000, return_tensors="pt").input_features
         device = next(self.adapter.parameters()).device
