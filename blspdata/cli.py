@@ -412,6 +412,8 @@ def _train(stage: str, data: Path, out: Path, encoder: Optional[str], llm: Optio
         raise typer.BadParameter("--encoder and --llm are required (stage2 takes them from --init)")
     # Local folders are recorded as absolute paths, so the checkpoint works from anywhere.
     encoder, llm = (str(Path(p).resolve()) if Path(p).exists() else p for p in (encoder, llm))
+    if (overrides.get("eval_split") or "").lower() == "none":
+        overrides["eval_split"] = ""
     cfg = TrainConfig.for_stage(stage, data=str(data), out=str(out), init=str(init) if init else None, **overrides)
     model_config = ModelConfig(encoder=encoder, llm=llm, llm_gguf=llm_gguf,
                                **{k: v for k, v in model_overrides.items() if v is not None})
@@ -445,6 +447,9 @@ def _train_options(stage: str):
         grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="[1.0]"),
         seed: Optional[int] = typer.Option(None, "--seed", help="[42]"),
         save_every: Optional[int] = typer.Option(None, "--save-every", help="Save a resumable checkpoint every N steps [end only]."),
+        eval_split: Optional[str] = typer.Option(None, "--eval-split", help="Log the stage's losses on this split before step 1 and at the end, as metrics.jsonl rows with \"eval\" [validation; none = off]."),
+        eval_every: Optional[int] = typer.Option(None, "--eval-every", min=1, help="Also evaluate every N steps."),
+        eval_limit: Optional[int] = typer.Option(None, "--eval-limit", min=1, help="Rows of the eval split used [256]."),
         lora_scope: Optional[str] = typer.Option(None, "--lora-scope", help="Stage 2: audio (LoRA only at speech positions, the paper) or global."),
         lora_r: Optional[int] = typer.Option(None, "--lora-r", help="[16]"),
         lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="[16]"),
@@ -458,7 +463,7 @@ def _train_options(stage: str):
                mix=str(mix) if mix else None, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                schedule=schedule, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps,
                max_length=max_length, temperature=temperature, grad_clip=grad_clip, seed=seed, save_every=save_every,
-               audio_root=audio_root)
+               eval_split=eval_split, eval_every=eval_every, eval_limit=eval_limit, audio_root=audio_root)
 
     command.__doc__ = ("Stage 1, semantic alignment: response_kl, only the adapter trains." if stage == "stage1" else
                        "Stage 2, emotion alignment: response_ce + input_er; adapter and (partial) LoRA train.")

