@@ -39,7 +39,10 @@ $(STAMP): pyproject.toml Makefile
 
 $(VENV): $(STAMP)
 
+# The report test opens the page in a real headless Chromium.
+TEST_SYSTEM_PACKAGES := chromium
 test: $(STAMP)
+	@$(MAKE) --no-print-directory system-deps SYSTEM_PACKAGES="$(TEST_SYSTEM_PACKAGES)"
 	$(BIN)/python -m pytest -q tests
 
 # Ingest the bundled sample corpus into $(1) (manifests with extension $(2)).
@@ -50,37 +53,12 @@ define ingest_samples
 	$(BIN)/blspdata ingest meld samples/corpora/MELD.Raw -o $(1)/meld.$(2) --no-progress
 endef
 
-# The whole pipeline on the sample corpus. Stages land one by one (see README); today:
-# ingest, generate with the embedded CPU LLM (semantic for the ASR corpora, emotion for the
-# emotion corpora), curate, publish + verify, train stage 1 and stage 2 with small models,
-# evaluate SER. Reruns resume: finished generation is skipped.
-D := demo-out
+# The whole pipeline on the sample corpus, from one config (examples/demo.yaml): ingest,
+# generate with the embedded CPU LLM, curate, publish, train stage 1 and 2 with small models,
+# evaluate SER, report.html. A rerun skips what is up to date and resumes what was interrupted.
 demo: $(STAMP)
-	@echo "== blspdata demo: ingest, generate, curate, publish, train stage 1 and 2, evaluate"
-	$(call ingest_samples,$(D)/manifests,jsonl.gz)
-	$(BIN)/blspdata generate $(D)/manifests/librispeech.jsonl.gz -o $(D)/continuations/librispeech.semantic.jsonl --task semantic
-	$(BIN)/blspdata generate $(D)/manifests/gigaspeech.jsonl.gz -o $(D)/continuations/gigaspeech.semantic.jsonl --task semantic
-	$(BIN)/blspdata generate $(D)/manifests/iemocap.jsonl.gz -o $(D)/continuations/iemocap.emotion.jsonl --task emotion
-	$(BIN)/blspdata generate $(D)/manifests/meld.jsonl.gz -o $(D)/continuations/meld.emotion.jsonl --task emotion
-	@echo "== curate: the embedded 135M model mostly echoes its input; the demo keeps echoes (--disable echo)"
-	@echo "   so that later stages have data. Build real data with a real model (--serve vllm)."
-	$(BIN)/blspdata curate $(D)/continuations/librispeech.semantic.jsonl $(D)/continuations/gigaspeech.semantic.jsonl \
-	    $(D)/continuations/iemocap.emotion.jsonl $(D)/continuations/meld.emotion.jsonl -o $(D)/curated/curated.jsonl.gz \
-	    --disable echo
-	$(BIN)/blspdata publish $(D)/curated/curated.jsonl.gz -o $(D)/dataset --overwrite
-	$(BIN)/blspdata verify $(D)/dataset
-	@echo "== train: a random tiny Whisper encoder (no Whisper weights ship offline) + SmolLM2-135M"
-	$(BIN)/python -m blspdata.train.demo_models $(D)/models
-	$(BIN)/blspdata train stage1 $(D)/dataset -o $(D)/train/stage1 --encoder $(D)/models/tiny-whisper \
-	    --llm $(D)/models/smollm2 --batch-size 4 --grad-accum 1 --max-steps 12 --warmup-steps 2 --lr 1e-3
-	$(BIN)/blspdata train stage2 $(D)/dataset -o $(D)/train/stage2 --init $(D)/train/stage1/final \
-	    --batch-size 4 --grad-accum 1 --max-steps 12 --warmup-steps 2 --lr 1e-3
-	@echo "== evaluate: few emotion rows survive curation of the 135M model's output (mostly refusals and"
-	@echo "   echoes), none in the test split: the demo scores the training rows to show the plumbing."
-	$(BIN)/blspdata evaluate ser $(D)/train/stage2/final $(D)/dataset --split train
-	@echo "== done. manifests: $(D)/manifests/  continuations: $(D)/continuations/  curated: $(D)/curated/"
-	@echo "   dataset: $(D)/dataset/ (datasets.load_from_disk('$(D)/dataset/emotion'))"
-	@echo "   checkpoints: $(D)/train/stage1/final, $(D)/train/stage2/final (SER confusion matrix in ser-train/)"
+	@echo "== blspdata demo: blspdata run examples/demo.yaml (about 5 minutes on 2 CPU cores)"
+	$(BIN)/blspdata run examples/demo.yaml
 
 # The committed example manifests (manifests/sample/), from the sample corpus.
 sample-manifests: $(STAMP)

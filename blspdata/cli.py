@@ -28,7 +28,7 @@ def user_errors(*kinds: type[BaseException], note: str = ""):
 class _PipelineOrder(TyperGroup):
     """`blspdata --help` lists the commands in pipeline order, not registration order."""
 
-    ORDER = ("ingest", "generate", "merge", "curate", "publish", "verify", "train", "evaluate", "chat")
+    ORDER = ("run", "report", "ingest", "generate", "merge", "curate", "publish", "verify", "train", "evaluate", "chat")
 
     def list_commands(self, ctx) -> list[str]:
         names = super().list_commands(ctx)
@@ -38,7 +38,8 @@ class _PipelineOrder(TyperGroup):
 app = typer.Typer(
     cls=_PipelineOrder,
     help="Build BLSP-Emo style training data for speech-language models.\n\n"
-    "Stages, in pipeline order: ingest (corpora -> manifest), generate (manifest -> continuations "
+    "`blspdata run CONFIG.yaml` runs the whole pipeline from one config (see examples/demo.yaml) and "
+    "`blspdata report RUN_DIR` draws it. The stages, in pipeline order: ingest (corpora -> manifest), generate (manifest -> continuations "
     "through an LLM; merge joins sharded runs), curate (filters with reasons, exact and near-duplicate removal), publish (Hugging Face shards + card; "
     "verify checks them), train (stage1 semantic / stage2 emotion alignment), evaluate, chat.",
     no_args_is_help=True,
@@ -509,6 +510,63 @@ def chat_command(
 
     with user_errors(ValueError, OSError, KeyError):
         typer.echo(chat(checkpoint, audio, instruction, max_new_tokens))
+
+
+@app.command("run")
+def run_command(
+    config: Path = typer.Argument(..., help="YAML config: run_dir, corpora, generate, curate, publish, train, evaluate "
+                                  "(see examples/demo.yaml; relative paths are relative to the config's folder)."),
+    start: Optional[str] = typer.Option(None, "--from", help="Rerun from this stage on, even if up to date: ingest, "
+                                        "generate, curate, publish, stage1, stage2, evaluate."),
+    until: Optional[str] = typer.Option(None, "--until", help="Stop after this stage."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override the config's run_dir."),
+    plan_only: bool = typer.Option(False, "--plan", help="Validate the config and say what would run, run nothing."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write RUN_DIR/report.html at the end."),
+    progress: bool = ProgressOpt,
+) -> None:
+    """The whole pipeline from one config: ingest -> generate -> curate -> publish -> stage1 -> stage2
+    -> evaluate. A rerun skips what is up to date (recorded hashes of inputs and settings in
+    RUN_DIR/run.json) and resumes what was interrupted."""
+    from blspdata.pipeline import ConfigError, load_config, run
+
+    with user_errors(ConfigError):
+        cfg = load_config(config, run_dir)
+    out = Path(cfg.run_dir)
+    from blspdata.curate.run import CurateError
+    from blspdata.generate.backends import BackendError, ServerDown
+    from blspdata.generate.run import GenerateError
+    from blspdata.ingest import IngestError
+    from blspdata.publish import PublishError
+
+    errors = (ConfigError, IngestError, GenerateError, BackendError, ServerDown, CurateError, PublishError,
+              ValueError, OSError, RuntimeError)
+    with user_errors(*errors, note=f"(finished stages are kept in {out}; rerun the same command to resume)"):
+        run(cfg, start=start, until=until, dry_run=plan_only, progress=progress, echo=typer.echo)
+    if plan_only:
+        return
+    typer.echo(f"== done: {out}")
+    for label, path in (("dataset", out / "dataset"), ("stage-1 checkpoint", out / "train/stage1/final"),
+                        ("stage-2 checkpoint", out / "train/stage2/final"), ("SER evaluation", out / "evaluate")):
+        if path.exists():
+            typer.echo(f"   {label}: {path}")
+    if report:
+        from blspdata.report import write_report
+
+        typer.echo(f"   report: {write_report(out)}")
+
+
+@app.command("report")
+def report_command(
+    run_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="A folder written by `blspdata run`."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write [RUN_DIR/report.html]."),
+) -> None:
+    """One self-contained HTML page about a run: hours per corpus and split, emotion labels before
+    and after curation, lengths, rejects per stage, throughput, loss curves, SER confusion matrix,
+    sample rows with audio players."""
+    from blspdata.report import write_report
+
+    with user_errors(OSError, ValueError):
+        typer.echo(f"report: {write_report(run_dir, out)}")
 
 
 def _version(value: bool) -> None:

@@ -296,6 +296,10 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
 
+    if not progress:  # transformers' own bars (loading weights) too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     model_config.lora = cfg.stage == "stage2"
     model = BLSPModel(model_config).to(device)
     if cfg.init:

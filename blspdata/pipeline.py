@@ -1,0 +1,517 @@
+"""`blspdata run CONFIG.yaml`: the whole pipeline from one config, in one run folder.
+
+    ingest -> generate -> curate -> publish -> stage1 -> stage2 -> evaluate  (then report.html)
+
+Each stage is a list of units (ingest and generate: one per corpus; the others: one). A unit's
+fingerprint hashes its settings, the fingerprints of what it reads (a corpus folder: the
+names, sizes and times of its files; an earlier unit: that unit's fingerprint) and the
+blspdata version. `RUN_DIR/run.json` records each unit's fingerprint and status, so a rerun
+
+- skips a unit that is done with the same fingerprint and whose outputs are there,
+- resumes a unit that was interrupted with the same fingerprint (generation continues its
+  output file, training continues from `last/`), and
+- starts afresh a unit whose fingerprint changed (its old outputs are removed first), which
+  changes the fingerprints of everything downstream, so they rerun too.
+
+The config is validated before anything runs (pydantic), with messages that name the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import shutil
+import sys
+import time
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Callable, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+
+from blspdata import __version__
+from blspdata.records import sidecar, write_json
+
+STAGES = ("ingest", "generate", "curate", "publish", "stage1", "stage2", "evaluate")
+DEFAULT_TASK = {"librispeech": "semantic", "gigaspeech": "semantic", "iemocap": "emotion", "meld": "emotion"}
+DEMO_MODELS = ("demo:tiny-whisper", "demo:smollm2")  # made in RUN_DIR/models, no download
+
+
+class ConfigError(ValueError):
+    """A config the pipeline cannot run; the message names the key."""
+
+
+# ---------------------------------------------------------------------------- the config
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Corpus(_Strict):
+    kind: Literal["librispeech", "gigaspeech", "iemocap", "meld", "jsonl", "csv"]
+    root: str = Field(description="the corpus folder as distributed (jsonl/csv: the file)")
+    name: Optional[str] = Field(None, description="file names in the run folder [kind]")
+    task: Optional[Literal["semantic", "emotion"]] = None  # [semantic for ASR corpora, emotion for emotion corpora]
+    normalizer: Literal["light", "whisper", "none"] = "light"
+    options: dict[str, Any] = {}  # the importer's own: splits, subset, test_sessions, label_map, text_col, ...
+
+    @model_validator(mode="after")
+    def _defaults(self) -> "Corpus":
+        self.name = self.name or self.kind
+        if self.task is None:
+            if self.kind not in DEFAULT_TASK:
+                raise ValueError(f"a {self.kind} corpus needs task: semantic or emotion")
+            self.task = DEFAULT_TASK[self.kind]
+        module = __import__(f"blspdata.corpora.{'generic' if self.kind in ('jsonl', 'csv') else self.kind}",
+                            fromlist=["scan"])
+        accepted = set(inspect.signature(module.scan).parameters) - {"root", "fmt", "audio_dir"}
+        unknown = set(self.options) - accepted
+        if unknown:
+            raise ValueError(f"options: unknown {', '.join(sorted(unknown))} for {self.kind}; "
+                             f"known: {', '.join(sorted(accepted))}")
+        return self
+
+
+class Generate(_Strict):
+    backend: Literal["embedded", "openai", "vllm", "dry-run"] = "embedded"
+    base_url: Optional[str] = None
+    model: Optional[str] = None
+    serve: Optional[Literal["vllm"]] = None
+    concurrency: Optional[int] = Field(None, ge=1)
+    max_new_tokens: Optional[int] = Field(None, ge=1)
+    temperature: Optional[float] = Field(None, ge=0)
+    seed: int = 0
+    server_timeout: float = Field(120.0, gt=0)
+    limit: Optional[int] = Field(None, ge=1)
+    prompts: dict[Literal["semantic", "emotion"], str] = {}  # task -> template name or .toml file
+    engine_args: dict[str, Any] = {}
+    executor: Literal["local", "ray"] = "local"
+    ray_actors: int = Field(2, ge=1)
+
+
+class Curate(_Strict):
+    disable: list[str] = []
+    enable: list[str] = []
+    min_words: Optional[int] = None
+    max_words: Optional[int] = None
+    max_dup_ngram_fraction: Optional[float] = None
+    echo_overlap: Optional[float] = None
+    exact: Optional[bool] = None
+    near: Optional[bool] = None
+    threshold: Optional[float] = None
+    num_perm: Optional[int] = None
+    ngram: Optional[int] = None
+
+    @model_validator(mode="after")
+    def _known(self) -> "Curate":
+        from blspdata.curate.run import CurateError, settings_from
+
+        try:
+            settings_from(None, self.model_dump())
+        except CurateError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+class Publish(_Strict):
+    format: Literal["arrow", "parquet"] = "arrow"
+    audio: Literal["embed", "path"] = "embed"
+    max_shard_size: str = "500MB"
+    validation_fraction: float = Field(0.05, ge=0, le=1)
+    test_fraction: float = Field(0.05, ge=0, le=1)
+    license: str = "other"
+    push_to_hub: Optional[str] = None
+    private: bool = False
+
+
+def _stage_model(name: str):
+    """The trainer's options, straight from TrainConfig (one list of names and types)."""
+    from blspdata.train.loop import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    skip = {"stage", "data", "out", "init", "mix"}
+    return create_model(name, __base__=_Strict, **{f.name: (Optional[hints[f.name]], None)
+                                                   for f in fields(TrainConfig) if f.name not in skip})
+
+
+Stage1 = _stage_model("Stage1")
+Stage2 = _stage_model("Stage2")
+
+
+class Train(_Strict):
+    encoder: str = Field(description="Whisper checkpoint (name or folder), or demo:tiny-whisper")
+    llm: str = Field(description="causal LM (name or folder), or demo:smollm2")
+    llm_gguf: Optional[str] = None
+    lora_scope: Optional[Literal["audio", "global"]] = None
+    lora_r: Optional[int] = None
+    lora_alpha: Optional[int] = None
+    lora_dropout: Optional[float] = None
+    stage1: Stage1 = Stage1()
+    stage2: Stage2 = Stage2()
+
+
+class Evaluate(_Strict):
+    split: str = "test"
+    head_only: bool = False
+    limit: Optional[int] = Field(None, ge=1)
+    max_new_tokens: int = Field(8, ge=1)
+
+
+class Config(_Strict):
+    run_dir: str
+    corpora: list[Corpus] = Field(min_length=1)
+    generate: Generate = Generate()
+    curate: Curate = Curate()
+    publish: Publish = Publish()
+    train: Optional[Train] = None  # absent: the run ends with the published dataset
+    evaluate: Evaluate = Evaluate()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        names = [c.name for c in self.corpora]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"corpus names must differ (give them name:), {', '.join(twice)} appears twice")
+        if self.train is not None and self.publish.format != "arrow":
+            raise ValueError("training reads the arrow layout: publish.format must be arrow when train is set")
+        return self
+
+
+def load_config(path: str | Path, run_dir: str | Path | None = None) -> Config:
+    """Read and validate a YAML config. Relative paths in it are relative to its folder."""
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (run_dir, corpora, generate, ...)")
+    if run_dir is not None:
+        raw["run_dir"] = str(run_dir)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        raise ConfigError(f"{path}: {len(problems)} problem(s)\n  " + "\n  ".join(problems)) from None
+    base = path.resolve().parent
+    config.run_dir = str(base / Path(config.run_dir).expanduser()) if run_dir is None else str(Path(run_dir).resolve())
+    for corpus in config.corpora:
+        corpus.root = str(base / Path(corpus.root).expanduser())
+        if corpus.options.get("label_map"):
+            corpus.options["label_map"] = str(base / corpus.options["label_map"])
+    for task, prompt in config.generate.prompts.items():
+        if prompt.endswith(".toml"):
+            config.generate.prompts[task] = str(base / prompt)
+    if config.train:
+        for key in ("encoder", "llm"):
+            value = getattr(config.train, key)
+            if value not in DEMO_MODELS and (base / value).exists():
+                setattr(config.train, key, str(base / value))
+    return config
+
+
+def _describe(error: dict) -> str:
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"]).lstrip(".") or "(top)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key (a typo?)"
+    elif error["type"] not in ("value_error", "missing"):
+        message += f", got {error['input']!r}"
+    return f"{where}: {message}"
+
+
+# ---------------------------------------------------------------------------- units and state
+
+@dataclass
+class Unit:
+    stage: str
+    key: str                      # ingest/librispeech, generate/iemocap, curate, ...
+    fingerprint: str
+    outputs: list[Path]           # what must exist for the unit to count as done
+    work: Callable[[bool], dict]  # work(resume) -> a summary for run.json
+    resumable: bool = False       # an interrupted run continues instead of starting over
+
+
+def fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps([__version__, *parts], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def tree_fingerprint(path: str | Path) -> str:
+    """Names, sizes and modification times of every file under `path` (or of the file)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    if path.is_file():
+        stat = path.stat()
+        digest.update(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()[:16]
+    if not path.is_dir():
+        return "missing"
+    for folder, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(folder, name)
+            try:
+                stat = os.stat(full)
+            except OSError:
+                continue
+            digest.update(f"{os.path.relpath(full, path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+class State:
+    """RUN_DIR/run.json: per unit, its fingerprint, status, timing and summary."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "run.json"
+        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data.setdefault("units", {})
+
+    def get(self, key: str) -> dict:
+        return self.data["units"].get(key, {})
+
+    def set(self, key: str, **values: Any) -> None:
+        self.data["units"].setdefault(key, {}).update(values)
+        self.data["version"] = __version__
+        stages: dict[str, dict] = {}  # the per-stage view the report shows
+        for unit in self.data["units"].values():
+            stage = stages.setdefault(unit["stage"], {"status": "done", "seconds": 0.0, "units": 0})
+            stage["units"] += 1
+            stage["seconds"] = round(stage["seconds"] + unit.get("seconds", 0.0), 1)
+            if unit.get("status") != "done":
+                stage["status"] = unit.get("status", "running")
+        self.data["stages"] = {s: stages[s] for s in STAGES if s in stages}
+        write_json(self.path, self.data)
+
+
+def decide(unit: Unit, state: State, forced: bool) -> tuple[str, str]:
+    """(action, why): action is skip, resume or run."""
+    seen = state.get(unit.key)
+    same = seen.get("fingerprint") == unit.fingerprint
+    if forced:
+        return "run", "--from"
+    if same and seen.get("status") == "done" and all(p.exists() for p in unit.outputs):
+        return "skip", "up to date"
+    if same and seen.get("status") == "running" and unit.resumable:
+        return "resume", "interrupted, continuing"
+    if not seen:
+        return "run", "new"
+    return "run", "settings or inputs changed" if not same else "outputs missing or incomplete"
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+# ---------------------------------------------------------------------------- the stages
+
+def plan(config: Config, progress: bool = True) -> list[Unit]:
+    """Every unit of the pipeline, in order, with its fingerprint and work."""
+    run = Path(config.run_dir)
+    units: list[Unit] = []
+    generated: list[tuple[Path, str]] = []
+    for corpus in config.corpora:
+        manifest = run / "manifests" / f"{corpus.name}.jsonl.gz"
+        ingest_fp = fingerprint("ingest", corpus.model_dump(exclude={"task"}), tree_fingerprint(corpus.root))
+        units.append(Unit("ingest", f"ingest/{corpus.name}", ingest_fp, [manifest],
+                          _ingest(corpus, manifest, progress)))
+        out = run / "continuations" / f"{corpus.name}.{corpus.task}.jsonl"
+        settings = config.generate.model_dump(exclude={"prompts", "executor", "ray_actors", "concurrency"})
+        prompt = config.generate.prompts.get(corpus.task)
+        prompt_fp = tree_fingerprint(prompt) if prompt and prompt.endswith(".toml") else prompt
+        generate_fp = fingerprint("generate", settings, corpus.task, prompt_fp, ingest_fp)
+        units.append(Unit("generate", f"generate/{corpus.name}", generate_fp, [out],
+                          _generate(config, corpus.task, prompt, manifest, out, progress), resumable=True))
+        generated.append((out, generate_fp))
+    curated = run / "curated" / "curated.jsonl.gz"
+    curate_fp = fingerprint("curate", config.curate.model_dump(), [fp for _, fp in generated])
+    units.append(Unit("curate", "curate", curate_fp, [curated], _curate(config, [p for p, _ in generated], curated,
+                                                                        progress)))
+    dataset = run / "dataset"
+    publish_fp = fingerprint("publish", config.publish.model_dump(), curate_fp)
+    units.append(Unit("publish", "publish", publish_fp, [dataset], _publish(config, curated, dataset, progress)))
+    if config.train is None:
+        return sorted(units, key=lambda u: STAGES.index(u.stage))
+    train = config.train
+    bases = {k: (tree_fingerprint(v) if Path(v).exists() else v) for k, v in
+             (("encoder", train.encoder), ("llm", train.llm))}
+    model_fp = [bases, train.model_dump(exclude={"stage1", "stage2"})]
+    stage1 = run / "train" / "stage1"
+    stage1_fp = fingerprint("stage1", model_fp, train.stage1.model_dump(), publish_fp)
+    units.append(Unit("stage1", "stage1", stage1_fp, [stage1 / "final"],
+                      _train(config, "stage1", dataset, stage1, None, progress), resumable=True))
+    stage2 = run / "train" / "stage2"
+    stage2_fp = fingerprint("stage2", model_fp, train.stage2.model_dump(), stage1_fp)
+    units.append(Unit("stage2", "stage2", stage2_fp, [stage2 / "final"],
+                      _train(config, "stage2", dataset, stage2, stage1 / "final", progress), resumable=True))
+    evaluation = run / "evaluate"
+    units.append(Unit("evaluate", "evaluate", fingerprint("evaluate", config.evaluate.model_dump(), stage2_fp),
+                      [evaluation / "ser.json"], _evaluate(config, stage2 / "final", dataset, evaluation)))
+    return sorted(units, key=lambda u: STAGES.index(u.stage))  # stable: corpora keep their order
+
+
+def _ingest(corpus: Corpus, manifest: Path, progress: bool) -> Callable[[bool], dict]:
+    def work(resume: bool) -> dict:
+        from blspdata.ingest import ingest_corpus
+
+        _remove([manifest, sidecar(manifest, "rejects.jsonl"), sidecar(manifest, "summary.json")])
+        summary = ingest_corpus(corpus.kind, corpus.root, manifest, jobs=_jobs(), normalizer=corpus.normalizer,
+                                progress=progress, **corpus.options)
+        print(f"  {summary.render()}", file=sys.stderr)
+        return summary.to_dict()
+    return work
+
+
+def _generate(config: Config, task: str, prompt: Optional[str], manifest: Path, out: Path,
+              progress: bool) -> Callable[[bool], dict]:
+    def work(resume: bool) -> dict:
+        from blspdata.generate.run import generate
+
+        if not resume:
+            _remove([out, sidecar(out, "rejects.jsonl"), sidecar(out, "summary.json")])
+        g = config.generate
+        summary = generate(manifest, out, task=task, prompt=prompt, backend=g.backend, base_url=g.base_url,
+                           model=g.model, api_key=os.environ.get("OPENAI_API_KEY"), serve=g.serve,
+                           concurrency=g.concurrency, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
+                           seed=g.seed, server_timeout=g.server_timeout, limit=g.limit, progress=progress,
+                           executor=g.executor, ray_actors=g.ray_actors, engine_args=dict(g.engine_args))
+        print(f"  {summary.render()}", file=sys.stderr)
+        return summary.to_dict()
+    return work
+
+
+def _curate(config: Config, inputs: list[Path], out: Path, progress: bool) -> Callable[[bool], dict]:
+    def work(resume: bool) -> dict:
+        from blspdata.curate.run import curate, settings_from
+
+        filters, dedup = settings_from(None, config.curate.model_dump())
+        stats = curate(inputs, out, filters=filters, dedup=dedup, progress=progress)
+        print(f"  {stats.render()}", file=sys.stderr)
+        return {k: v for k, v in stats.to_dict().items() if k in ("input", "kept", "rejected", "rejects")}
+    return work
+
+
+def _publish(config: Config, curated: Path, dataset: Path, progress: bool) -> Callable[[bool], dict]:
+    def work(resume: bool) -> dict:
+        from blspdata.publish import publish, push_to_hub, verify
+
+        p = config.publish
+        result = publish([curated], dataset, fmt=p.format, audio=p.audio, max_shard_size=p.max_shard_size,
+                         validation=p.validation_fraction, test=p.test_fraction, jobs=_jobs(), license=p.license,
+                         overwrite=True, progress=progress)
+        problems = verify(dataset)
+        if problems:
+            raise RuntimeError(f"{dataset} does not verify: " + "; ".join(problems))
+        print(f"  {dataset}: " + "; ".join(f"{c} " + ", ".join(f"{s} {n}" for s, n in splits.items())
+                                          for c, splits in result["rows"].items()), file=sys.stderr)
+        if p.push_to_hub:
+            push_to_hub(dataset, p.push_to_hub, private=p.private)
+        return {"rows": result["rows"], "rejected": result["rejected"]}
+    return work
+
+
+def _train(config: Config, stage: str, dataset: Path, out: Path, init: Optional[Path],
+           progress: bool) -> Callable[[bool], dict]:
+    def work(resume: bool) -> dict:
+        from blspdata.train.loop import TrainConfig, train
+        from blspdata.train.model import ModelConfig
+
+        t = config.train
+        encoder, llm = (_model_path(config, name) for name in (t.encoder, t.llm))
+        if not resume:
+            _remove([out])
+        options = getattr(t, stage).model_dump()
+        cfg = TrainConfig.for_stage(stage, data=str(dataset / ("semantic" if stage == "stage1" else "emotion")),
+                                    out=str(out), init=str(init) if init else None, **options)
+        lora = {k: getattr(t, k) for k in ("lora_scope", "lora_r", "lora_alpha", "lora_dropout")
+                if getattr(t, k) is not None}
+        model = ModelConfig(encoder=encoder, llm=llm, llm_gguf=t.llm_gguf, **lora)
+        return train(cfg, model, resume=resume and (out / "last" / "trainer_state.pt").exists(), progress=progress)
+    return work
+
+
+def _evaluate(config: Config, checkpoint: Path, dataset: Path, out: Path) -> Callable[[bool], dict]:
+    def work(resume: bool) -> dict:
+        from blspdata.train.evaluate import evaluate_ser
+
+        e = config.evaluate
+        result = evaluate_ser(checkpoint, dataset / "emotion", split=e.split, out=out, limit=e.limit,
+                              max_new_tokens=e.max_new_tokens, prompt_too=not e.head_only)
+        print(result["text"], file=sys.stderr)
+        return {k: result[k] for k in ("rows", "head_accuracy", "prompt_accuracy") if k in result}
+    return work
+
+
+def _model_path(config: Config, name: str) -> str:
+    """A demo model is made once in RUN_DIR/models (no download); anything else is as given."""
+    if name not in DEMO_MODELS:
+        return name
+    from blspdata.train import demo_models
+
+    folder = Path(config.run_dir) / "models" / name.split(":", 1)[1]
+    if not (folder / "config.json").exists():
+        (demo_models.tiny_whisper if name == "demo:tiny-whisper" else demo_models.smollm2)(folder)
+    return str(folder)
+
+
+def _jobs() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+# ---------------------------------------------------------------------------- the run
+
+def run(config: Config, start: Optional[str] = None, until: Optional[str] = None, dry_run: bool = False,
+        progress: bool = True, echo: Callable[[str], None] = print) -> list[tuple[Unit, str, str]]:
+    """Run (or with dry_run, only decide) every unit from `start` to `until`. Returns what
+    was decided for each unit."""
+    for name, value in (("--from", start), ("--until", until)):
+        if value is not None and value not in STAGES:
+            raise ConfigError(f"{name}: unknown stage {value!r}; stages: {', '.join(STAGES)}")
+    run_dir = Path(config.run_dir)
+    if not progress:
+        import transformers.utils.logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    units = plan(config, progress)
+    stages = [u.stage for u in units]
+    first = STAGES.index(start) if start else 0
+    last = STAGES.index(until) if until else len(STAGES) - 1
+    if until and until not in stages:
+        raise ConfigError(f"--until {until}: this config has no {until} stage (no train: section?)")
+    state = State(run_dir)
+    decided = []
+    for unit in units:
+        index = STAGES.index(unit.stage)
+        if index > last:
+            break
+        if index < first:
+            seen = state.get(unit.key)
+            if seen.get("status") != "done":
+                raise ConfigError(f"--from {start}: {unit.key} has not finished yet; run it first (drop --from)")
+            decided.append((unit, "skip", "before --from"))
+            continue
+        action, why = decide(unit, state, forced=start is not None)
+        decided.append((unit, action, why))
+        echo(f"== {unit.key}: {action} ({why})")
+        if dry_run or action == "skip":
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state.set(unit.key, stage=unit.stage, fingerprint=unit.fingerprint, status="running",
+                  started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        began = time.monotonic()
+        summary = unit.work(action == "resume")
+        state.set(unit.key, status="done", seconds=round(time.monotonic() - began, 1), summary=summary)
+    if not dry_run:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", config.model_dump())
+    return decided

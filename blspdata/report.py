@@ -1,0 +1,359 @@
+"""`write_report`: one self-contained HTML page about a pipeline run folder.
+
+What it reads from RUN_DIR (any part may be missing: its section then says "not run yet"):
+
+    run.json                              `blspdata run`'s state: {"stages": {"ingest": {"status", "seconds", "units"}}}
+    manifests/<name>.jsonl.gz             ingest output; <name>.rejects.jsonl beside it
+    continuations/<name>.<task>.jsonl     generate output; .rejects.jsonl and .summary.json beside it
+    curated/curated.jsonl.gz              curate output; curated.rejects.jsonl beside it
+    dataset/{semantic,emotion}/           publish output (arrow); dataset.rejects.jsonl beside dataset/
+    train/stage{1,2}/metrics.jsonl        one row per optimizer step; rows with "eval" are held-out
+    evaluate/ser.json, confusion.png      `blspdata evaluate ser`
+
+Plots are matplotlib PNGs and audio is the published FLAC, both inlined as base64 data URIs:
+the page references no other file, script or server, so it can be mailed or attached as is.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from blspdata.corpora.labels import CANONICAL
+from blspdata.records import atomic_path, iter_jsonl, sidecar
+
+TRAIN_KEYS = ("response_kl", "response_ce", "input_er", "er_accuracy")
+SAMPLES = (("emotion", 6), ("semantic", 4))   # published config, rows shown from it
+CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;
+vertical-align:top;max-width:24em;overflow-wrap:break-word}th{background:#f3f3f3}td.n{text-align:right}.note{color:#777;font-style:italic}
+img{max-width:100%;display:block;margin:.5em 0}section{margin-bottom:2.5em}"""
+
+
+def write_report(run_dir: Path, out: Path | None = None) -> Path:
+    """Write the report of the run in `run_dir` to `out` [run_dir/report.html], atomically."""
+    run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir / "report.html"
+    manifests = _outputs(run_dir / "manifests")
+    continuations = _outputs(run_dir / "continuations")
+    curated = _outputs(run_dir / "curated")
+    sections = [
+        ("Pipeline stages", stages_section(run_dir / "run.json")),
+        ("1. Hours and utterances per corpus and split", corpus_section(manifests)),
+        ("2. Emotion labels before and after curation", emotion_section(manifests, curated)),
+        ("3. Transcript and continuation lengths", length_section(curated or continuations, bool(curated))),
+        ("4. Rejects per stage and reason", rejects_section(run_dir)),
+        ("5. Generation throughput", throughput_section(continuations)),
+        ("6. Training curves", training_section(run_dir / "train")),
+        ("7. Speech emotion recognition", ser_section(run_dir / "evaluate")),
+        ("8. Sample rows", samples_section(run_dir / "dataset")),
+    ]
+    body = "\n".join(f"<section><h2>{escape(title)}</h2>\n{content}</section>" for title, content in sections)
+    page = (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>blspdata run {escape(run_dir.name)}"
+            f"</title><style>{CSS}</style></head><body>\n<h1>blspdata run: {escape(str(run_dir))}</h1>\n"
+            f"{body}\n</body></html>\n")
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out
+
+
+# ---------------------------------------------------------------------------- reading the run folder
+
+def _outputs(folder: Path) -> list[Path]:
+    """A stage's outputs in `folder`: its .jsonl(.gz) files, not their rejects sidecars."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.name.endswith((".jsonl", ".jsonl.gz"))
+                  and not p.name.endswith(".rejects.jsonl") and not p.name.startswith("."))
+
+
+def _rows(paths: Iterable[Path]) -> Iterable[dict[str, Any]]:
+    """The rows of several JSONL(.gz) files, streamed; malformed lines are skipped."""
+    for path in paths:
+        yield from (row for _, row, _ in iter_jsonl(path) if row is not None)
+
+
+def _load_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _words(text: Any) -> int:
+    return len(str(text or "").split())
+
+
+# ---------------------------------------------------------------------------- HTML and plots
+
+def _note(text: str) -> str:
+    return f"<p class=note>{escape(text)}</p>\n"
+
+
+class _Html(str):
+    """Markup that a table cell must not escape (an audio player)."""
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"<td class=n>{value:,.4g}</td>" if abs(value) < 1000 else f"<td class=n>{value:,.0f}</td>"
+    if isinstance(value, int):
+        return f"<td class=n>{value:,}</td>"
+    return f"<td>{value}</td>" if isinstance(value, _Html) else f"<td>{escape('' if value is None else str(value))}</td>"
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>\n" for row in rows)
+    return f"<table><tr>{head}</tr>\n{body}</table>\n"
+
+
+def _figure(columns: int = 1, width: float = 9.0, height: float = 3.4) -> tuple[Figure, list]:
+    """A figure on the Agg canvas (no pyplot: nothing global changes, nothing to close)."""
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure, list(figure.subplots(1, columns, squeeze=False)[0])
+
+
+def _img(figure: Figure, alt: str) -> str:
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{data}">\n'
+
+
+def _bars(axis, labels: list[str], series: dict[str, list[float]], ylabel: str) -> None:
+    """Grouped vertical bars: one group per label, one bar per series."""
+    width = 0.8 / max(1, len(series))
+    for index, (name, values) in enumerate(series.items()):
+        axis.bar([i + (index - (len(series) - 1) / 2) * width for i in range(len(labels))], values, width, label=name)
+    axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    axis.set_ylabel(ylabel)
+    if len(series) > 1:
+        axis.legend()
+
+
+# ---------------------------------------------------------------------------- sections
+
+def stages_section(run_json: Path) -> str:
+    stages = (_load_json(run_json) or {}).get("stages") or {}
+    if not stages:
+        return _note("No run.json: stage status unknown.")
+    from blspdata.pipeline import STAGES
+
+    order = sorted(stages, key=lambda name: STAGES.index(name) if name in STAGES else len(STAGES))
+    rows = [(name, stages[name].get("status", ""), stages[name].get("units", 1), stages[name].get("seconds"))
+            for name in order if isinstance(stages[name], dict)]
+    return _table(("stage", "status", "units", "seconds"), rows)
+
+
+def corpus_section(manifests: list[Path]) -> str:
+    if not manifests:
+        return _note("Ingest not run yet (no manifests/).")
+    tally: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+    for row in _rows(manifests):
+        entry = tally[(str(row.get("corpus")), str(row.get("split")))]
+        entry[0] += 1
+        entry[1] += float(row.get("duration") or 0) / 3600
+    keys = sorted(tally)
+    table = _table(("corpus", "split", "utterances", "hours"), [(*k, tally[k][0], tally[k][1]) for k in keys])
+    figure, (left, right) = _figure(2)
+    labels = [f"{c}/{s}" for c, s in keys]
+    _bars(left, labels, {"utterances": [tally[k][0] for k in keys]}, "utterances")
+    _bars(right, labels, {"hours": [tally[k][1] for k in keys]}, "hours")
+    return table + _img(figure, "utterances and hours per corpus and split")
+
+
+def emotion_section(manifests: list[Path], curated: list[Path]) -> str:
+    if not manifests:
+        return _note("Ingest not run yet (no manifests/).")
+    series = {"manifests (before)": Counter(r["emotion"] for r in _rows(manifests) if r.get("emotion"))}
+    if curated:
+        series["curated (after)"] = Counter(r["emotion"] for r in _rows(curated) if r.get("emotion"))
+    labels = list(CANONICAL) + sorted(set().union(*series.values()) - set(CANONICAL))
+    table = _table(("emotion", *series), [(label, *(c[label] for c in series.values())) for label in labels])
+    figure, (axis,) = _figure(height=3.2)
+    _bars(axis, labels, {name: [c[label] for label in labels] for name, c in series.items()}, "utterances")
+    note = "" if curated else _note("Curation not run yet: only the manifests are shown.")
+    return note + table + _img(figure, "emotion labels before and after curation")
+
+
+def length_section(paths: list[Path], curated: bool) -> str:
+    if not paths:
+        return _note("Neither generate nor curate run yet: no continuations.")
+    transcripts, continuations = [], []
+    for row in _rows(paths):
+        transcripts.append(_words(row.get("text")))
+        continuations.append(_words(row.get("continuation")))
+    if not transcripts:
+        return _note("No rows in the continuations.")
+    figure, axes = _figure(2)
+    for axis, values, name in zip(axes, (transcripts, continuations), ("transcript", "continuation")):
+        step = max(1, -(-(max(values) + 1) // 40))  # whole words per bin, at most 40 bins
+        axis.hist(values, bins=range(0, max(values) + step + 1, step), align="left", rwidth=0.9)
+        axis.set_xlabel(f"{name} words")
+        axis.set_ylabel("rows")
+    source = "curated rows" if curated else "continuations (curation not run yet)"
+    return (_note(f"{len(transcripts)} rows, from the {source}.")
+            + _img(figure, "transcript and continuation length histograms"))
+
+
+def rejects_section(run_dir: Path) -> str:
+    # Publish's rejects are named after its folder (dataset.rejects.jsonl), the others after each output.
+    stages = {"ingest": run_dir / "manifests", "generate": run_dir / "continuations", "curate": run_dir / "curated",
+              "publish": run_dir / "dataset.rejects.jsonl"}
+    counts: Counter = Counter()
+    notes = []
+    for stage, place in stages.items():
+        files = sorted(place.glob("*.rejects.jsonl")) if place.is_dir() else [place] if place.is_file() else []
+        before = sum(counts.values())
+        for row in _rows(files):
+            # near_duplicate_of:<id> counted as near_duplicate, as curate's stats do.
+            counts[(stage, str(row.get("reason", "unknown")).split(":", 1)[0].removesuffix("_of"))] += 1
+        if not files or sum(counts.values()) == before:
+            notes.append(f"{stage}: " + ("no rejects." if files else "not run yet (no rejects file)."))
+    if not counts:
+        return "".join(_note(n) for n in notes) + _note("No rejects.")
+    keys = sorted(counts, key=lambda k: (list(stages).index(k[0]), -counts[k]))
+    figure, (axis,) = _figure(height=max(2.0, 0.3 * len(keys) + 1))
+    axis.barh([f"{s}: {r}" for s, r in keys][::-1], [counts[k] for k in keys][::-1])
+    axis.set_xlabel("rejected rows")
+    return ("".join(_note(n) for n in notes) + _table(("stage", "reason", "rows"), [(*k, counts[k]) for k in keys])
+            + _img(figure, "rejects per stage and reason"))
+
+
+def throughput_section(continuations: list[Path]) -> str:
+    summaries = [(p, s) for p in continuations if (s := _load_json(sidecar(p, "summary.json")))]
+    if not summaries:
+        return _note("Generate not run yet (no continuations/*.summary.json).")
+    rows = [(p.name, s.get("written"), s.get("already_done"), s.get("finished"), s.get("output_tokens"),
+             s.get("seconds"), s.get("output_tokens_per_s"), s.get("rejected")) for p, s in summaries]
+    table = _table(("file", "written", "already done", "finished", "output tokens", "seconds", "tokens/s",
+                    "rejected"), rows)
+    figure, (axis,) = _figure(height=3.0)
+    _bars(axis, [p.name for p, _ in summaries], {"tokens/s": [s.get("output_tokens_per_s") or 0 for _, s in summaries]},
+          "output tokens/s")
+    return (table + _note("Written, seconds and tokens/s are those of the last invocation (a resumed run "
+                          "counts the earlier rows as already done).") + _img(figure, "generation throughput"))
+
+
+def training_section(train_dir: Path) -> str:
+    parts = []
+    for stage in ("stage1", "stage2"):
+        metrics = train_dir / stage / "metrics.jsonl"
+        rows = list(_rows([metrics])) if metrics.is_file() else []
+        if not rows:
+            parts.append(_note(f"{stage}: not run yet (no train/{stage}/metrics.jsonl)."))
+            continue
+        steps = [r for r in rows if "eval" not in r]
+        evals = [r for r in rows if "eval" in r]
+        keys = [k for k in TRAIN_KEYS if any(k in r for r in rows)]
+        figure, axes = _figure(max(1, len(keys)), width=4.0 * max(1, len(keys)), height=3.0)
+        for axis, key in zip(axes, keys):
+            axis.plot([r["step"] for r in steps if key in r], [r[key] for r in steps if key in r], label="train")
+            for split, group in itertools.groupby(sorted(evals, key=lambda r: r["eval"]), key=lambda r: r["eval"]):
+                group = [r for r in group if key in r]
+                axis.plot([r["step"] for r in group], [r[key] for r in group], "o", color="C3", label=f"eval: {split}")
+            axis.set_title(key)
+            axis.set_xlabel("step")
+            axis.legend()
+        parts.append(f"<h3>{stage}</h3>\n" + _note(f"{len(steps)} optimizer steps, {len(evals)} evaluations.")
+                     + _img(figure, f"{stage} training curves"))
+    return "".join(parts)
+
+
+def ser_section(evaluate_dir: Path) -> str:
+    result = _load_json(evaluate_dir / "ser.json")
+    if result is None:
+        return _note("SER evaluation not run yet (no evaluate/ser.json).")
+    table = _table(("rows", "emotion head accuracy", "SER prompt accuracy", "prompt answers unparsed"),
+                   [(result.get("rows"), result.get("head_accuracy"), result.get("prompt_accuracy"),
+                     result.get("prompt_unparsed"))])
+    matrices = result.get("confusion") or {}
+    if matrices:
+        return table + _img(_confusion_figure(matrices), "SER confusion matrices")
+    png = evaluate_dir / "confusion.png"
+    if png.is_file():
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        return table + f'<img alt="SER confusion matrices" src="data:image/png;base64,{data}">\n'
+    return table + _note("No confusion matrix in ser.json.")
+
+
+def _confusion_figure(matrices: dict[str, list[list[int]]]) -> Figure:
+    """Rows: true label; columns: predicted label, then 'unparsed' (as evaluate.confusion)."""
+    figure, axes = _figure(len(matrices), width=5.0 * len(matrices), height=4.4)
+    for axis, (title, matrix) in zip(axes, matrices.items()):
+        peak = max((n for row in matrix for n in row), default=0)
+        axis.imshow(matrix, cmap="Blues", vmin=0)
+        columns = list(CANONICAL) + ["unparsed"]
+        axis.set_xticks(range(len(matrix[0])), columns[: len(matrix[0])], rotation=45, ha="right")
+        axis.set_yticks(range(len(matrix)), list(CANONICAL)[: len(matrix)])
+        axis.set(xlabel="predicted", ylabel="true", title=title)
+        for (i, row), j in itertools.product(enumerate(matrix), range(len(matrix[0]))):
+            axis.text(j, i, str(row[j]), ha="center", va="center", color="white" if row[j] > peak / 2 else "black")
+    return figure
+
+
+def samples_section(dataset_dir: Path) -> str:
+    if not dataset_dir.is_dir():
+        return _note("Publish not run yet (no dataset/).")
+    if not any((dataset_dir / config).is_dir() for config, _ in SAMPLES):
+        return _note("dataset/ is not in the arrow layout (published with --format parquet?): no samples shown.")
+    rows = [(config, split, row["id"], row["text"], label, row["continuation"], _player(row["audio"]))
+            for config, limit in SAMPLES for split, row, label in _sample_rows(dataset_dir / config, limit)]
+    return _table(("config", "split", "id", "transcript", "emotion", "continuation", "audio"), rows)
+
+
+def _sample_rows(folder: Path, limit: int) -> Iterable[tuple[str, dict, str]]:
+    """Up to `limit` rows of the first non-empty split, spread over corpora and emotions."""
+    import datasets
+
+    if not folder.is_dir():
+        return
+    splits = datasets.load_from_disk(str(folder))
+    split = next((s for s in ("train", "validation", "test") if s in splits and len(splits[s])), None)
+    if split is None:
+        return
+    rows = splits[split]
+    if isinstance(rows.features["audio"], datasets.Audio):  # raw FLAC bytes: decoding would need torchcodec
+        rows = rows.cast_column("audio", datasets.Audio(decode=False))
+    labels = rows.features["emotion"]
+    for index in _spread(rows["corpus"], rows["emotion"], limit):
+        row = rows[index]
+        label = labels.int2str(row["emotion"]) if isinstance(row["emotion"], int) and row["emotion"] >= 0 else ""
+        yield split, row, label
+
+
+def _spread(corpora: list, emotions: list, limit: int) -> list[int]:
+    """Indices of up to `limit` rows, taking turns between corpora and, within one, between emotions."""
+    groups: dict[Any, dict[Any, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for index, (corpus, emotion) in enumerate(zip(corpora, emotions)):
+        groups[corpus][emotion].append(index)
+    per_corpus = [list(_turns(by_emotion.values())) for by_emotion in groups.values()]
+    return sorted(itertools.islice(_turns(per_corpus), limit))
+
+
+def _turns(lists: Iterable[list[int]]) -> Iterable[int]:
+    """[[1, 2, 3], [7]] -> 1, 7, 2, 3."""
+    return (i for group in itertools.zip_longest(*lists) for i in group if i is not None)
+
+
+def _player(audio: Any) -> _Html | str:
+    """An <audio> element carrying the embedded bytes, or why there is none."""
+    data = audio.get("bytes") if isinstance(audio, dict) else None
+    if not data:
+        return "(not embedded: published with --audio path)"
+    kind = "wav" if data[:4] == b"RIFF" else "ogg" if data[:4] == b"OggS" else "flac"
+    encoded = base64.b64encode(data).decode("ascii")
+    return _Html(f'<audio controls src="data:audio/{kind};base64,{encoded}"></audio>')
