@@ -57,7 +57,7 @@ endef
 # generate with the embedded CPU LLM, curate, publish, train stage 1 and 2 with small models,
 # evaluate SER, report.html. A rerun skips what is up to date and resumes what was interrupted.
 demo: $(STAMP)
-	@echo "== blspdata demo: blspdata run examples/demo.yaml (about 5 minutes on 2 CPU cores)"
+	@echo "== blspdata demo: blspdata run examples/demo.yaml (about 3 minutes on 2 CPU cores)"
 	$(BIN)/blspdata run examples/demo.yaml
 
 # The committed example manifests (manifests/sample/), from the sample corpus.

@@ -201,9 +201,9 @@ def load_config(path: str | Path, run_dir: str | Path | None = None) -> Config:
         problems = [_describe(e) for e in exc.errors()]
         raise ConfigError(f"{path}: {len(problems)} problem(s)\n  " + "\n  ".join(problems)) from None
     base = path.resolve().parent
-    config.run_dir = str(base / Path(config.run_dir).expanduser()) if run_dir is None else str(Path(run_dir).resolve())
+    config.run_dir = str((base / Path(config.run_dir).expanduser()).resolve() if run_dir is None else Path(run_dir).resolve())
     for corpus in config.corpora:
-        corpus.root = str(base / Path(corpus.root).expanduser())
+        corpus.root = str((base / Path(corpus.root).expanduser()).resolve())
         if corpus.options.get("label_map"):
             corpus.options["label_map"] = str(base / corpus.options["label_map"])
     for task, prompt in config.generate.prompts.items():
