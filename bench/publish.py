@@ -37,9 +37,8 @@ warm-up pass reads every audio file before the timed runs, so every contender re
 warm page cache (no cold-disk reads here). Each contender runs in its own subprocess (this
 script with `--only NAME`), writes under bench-out/publish/runs/, and calls os.sync() before
 its timer starts, so no one inherits another's dirty pages. Imports (blspdata.publish,
-datasets, huggingface_hub, av, and torch + torchcodec, which datasets' Audio feature imports on
-the first row it encodes: seconds of it, paid once per publish) are done before the timer and
-printed apart ("import s"). One timed run per publish contender. Numbers only; nothing asserts
+datasets, huggingface_hub, av; publish writes its Arrow/Parquet shards with pyarrow and never
+imports torch) are done before the timer and printed apart ("import s"). One timed run per publish contender. Numbers only; nothing asserts
 on time.
 
 Run:  .venv/bin/python bench/publish.py [--records 3000] [--jobs 2]
@@ -209,8 +208,6 @@ def run_publish(name: str, jobs: int) -> dict:
     import av  # noqa: F401  (publish imports these lazily: keep them out of the timed part)
     import datasets  # noqa: F401
     import huggingface_hub  # noqa: F401
-    import torch  # noqa: F401  (datasets' Audio.encode_example imports these on the first row)
-    from torchcodec.encoders import AudioEncoder  # noqa: F401
 
     from blspdata.publish import publish
     imported = time.perf_counter() - start

@@ -19,13 +19,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import numpy as np
 import orjson
@@ -91,10 +90,11 @@ def read_segment(path: str, offset: float, duration: float) -> np.ndarray:
         frames = int(round(duration * rate)) if duration > 0 else -1
         audio.seek(start)
         data = audio.read(frames, dtype="float32", always_2d=True)
-    data = data[:, 0] if data.shape[1] == 1 else data.sum(axis=1, dtype=np.float32) / data.shape[1]
-    if rate != RATE:
-        data = _resample(data, rate)
-    return data
+    channels = data.shape[1]
+    # The mean of the channels (FFmpeg's downmix adds them at -3 dB, which can clip); one BLAS
+    # pass, where a sum over the interleaved axis is a slow strided loop.
+    data = data[:, 0] if channels == 1 else data @ np.full(channels, 1 / channels, dtype=np.float32)
+    return _resample(data, rate) if rate != RATE else data
 
 
 def _resample(data: np.ndarray, rate: int) -> np.ndarray:
@@ -109,19 +109,23 @@ def _resample(data: np.ndarray, rate: int) -> np.ndarray:
 
 
 def _as_is(record: Record) -> bytes | None:
-    """The file's bytes, if they are exactly what would be embedded (16 kHz mono PCM_16 FLAC,
-    the utterance is the whole file): most LibriSpeech-like corpora, and MELD after ingest."""
+    """The file's bytes, if they are exactly what would be embedded (16 kHz mono 16-bit FLAC,
+    the utterance is the whole file): most LibriSpeech-like corpora, and MELD after ingest.
+    Read once; the FLAC STREAMINFO block in its first 42 bytes says what it holds."""
     if not record.audio.endswith(".flac") or record.offset != 0:
         return None
     try:
-        info = sf.info(record.audio)
-    except Exception:
+        with open(record.audio, "rb") as handle:
+            data = handle.read()
+    except OSError:
         return None  # let the normal path report it
-    if (info.samplerate, info.channels, info.subtype) != (RATE, 1, "PCM_16") \
-            or abs(info.frames / RATE - record.duration) > 1 / RATE:
+    if len(data) < 42 or data[:4] != b"fLaC" or data[4] & 0x7F != 0:
         return None
-    with open(record.audio, "rb") as handle:
-        return handle.read()
+    packed = int.from_bytes(data[18:26], "big")  # 20 bits rate, 3 channels-1, 5 bits-1, 36 frames
+    rate, channels, bits, frames = packed >> 44, ((packed >> 41) & 7) + 1, ((packed >> 36) & 31) + 1, packed & (2**36 - 1)
+    if (rate, channels, bits) != (RATE, 1, 16) or abs(frames / RATE - record.duration) > 1 / RATE:
+        return None
+    return data
 
 
 def _encode_row(job: tuple[dict[str, Any], str, str | None]) -> dict[str, Any] | Reject:
@@ -153,16 +157,91 @@ def _encode_row(job: tuple[dict[str, Any], str, str | None]) -> dict[str, Any] |
     return out
 
 
-def _encoded_rows(staged: str, audio: str, audio_root: str | None, jobs: int, rejects: str) -> Iterator[dict]:
-    """Rows of one (config, split), audio encoded in `jobs` processes (datasets'
-    from_generator wants a function and picklable arguments); rejects appended to a file."""
-    jobs_iter = ((row, audio, audio_root) for _, row, _ in iter_jsonl(staged))
-    for result in ordered_map(_encode_row, jobs_iter, jobs, chunk_size=16):
-        if isinstance(result, Reject):
-            with open(rejects, "ab") as handle:
-                handle.write(orjson.dumps({k: getattr(result, k) for k in Reject.__slots__}) + b"\n")
-        else:
-            yield result
+def _encode_tagged(job: tuple[Any, tuple]) -> tuple[Any, dict[str, Any] | Reject]:
+    tag, inner = job
+    return tag, _encode_row(inner)
+
+
+class _ShardWriter:
+    """One (config, split) written straight to Arrow IPC stream shards (the save_to_disk
+    layout) or Parquet shards (the Hub layout), cut at `max_bytes`: each row is written once,
+    with no intermediate dataset and no re-encoding pass."""
+
+    def __init__(self, folder: Path, split: str, fmt: str, audio: str, max_bytes: int):
+        self.folder, self.split, self.fmt, self.audio, self.max_bytes = folder, split, fmt, audio, max_bytes
+        self.features = features(audio)
+        self.schema = self.features.arrow_schema
+        self.pending: list[dict] = []
+        self.pending_bytes = 0
+        self.shards: list[Path] = []
+        self.rows = self.bytes = self.shard_bytes = 0
+        self.writer = None
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def add(self, row: dict[str, Any]) -> None:
+        emotion = row.get("emotion")
+        row = {name: row.get(name) for name in self.schema.names}
+        row["emotion"] = None if emotion is None else CANONICAL.index(emotion)
+        self.pending.append(row)
+        audio = row.get("audio")
+        self.pending_bytes += len(audio["bytes"]) if isinstance(audio, dict) and audio.get("bytes") else 256
+        if len(self.pending) >= 64 or self.pending_bytes >= self.max_bytes // 8:  # shards overshoot by 1/8 at most
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if not self.pending:
+            return
+        batch = pa.RecordBatch.from_pylist(self.pending, schema=self.schema)
+        self.pending, self.pending_bytes = [], 0
+        if self.writer is not None and self.shard_bytes + batch.nbytes > self.max_bytes:
+            self.writer.close()
+            self.writer = None
+        if self.writer is None:
+            self._open()
+        self.writer.write_batch(batch) if self.fmt == "arrow" else self.writer.write_batch(batch, row_group_size=100)
+        self.rows += batch.num_rows
+        self.shard_bytes += batch.nbytes
+        self.bytes += batch.nbytes
+
+    def _open(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = self.folder / f"{self.split}-{len(self.shards):05d}.part"
+        self.shards.append(path)
+        self.shard_bytes = 0
+        self.writer = (pa.ipc.new_stream(str(path), self.schema) if self.fmt == "arrow"
+                       else pq.ParquetWriter(str(path), self.schema))
+
+    def close(self) -> None:
+        """Finish the last shard and give the shards their final names (and, for Arrow, the
+        two small JSON files `datasets.load_from_disk` reads)."""
+        from datasets.info import DatasetInfo
+        from datasets.utils.py_utils import asdict  # what save_to_disk uses: it serialises Features
+
+        self._flush()
+        if self.writer is None:
+            self._open()  # an empty split still gets one (empty) shard
+        self.writer.close()
+        count = len(self.shards)
+        if self.fmt == "parquet":
+            for index, part in enumerate(self.shards):
+                os.replace(part, self.folder / f"{self.split}-{index:05d}-of-{count:05d}.parquet")
+            return
+        target = self.folder / self.split
+        target.mkdir()
+        names = [f"data-{index:05d}-of-{count:05d}.arrow" for index in range(count)]
+        for part, name in zip(self.shards, names):
+            os.replace(part, target / name)
+        fingerprint = hashlib.blake2b(f"{target}:{self.rows}:{self.bytes}".encode(), digest_size=8).hexdigest()
+        state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": fingerprint,
+                 "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
+                 "_output_all_columns": False, "_split": self.split}
+        (target / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
+        info = asdict(DatasetInfo(features=self.features))
+        (target / "dataset_info.json").write_text(json.dumps({k: info[k] for k in sorted(info)}, indent=2))
 
 
 # ---------------------------------------------------------------------------- publish
@@ -189,39 +268,35 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        staging, rejects, provenance = _stage(inputs, work, validation, test)
+        staging, staged_rows, rejects, provenance = _stage(inputs, work, validation, test)
         build = work / "dataset"
         build.mkdir()
-        counts: dict[str, dict[str, int]] = defaultdict(dict)
-        info: dict[str, Any] = {}
+        writers: dict[tuple[str, str], _ShardWriter] = {}
         for config in sorted(staging):
-            splits = {}
-            for split in SPLITS:
-                if split not in staging[config]:
-                    continue
-                dataset = datasets.Dataset.from_generator(
-                    _encoded_rows, features=features(audio), cache_dir=str(work / "cache"), split=split,
-                    gen_kwargs={"staged": str(staging[config][split]), "audio": audio, "jobs": jobs,
-                                "audio_root": str(audio_root) if audio_root else None,
-                                "rejects": str(work / "encode.rejects.jsonl")})
-                splits[split] = dataset
-                counts[config][split] = len(dataset)
-            dict_ = datasets.DatasetDict(splits)
-            info[config] = dict_
-            if fmt == "arrow":
-                dict_.save_to_disk(str(build / config), max_shard_size=max_bytes)
-            else:
-                for split, dataset in splits.items():
-                    shards = max(1, math.ceil(dataset.data.nbytes / max_bytes))
-                    folder = build / "data" / config
-                    folder.mkdir(parents=True, exist_ok=True)
-                    for index in range(shards):
-                        dataset.shard(shards, index, contiguous=True).to_parquet(
-                            str(folder / f"{split}-{index:05d}-of-{shards:05d}.parquet"))
-        encode_rejects = work / "encode.rejects.jsonl"
-        if encode_rejects.exists():
-            rejects += [Reject(**row) for _, row, _ in iter_jsonl(encode_rejects)]
-        _write_card(build, info, fmt, audio, license, provenance, rejects)
+            for split in (s for s in SPLITS if s in staging[config]):
+                folder = build / config if fmt == "arrow" else build / "data" / config
+                writers[(config, split)] = _ShardWriter(folder, split, fmt, audio, max_bytes)
+        total = sum(staged_rows.values())
+        jobs_iter = (((config, split), (row, audio, str(audio_root) if audio_root else None))
+                     for config, split in writers for _, row, _ in iter_jsonl(staging[config][split]))
+        from tqdm import tqdm
+
+        with tqdm(total=total, desc="publish", unit=" rows", disable=not progress) as bar:
+            for (config, split), result in ordered_map(_encode_tagged, jobs_iter, jobs, chunk_size=16):
+                if isinstance(result, Reject):
+                    rejects.append(result)
+                else:
+                    writers[(config, split)].add(result)
+                bar.update(1)
+        counts: dict[str, dict[str, int]] = defaultdict(dict)
+        sizes: dict[str, dict[str, int]] = defaultdict(dict)
+        for (config, split), writer in writers.items():
+            writer.close()
+            counts[config][split], sizes[config][split] = writer.rows, writer.bytes
+        if fmt == "arrow":
+            for config in counts:
+                (build / config / "dataset_dict.json").write_text(json.dumps({"splits": list(counts[config])}))
+        _write_card(build, counts, sizes, features(audio), fmt, audio, license, provenance, rejects)
         files = {str(p.relative_to(build)): _sha256(p) for p in sorted(build.rglob("*")) if p.is_file()}
         (build / MANIFEST).write_text(json.dumps({"format": fmt, "audio": audio, "rows": counts, "files": files},
                                                  indent=2, sort_keys=True) + "\n")
@@ -244,6 +319,7 @@ def _stage(inputs: list[Path], work: Path, validation: float, test: float):
     """Sort the input rows into per-(config, split) JSONL files; count the provenance."""
     staging: dict[str, dict[str, Path]] = defaultdict(dict)
     writers: dict[tuple[str, str], Any] = {}
+    staged_rows: Counter = Counter()
     rejects: list[Reject] = []
     provenance = {"corpora": Counter(), "hours": Counter(), "generators": {}, "curate": [], "inputs": []}
     try:
@@ -271,6 +347,7 @@ def _stage(inputs: list[Path], work: Path, validation: float, test: float):
                     staging[record.task][split] = work / f"{record.task}-{split}.jsonl"
                     writers[key] = open(staging[record.task][split], "wb")
                 writers[key].write(orjson.dumps(record.to_dict()) + b"\n")
+                staged_rows[key] += 1
                 provenance["corpora"][f"{record.task}/{record.corpus}"] += 1
                 provenance["hours"][f"{record.task}/{record.corpus}"] += record.duration / 3600
                 if record.generator is not None:
@@ -278,7 +355,7 @@ def _stage(inputs: list[Path], work: Path, validation: float, test: float):
     finally:
         for handle in writers.values():
             handle.close()
-    return staging, rejects, provenance
+    return staging, staged_rows, rejects, provenance
 
 
 def _stats_beside(path: Path) -> dict | None:
@@ -318,8 +395,8 @@ def _sha256(path: Path) -> str:
 
 # ---------------------------------------------------------------------------- the card
 
-def _write_card(build: Path, info: dict[str, Any], fmt: str, audio: str, license: str, provenance: dict,
-                rejects: list[Reject]) -> None:
+def _write_card(build: Path, counts: dict[str, dict[str, int]], sizes: dict[str, dict[str, int]], features_,
+                fmt: str, audio: str, license: str, provenance: dict, rejects: list[Reject]) -> None:
     from datasets.info import DatasetInfo, DatasetInfosDict
     from datasets.splits import SplitDict, SplitInfo
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -327,14 +404,14 @@ def _write_card(build: Path, info: dict[str, Any], fmt: str, audio: str, license
     from blspdata.generate import prompts
 
     configs, infos = [], {}
-    for config, dict_ in info.items():
+    for config, splits_ in counts.items():
         if fmt == "parquet":
             configs.append({"config_name": config, "data_files": [
-                {"split": split, "path": f"data/{config}/{split}-*"} for split in dict_]})
+                {"split": split, "path": f"data/{config}/{split}-*"} for split in splits_]})
         splits = SplitDict()
-        for split, dataset in dict_.items():
-            splits.add(SplitInfo(name=split, num_examples=len(dataset), num_bytes=dataset.data.nbytes))
-        infos[config] = DatasetInfo(features=next(iter(dict_.values())).features, splits=splits, config_name=config)
+        for split, rows in splits_.items():
+            splits.add(SplitInfo(name=split, num_examples=rows, num_bytes=sizes[config][split]))
+        infos[config] = DatasetInfo(features=features_, splits=splits, config_name=config)
     card_data = DatasetCardData(license=license, language=["en"], task_categories=["audio-classification",
                                 "automatic-speech-recognition", "text-generation"],
                                 tags=["speech", "emotion", "speech-language-model", "blsp-emo", "blspdata"],
@@ -350,8 +427,8 @@ def _write_card(build: Path, info: dict[str, Any], fmt: str, audio: str, license
     for key, n in sorted(provenance["corpora"].items()):
         lines.append(f"| {key} | {n} | {provenance['hours'][key]:.2f} |")
     lines += ["", "| config | split | rows |", "| --- | --- | ---: |"]
-    for config, dict_ in info.items():
-        lines += [f"| {config} | {split} | {len(ds)} |" for split, ds in dict_.items()]
+    for config, splits_ in counts.items():
+        lines += [f"| {config} | {split} | {rows} |" for split, rows in splits_.items()]
     lines += ["", "## How it was made", ""]
     for generator in provenance["generators"].values():
         lines.append(f"- generator: backend `{generator.get('backend')}`, model `{generator.get('model')}`, "
@@ -373,7 +450,7 @@ def _write_card(build: Path, info: dict[str, Any], fmt: str, audio: str, license
     lines += ["", f"Audio: {'16 kHz mono FLAC, cut to the utterance' if audio == 'embed' else 'paths (not embedded)'}. "
               "Emotion labels: " + ", ".join(f"{i} {n}" for i, n in enumerate(CANONICAL)) + " (null for semantic rows). "
               "`extra` and `generator` are JSON strings.", "", "## Load it", "", "```python"]
-    for config in info:
+    for config in counts:
         lines.append(f'ds = datasets.load_dataset("DIR_OR_HUB_ID", "{config}")' if fmt == "parquet"
                      else f'ds = datasets.load_from_disk("DIR/{config}")')
     lines += ["```", "", "## Citation", "", "```bibtex", CITATION, "```", ""]

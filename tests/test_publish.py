@@ -148,3 +148,20 @@ def test_existing_output_failures_and_the_offline_hub(records, arrow: Path, tmp_
     listing = blspdata("publish", *records[:1], "-o", tmp_path / "dry", "--push-to-hub", "someone/x", "--dry-run",
                        "--no-progress", cwd=REPO).stdout
     assert "would upload" in listing and "README.md" in listing and "blspdata.json" in listing
+
+
+@pytest.mark.parametrize("fmt", ["arrow", "parquet"])
+def test_shards_are_cut_at_max_shard_size_and_keep_every_row_in_order(records, arrow: Path, tmp_path: Path, fmt):
+    out = tmp_path / fmt
+    blspdata("publish", *records, "-o", out, "--format", fmt, "--max-shard-size", "200KB", "--no-progress", cwd=REPO)
+    whole = datasets.load_from_disk(str(arrow / "emotion"))["train"]
+    if fmt == "arrow":
+        shards = sorted((out / "emotion" / "train").glob("data-*.arrow"))
+        cut = datasets.load_from_disk(str(out / "emotion"))["train"]
+    else:
+        shards = sorted((out / "data" / "emotion").glob("train-*.parquet"))
+        cut = datasets.load_dataset(str(out), "emotion", cache_dir=str(tmp_path / "cache"))["train"]
+    assert len(shards) > 1 and shards[-1].name.endswith(f"-of-{len(shards):05d}.{fmt}")
+    assert all(p.stat().st_size < 300_000 for p in shards)  # a shard overshoots by one batch at most
+    assert cut["id"] == whole["id"] and cut["continuation"] == whole["continuation"]
+    assert blspdata("verify", out).returncode == 0
