@@ -219,8 +219,8 @@ def generate_command(
                               "emotion: continue it in its emotion label's tone (stage 2 data; records without a label are rejected)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Template name in prompts/ (semantic, emotion, "
                                          "semantic-blsp) or a .toml file [default: the task's own]."),
-    backend: BackendName = typer.Option(BackendName.embedded, "--backend", help="embedded: llama.cpp server with "
-                                        "SmolLM2-135M started on loopback (CPU, no setup); openai: any OpenAI-compatible "
+    backend: BackendName = typer.Option(BackendName.embedded, "--backend", help="embedded: llama.cpp servers with "
+                                        "SmolLM2-135M started on loopback, one per core (CPU, no setup); openai: any OpenAI-compatible "
                                         "server at --base-url (vllm serve, SGLang, TGI, llama.cpp); vllm: in-process vllm.LLM; "
                                         "dry-run: a fake LLM for testing plumbing only."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://node:8000/v1 "
@@ -232,7 +232,7 @@ def generate_command(
     serve: Optional[str] = typer.Option(None, "--serve", help="'vllm': start `vllm serve MODEL` on a free loopback port, "
                                         "generate through it, stop it."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Requests in flight [default: 64 for openai, "
-                                              "256 with --serve vllm, 4 embedded]."),
+                                              "256 with --serve vllm, 2 per embedded server]."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Override the template's (48 in the recipe)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Override the template's (0 = greedy, the recipe)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
@@ -243,7 +243,8 @@ def generate_command(
     limit: Optional[int] = typer.Option(None, "--limit", help="Stop after this many records (done ones included)."),
     engine_arg: List[str] = typer.Option([], "--engine-arg", "-E", help="KEY=VALUE for the vLLM engine (vllm backend: "
                                          "vllm.LLM(KEY=VALUE); --serve vllm: --KEY VALUE), e.g. -E tensor_parallel_size=4 "
-                                         "-E max_model_len=4096. Repeatable."),
+                                         "-E max_model_len=4096; embedded: -E servers=N -E threads=T [one one-thread server per core for the "
+                                         "packaged model, one server with every core for a --model of yours]. Repeatable."),
     executor: str = typer.Option("local", "--executor", help="local: this process drives one engine; ray: Ray Data "
                                  "actors, one engine each (local Ray, or the cluster in RAY_ADDRESS; `ray` extra)."),
     ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="With --executor ray: how many actors (engines)."),

@@ -111,3 +111,33 @@ def test_two_runs_cannot_write_one_output(tmp_path: Path):
         result = blspdata("generate", REPO / "manifests" / "sample" / "iemocap.jsonl", "-o", out, "--backend",
                           "dry-run", check=False)
     assert result.returncode == 1 and "being written by another process" in result.stderr
+
+
+def test_a_pool_of_servers_shares_the_requests_by_load():
+    """The embedded engine is one llama.cpp server per core: each request goes to the server
+    with the fewest in flight, and every answer comes back to its own request."""
+    from blspdata.generate.backends import PooledBackend
+
+    served: dict[str, list[str]] = {"a": [], "b": []}
+
+    def handler_for(name: str):
+        async def handler(req: httpx.Request) -> httpx.Response:
+            if req.url.path.endswith("/models"):
+                return httpx.Response(200, json={"data": [{"id": "m"}]})
+            content = json.loads(req.content)["messages"][0]["content"]
+            served[name].append(content)
+            await asyncio.sleep(0.05 if name == "a" else 0.01)  # server a is the slow one
+            return answer(f"{content} from {name}")
+        return handler
+
+    async def go():
+        members = [OpenAIBackend(f"http://{n}.test/v1", concurrency=2, transport=httpx.MockTransport(handler_for(n)))
+                   for n in ("a", "b")]
+        async with PooledBackend(members) as pool:
+            assert pool.concurrency == 4 and pool.model == "m"
+            return await asyncio.gather(*(pool.complete(request(f"r{i}")) for i in range(20)))
+
+    results = asyncio.run(go())
+    assert [r.continuation.split(" from ")[0] for r in results] == [f"r{i}" for i in range(20)]
+    assert sorted(served["a"] + served["b"]) == sorted(f"r{i}" for i in range(20))
+    assert served["a"] and served["b"]

@@ -191,6 +191,39 @@ class OpenAIBackend:
         return _check_prompt_length(request, usage.get("prompt_tokens"), result)
 
 
+@dataclass
+class PooledBackend:
+    """Several servers of one model as one engine: each request goes to the member with the
+    fewest requests in flight. llama.cpp's Python server answers one request at a time, and
+    on a CPU N one-thread servers give about N times one N-thread server (bench/generate.py)."""
+
+    members: list[OpenAIBackend]
+    name: str = "openai"
+    model: str | None = None
+    concurrency: int = 0
+    _load: list[int] = field(default_factory=list, repr=False)
+
+    async def __aenter__(self) -> "PooledBackend":
+        for member in self.members:
+            await member.__aenter__()
+        self.model = self.members[0].model
+        self.concurrency = sum(m.concurrency for m in self.members)
+        self._load = [0] * len(self.members)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        for member in self.members:
+            await member.__aexit__(*exc)
+
+    async def complete(self, request: Request) -> Result:
+        index = min(range(len(self.members)), key=self._load.__getitem__)
+        self._load[index] += 1
+        try:
+            return await self.members[index].complete(request)
+        finally:
+            self._load[index] -= 1
+
+
 class _GaveUp(Exception):
     """One request kept failing (429/5xx/transport) while the server answered others."""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections import Counter
@@ -191,9 +192,9 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
     sampling["seed"] = seed
     job = Job(template, sampling, task, parse_shard(shard))
     if executor == "ray" and backend == "embedded" and not base_url and not serve:
-        import os  # one embedded server per actor: share the cores between them
-
-        engine_args = {"threads": max(1, len(os.sched_getaffinity(0)) // max(1, ray_actors)), **(engine_args or {})}
+        # one embedded server per actor: share the cores between them
+        engine_args = {"servers": 1, "threads": max(1, len(os.sched_getaffinity(0)) // max(1, ray_actors)),
+                       **(engine_args or {})}
     engine_spec = dict(backend=backend, base_url=base_url, model=model, api_key=api_key, serve=serve,
                        concurrency=concurrency, server_timeout=server_timeout, seed=seed, engine_args=engine_args)
 
@@ -297,13 +298,37 @@ def make_engine(stack: contextlib.ExitStack, backend: str, base_url: str | None 
             raise GenerateError("--backend openai needs --base-url (e.g. http://localhost:8000/v1)")
         return OpenAIBackend(base_url, model=model, api_key=api_key, concurrency=concurrency or 64,
                              server_timeout=server_timeout)
+    return _embedded(stack, model, concurrency, server_timeout, engine_args or {})
+
+
+def _embedded(stack: contextlib.ExitStack, model: str | None, concurrency: int | None, server_timeout: float,
+              engine_args: dict[str, Any]):
+    """llama.cpp servers on loopback: by default, for the packaged 135M model, one per core with
+    one thread each (N one-thread servers give about N times one N-thread server on a CPU);
+    for a model of your own, one server with every core. -E servers=N -E threads=T override."""
+    from blspdata.generate.backends import PooledBackend
     from blspdata.generate.servers import embedded_llama
 
-    server = stack.enter_context(embedded_llama(model, threads=(engine_args or {}).get("threads")))
-    # llama.cpp's server answers one request at a time: a few in flight keep it busy. Its
+    unknown = set(engine_args) - {"servers", "threads"}
+    if unknown:
+        raise GenerateError(f"the embedded backend takes -E servers=N and -E threads=N, not {', '.join(sorted(unknown))}")
+    cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    servers = max(1, int(engine_args.get("servers") or (cores if model is None else 1)))
+    threads = max(1, int(engine_args.get("threads") or cores // servers))
+    started = []
+    for _ in range(servers):
+        server = embedded_llama(model, threads=threads)
+        server.launch()
+        stack.callback(server.stop)
+        started.append(server)
+    for server in started:
+        server.wait_ready()
+    # One request computing and one waiting per server hides the HTTP round trip. llama.cpp's
     # repeat penalty defaults to 1.1; the recipe decodes greedily, without one.
-    return OpenAIBackend(server.base_url, concurrency=concurrency or 4, server_timeout=server_timeout,
-                         extra_body={"repeat_penalty": 1.0})
+    per_server = max(1, (concurrency or 2 * servers) // servers)
+    members = [OpenAIBackend(s.base_url, concurrency=per_server, server_timeout=server_timeout,
+                             extra_body={"repeat_penalty": 1.0}) for s in started]
+    return members[0] if len(members) == 1 else PooledBackend(members)
 
 
 async def run_requests(engine, items: Iterator[tuple[Request, Any]], on_result: Callable[[Result, Any], None],
