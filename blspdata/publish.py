@@ -108,24 +108,22 @@ def _resample(data: np.ndarray, rate: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
-def _as_is(record: Record) -> bytes | None:
-    """The file's bytes, if they are exactly what would be embedded (16 kHz mono 16-bit FLAC,
-    the utterance is the whole file): most LibriSpeech-like corpora, and MELD after ingest.
-    Read once; the FLAC STREAMINFO block in its first 42 bytes says what it holds."""
+def _as_is(record: Record) -> bool:
+    """Whether the file is exactly what would be embedded (16 kHz mono 16-bit FLAC, the
+    utterance is the whole file): most LibriSpeech-like corpora, and MELD after ingest. The
+    FLAC STREAMINFO block in the first 42 bytes says what the file holds."""
     if not record.audio.endswith(".flac") or record.offset != 0:
-        return None
+        return False
     try:
         with open(record.audio, "rb") as handle:
-            data = handle.read()
+            head = handle.read(42)
     except OSError:
-        return None  # let the normal path report it
-    if len(data) < 42 or data[:4] != b"fLaC" or data[4] & 0x7F != 0:
-        return None
-    packed = int.from_bytes(data[18:26], "big")  # 20 bits rate, 3 channels-1, 5 bits-1, 36 frames
+        return False  # let the normal path report it
+    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
+        return False
+    packed = int.from_bytes(head[18:26], "big")  # 20 bits rate, 3 channels-1, 5 bits-1, 36 frames
     rate, channels, bits, frames = packed >> 44, ((packed >> 41) & 7) + 1, ((packed >> 36) & 31) + 1, packed & (2**36 - 1)
-    if (rate, channels, bits) != (RATE, 1, 16) or abs(frames / RATE - record.duration) > 1 / RATE:
-        return None
-    return data
+    return (rate, channels, bits) == (RATE, 1, 16) and abs(frames / RATE - record.duration) <= 1 / RATE
 
 
 def _encode_row(job: tuple[dict[str, Any], str, str | None]) -> dict[str, Any] | Reject:
@@ -138,8 +136,10 @@ def _encode_row(job: tuple[dict[str, Any], str, str | None]) -> dict[str, Any] |
     if audio_mode == "path":
         out["audio"] = os.path.relpath(record.audio, audio_root) if audio_root else record.audio
         return out
-    payload = _as_is(record)  # already 16 kHz mono 16-bit FLAC and the whole file: no re-encoding
-    if payload is None:
+    payload = None
+    if _as_is(record):  # already 16 kHz mono 16-bit FLAC and the whole file: copied as it is, by the
+        out["_read_from"] = record.audio  # writing process (its bytes need not cross the pool's pipes)
+    else:
         try:
             samples = read_segment(record.audio, record.offset, record.duration)
         except Exception as exc:  # missing file, corrupt audio, bad seek
@@ -283,6 +283,12 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
 
         with tqdm(total=total, desc="publish", unit=" rows", disable=not progress) as bar:
             for (config, split), result in ordered_map(_encode_tagged, jobs_iter, jobs, chunk_size=16):
+                if isinstance(result, dict) and "_read_from" in result:
+                    source = result.pop("_read_from")
+                    try:
+                        result["audio"]["bytes"] = Path(source).read_bytes()
+                    except OSError as exc:
+                        result = Reject("audio_unreadable", source, f"{type(exc).__name__}: {exc}", id=result["id"])
                 if isinstance(result, Reject):
                     rejects.append(result)
                 else:
