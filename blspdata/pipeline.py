@@ -486,8 +486,12 @@ def run(config: Config, start: Optional[str] = None, until: Optional[str] = None
     stages = [u.stage for u in units]
     first = STAGES.index(start) if start else 0
     last = STAGES.index(until) if until else len(STAGES) - 1
-    if until and until not in stages:
-        raise ConfigError(f"--until {until}: this config has no {until} stage (no train: section?)")
+    for flag, stage in (("--from", start), ("--until", until)):
+        if stage and stage not in stages:
+            raise ConfigError(f"{flag} {stage}: this config has no {stage} stage (no train: section?)")
+    if "stage2" in stages and last >= STAGES.index("stage2") and not any(c.task == "emotion" for c in config.corpora):
+        raise ConfigError("stage2 and evaluate train on emotion rows, and no corpus has task: emotion; "
+                          "add one, or stop with --until stage1")
     state = State(run_dir)
     decided = []
     for unit in units:

@@ -145,3 +145,15 @@ def test_a_bad_config_is_refused_before_anything_runs(tmp_path: Path):
         assert expected in result.stderr, (expected, result.stderr)
     result = blspdata("run", write_config(tmp_path), "--until", "stage9", check=False, cwd=tmp_path)
     assert result.returncode == 1 and "unknown stage 'stage9'" in result.stderr
+
+
+def test_stages_that_cannot_run_are_refused_up_front(tmp_path: Path):
+    asr_only = write_config(tmp_path, corpora=[{"kind": "librispeech", "root": str(SAMPLES / "LibriSpeech")}])
+    result = blspdata("run", asr_only, "--plan", check=False, cwd=tmp_path)
+    assert result.returncode == 1 and "no corpus has task: emotion" in result.stderr
+    assert blspdata("run", asr_only, "--plan", "--until", "stage1", cwd=tmp_path).returncode == 0
+    no_train = yaml.safe_load(asr_only.read_text())
+    no_train.pop("train")
+    asr_only.write_text(yaml.safe_dump(no_train))
+    result = blspdata("run", asr_only, "--plan", "--from", "stage1", check=False, cwd=tmp_path)
+    assert result.returncode == 1 and "no stage1 stage" in result.stderr
