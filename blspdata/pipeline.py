@@ -428,6 +428,7 @@ def _train(config: Config, stage: str, dataset: Path, out: Path, init: Optional[
 
         t = config.train
         encoder, llm = (_model_path(config, name) for name in (t.encoder, t.llm))
+        resume = resume and (out / "last" / "trainer_state.pt").exists()  # else nothing to resume from
         if not resume:
             _remove([out])
         options = getattr(t, stage).model_dump()
@@ -436,7 +437,7 @@ def _train(config: Config, stage: str, dataset: Path, out: Path, init: Optional[
         lora = {k: getattr(t, k) for k in ("lora_scope", "lora_r", "lora_alpha", "lora_dropout")
                 if getattr(t, k) is not None}
         model = ModelConfig(encoder=encoder, llm=llm, llm_gguf=t.llm_gguf, **lora)
-        return train(cfg, model, resume=resume and (out / "last" / "trainer_state.pt").exists(), progress=progress)
+        return train(cfg, model, resume=resume, progress=progress)
     return work
 
 

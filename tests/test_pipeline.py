@@ -157,3 +157,27 @@ def test_stages_that_cannot_run_are_refused_up_front(tmp_path: Path):
     asr_only.write_text(yaml.safe_dump(no_train))
     result = blspdata("run", asr_only, "--plan", "--from", "stage1", check=False, cwd=tmp_path)
     assert result.returncode == 1 and "no stage1 stage" in result.stderr
+
+
+def test_an_interrupted_training_stage_resumes_from_its_checkpoint(tmp_path: Path):
+    """Generation is not the point here: the dry-run backend feeds training quickly."""
+    stage1 = {**TINY_TRAIN, "max_steps": 6, "save_every": 1, "eval_split": ""}
+    config = write_config(tmp_path, run_dir=str(tmp_path / "run"), generate={"backend": "dry-run"},
+                          corpora=[{"kind": "librispeech", "root": str(SAMPLES / "LibriSpeech")},
+                                   {"kind": "iemocap", "root": str(SAMPLES / "IEMOCAP_full_release")}],
+                          train={"encoder": "demo:tiny-whisper", "llm": "demo:smollm2", "stage1": stage1,
+                                 "stage2": TINY_TRAIN})
+    state = tmp_path / "run" / "train" / "stage1" / "last" / "trainer_state.pt"
+    process = subprocess.Popen([sys.executable, "-m", "blspdata", "run", str(config), "--until", "stage1",
+                                "--no-progress", "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=REPO)
+    deadline = time.monotonic() + 600
+    while not state.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # right after a checkpoint
+    process.wait()
+    assert state.exists()
+    result = blspdata("run", config, "--until", "stage1", "--no-progress", "--no-report", cwd=tmp_path)
+    assert actions(result)["stage1"] == "resume" and actions(result)["publish"] == "skip"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train" / "stage1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]  # each step once: nothing redone, nothing lost
