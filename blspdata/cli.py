@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from enum import Enum
 from pathlib import Path
 from typing import List, Optional
@@ -71,7 +70,9 @@ class Normalizer(str, Enum):
 
 
 def _default_jobs() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    from blspdata.parallel import cores
+
+    return cores()
 
 
 OutOpt = typer.Option(..., "--out", "-o", help="Manifest to write (.jsonl or .jsonl.gz).")

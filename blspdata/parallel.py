@@ -5,12 +5,18 @@ flight at a time, so memory does not grow with the corpus."""
 from __future__ import annotations
 
 import itertools
+import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def cores() -> int:
+    """CPU cores this process may use (its affinity, e.g. a Slurm allocation), at least 1."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 def _run_chunk(fn: Callable[[T], R], chunk: list[T]) -> list[R]:

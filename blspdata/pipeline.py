@@ -33,6 +33,7 @@ from typing import Any, Callable, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from blspdata import __version__
+from blspdata.parallel import cores
 from blspdata.records import sidecar, write_json
 
 STAGES = ("ingest", "generate", "curate", "publish", "stage1", "stage2", "evaluate")
@@ -365,7 +366,7 @@ def _ingest(corpus: Corpus, manifest: Path, progress: bool) -> Callable[[bool], 
         from blspdata.ingest import ingest_corpus
 
         _remove([manifest, sidecar(manifest, "rejects.jsonl"), sidecar(manifest, "summary.json")])
-        summary = ingest_corpus(corpus.kind, corpus.root, manifest, jobs=_jobs(), normalizer=corpus.normalizer,
+        summary = ingest_corpus(corpus.kind, corpus.root, manifest, jobs=cores(), normalizer=corpus.normalizer,
                                 progress=progress, **corpus.options)
         print(f"  {summary.render()}", file=sys.stderr)
         return summary.to_dict()
@@ -407,7 +408,7 @@ def _publish(config: Config, curated: Path, dataset: Path, progress: bool) -> Ca
 
         p = config.publish
         result = publish([curated], dataset, fmt=p.format, audio=p.audio, max_shard_size=p.max_shard_size,
-                         validation=p.validation_fraction, test=p.test_fraction, jobs=_jobs(), license=p.license,
+                         validation=p.validation_fraction, test=p.test_fraction, jobs=cores(), license=p.license,
                          overwrite=True, progress=progress)
         problems = verify(dataset)
         if problems:
@@ -463,10 +464,6 @@ def _model_path(config: Config, name: str) -> str:
     if not (folder / "config.json").exists():
         (demo_models.tiny_whisper if name == "demo:tiny-whisper" else demo_models.smollm2)(folder)
     return str(folder)
-
-
-def _jobs() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 # ---------------------------------------------------------------------------- the run

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 import time
 from collections import Counter
@@ -193,7 +192,9 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
     job = Job(template, sampling, task, parse_shard(shard))
     if executor == "ray" and backend == "embedded" and not base_url and not serve:
         # one embedded server per actor: share the cores between them
-        engine_args = {"servers": 1, "threads": max(1, len(os.sched_getaffinity(0)) // max(1, ray_actors)),
+        from blspdata.parallel import cores
+
+        engine_args = {"servers": 1, "threads": max(1, cores() // max(1, ray_actors)),
                        **(engine_args or {})}
     engine_spec = dict(backend=backend, base_url=base_url, model=model, api_key=api_key, serve=serve,
                        concurrency=concurrency, server_timeout=server_timeout, seed=seed, engine_args=engine_args)
@@ -312,9 +313,11 @@ def _embedded(stack: contextlib.ExitStack, model: str | None, concurrency: int |
     unknown = set(engine_args) - {"servers", "threads"}
     if unknown:
         raise GenerateError(f"the embedded backend takes -E servers=N and -E threads=N, not {', '.join(sorted(unknown))}")
-    cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    servers = max(1, int(engine_args.get("servers") or (cores if model is None else 1)))
-    threads = max(1, int(engine_args.get("threads") or cores // servers))
+    from blspdata.parallel import cores
+
+    available = cores()
+    servers = max(1, int(engine_args.get("servers") or (available if model is None else 1)))
+    threads = max(1, int(engine_args.get("threads") or available // servers))
     started = []
     for _ in range(servers):
         server = embedded_llama(model, threads=threads)

