@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,3 +22,9 @@ def run_isolated(command: list[str], label: str) -> dict | None:
               + "\n".join("    " + line for line in result.stderr.strip().splitlines()[-15:]))
         return None
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def median_round(rounds: list[Any], key: Callable[[Any], float]) -> Any:
+    """The median of a contender's interleaved rounds (this shared VM has slow spells that a
+    single round would land on one contender only)."""
+    return sorted(rounds, key=key)[len(rounds) // 2]

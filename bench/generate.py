@@ -35,6 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import median_round  # noqa: E402  (bench/common.py)
+
 from blspdata.generate import prompts  # noqa: E402
 from blspdata.generate.servers import smollm2_path  # noqa: E402
 from blspdata.records import Record, read_records  # noqa: E402
@@ -151,7 +153,7 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved rounds: a slow spell of the VM hits every contender
         for name, bench in contenders.items():
             runs[name].append(bench())
-    results = {name: sorted(r, key=lambda tr: tr[0] / tr[1])[len(r) // 2] for name, r in runs.items()}  # median
+    results = {name: median_round(r, key=lambda tr: tr[0] / tr[1]) for name, r in runs.items()}
     if not args.skip_reference:
         results["reference"] = bench_reference(records)
     print(f"\n{'contender':<11}{'out tokens':>11}{'seconds':>9}{'tok/s':>9}")

@@ -60,7 +60,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import run_isolated  # bench/common.py (scripts run as `python bench/NAME.py`)
+from common import median_round, run_isolated  # bench/common.py (scripts run as `python bench/NAME.py`)
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "bench-out" / "publish"
@@ -355,8 +355,7 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved rounds: a slow spell of the VM hits every contender
         for name in CONTENDERS:
             runs[name].append(measure(name, args))
-    rows = {name: None if None in r else sorted(r, key=lambda row: row["seconds"])[len(r) // 2]
-            for name, r in runs.items()}  # the median round
+    rows = {name: None if None in r else median_round(r, key=lambda row: row["seconds"]) for name, r in runs.items()}
     reference = rows.get("publish j2") or rows.get("publish j1") or rows.get("parquet j2")
     disk = measure("disk", args, reference["bytes"]) if reference else None
 

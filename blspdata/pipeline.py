@@ -130,7 +130,7 @@ class Publish(_Strict):
 
 def _stage_model(name: str):
     """The trainer's options, straight from TrainConfig (one list of names and types)."""
-    from blspdata.train.loop import TrainConfig
+    from blspdata.train.config import TrainConfig
 
     hints = typing.get_type_hints(TrainConfig)
     skip = {"stage", "data", "out", "init", "mix"}

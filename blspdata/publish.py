@@ -252,8 +252,6 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
             progress: bool = True) -> dict[str, Any]:
     """Publish curated records as a Hugging Face dataset in `out`. The Python face of
     `blspdata publish`; returns the rows per config and split."""
-    import datasets
-
     if fmt not in ("arrow", "parquet"):
         raise PublishError(f"--format must be arrow or parquet, got {fmt!r}")
     if audio not in ("embed", "path"):
@@ -263,8 +261,6 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
         raise PublishError(f"{out} exists; choose another --out or pass --overwrite")
     inputs = [Path(p) for p in inputs]
     max_bytes = _parse_size(max_shard_size)
-    if not progress:
-        datasets.disable_progress_bars()
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -22,7 +22,7 @@ import random
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from blspdata.train.config import TrainConfig
 from blspdata.train.model import BLSPModel, ModelConfig, Prompt, build_batch
 
 SYSTEM = "You are a helpful assistant."
@@ -40,46 +41,6 @@ STAGE1_INSTRUCTION = "Continue the following sentence in a coherent style: "
 STAGE2_INSTRUCTION = "Continue the following sentence based on the conveyed emotion tone in a coherent style: "
 SER_INSTRUCTION = ("Please identify the emotion tone of the speech provided below. Select from the following "
                    "options: neutral, sad, angry, happy, or surprise.\n\nSpeech: ")
-
-
-@dataclass
-class TrainConfig:
-    """Defaults are the paper's (stage 1; stage 2 overrides lr, warm-up, batch, epochs)."""
-    stage: str = "stage1"
-    data: str = ""                  # a folder from `blspdata publish` (the config subfolder or its parent)
-    out: str = ""
-    mix: str | None = None          # stage 2: also train on this semantic dataset (response_ce only)
-    init: str | None = None         # stage 2: the stage-1 checkpoint to start from
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 1000
-    schedule: str = "cosine"        # or linear
-    batch_size: int = 8             # per device
-    grad_accum: int = 24
-    epochs: float = 1.0
-    max_steps: int | None = None    # optimizer steps; overrides epochs
-    max_length: int = 256           # text tokens (transcript or continuation)
-    min_audio_s: float = 1.0
-    max_audio_s: float = 30.0
-    temperature: float = 2.0        # response_kl
-    grad_clip: float = 1.0
-    seed: int = 42
-    save_every: int = 0             # optimizer steps; 0 = at the end only
-    eval_split: str | None = "validation"  # losses on this split before step 1 and at the end; None = off
-    eval_every: int = 0             # also every N optimizer steps
-    eval_limit: int = 256           # rows of the eval split used
-    log_every: int = 1
-    audio_root: str | None = None   # datasets published with --audio path
-
-    @classmethod
-    def for_stage(cls, stage: str, **overrides: Any) -> "TrainConfig":
-        base = cls(stage=stage)
-        if stage == "stage2":
-            base.lr, base.warmup_steps, base.grad_accum, base.epochs = 2e-5, 200, 16, 3.0
-        for key, value in overrides.items():
-            if value is not None:
-                setattr(base, key, value)
-        return base
 
 
 # ---------------------------------------------------------------------------- data
