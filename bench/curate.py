@@ -5,7 +5,10 @@ What is compared, on one synthetic set of generate outputs (`--records` continua
 common English words at the head and made-up ones in the tail), of which a known share
 (`--dup-share`, 0.1 by default) are planted near-duplicates: a copy of an earlier original
 with exactly one word replaced by another (word-bigram Jaccard (n-3)/(n+1) for an inner
-word, 0.81-0.91 at these lengths):
+word, 0.81-0.91 at these lengths), and another share (`--near-miss-share`, 0.05 by default)
+planted near-misses, which are NOT duplicates: a copy of an earlier original with 2 inner,
+non-adjacent words replaced (3 from 34 words on), word-bigram Jaccard 0.6-0.78, redrawn
+until it is, just under the 0.8 threshold. Flagging one costs precision:
 
     ours-dedup       blspdata.curate.dedup.NearDuplicates(threshold=0.8, num_perm=128, ngram=2)
                      driven the way curate drives it: batches of 4096 texts -> .signatures(),
@@ -25,7 +28,9 @@ word, 0.81-0.91 at these lengths):
 
 Quality, against the planted ground truth: recall = planted duplicates flagged / planted;
 precision = flagged records that are planted duplicates / flagged (whatever record a flag
-points to); "right orig" = flags that point at the planted original. For ours-curate a flag
+points to; a flagged near-miss is a false positive, and so is any other flagged record);
+"near-miss flagged" = planted near-misses flagged; "right orig" = flags that point at the
+planted original. For ours-curate a flag
 is a reject with reason near_duplicate_of:* or exact_duplicate_of:*; rows the filters
 reject for other reasons (repetition, language, ...) are counted apart.
 
@@ -39,7 +44,7 @@ the language-id model load for ours-curate) are excluded and printed apart. Numb
 nothing asserts on time.
 
 Run:  make bench    (runs this with defaults, among the other benchmarks)
-      .venv/bin/python bench/curate.py [--records 200000] [--dup-share 0.1] [--seed 0]
+      .venv/bin/python bench/curate.py [--records 200000] [--dup-share 0.1] [--near-miss-share 0.05] [--seed 0]
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench-out" / "curate"
 DATA = OUT / "continuations.jsonl"
 TRUTH = OUT / "truth.json"
+MISSES = OUT / "near_misses.json"
 MARKER = OUT / ".bench-data.json"
-DATA_VERSION = 1  # bump when the generator below changes, to regenerate old data
+DATA_VERSION = 2  # bump when the generator below changes, to regenerate old data
 
 THRESHOLD, NUM_PERM, NGRAM, BATCH = 0.8, 128, 2, 4096
 VOCABULARY = 3000
@@ -111,8 +117,9 @@ def _vocabulary(rng) -> list[str]:
     return words
 
 
-def _params(records: int, dup_share: float, seed: int) -> dict:
-    return {"version": DATA_VERSION, "records": records, "dup_share": dup_share, "seed": seed,
+def _params(records: int, dup_share: float, miss_share: float, seed: int) -> dict:
+    return {"version": DATA_VERSION, "records": records, "dup_share": dup_share, "near_miss_share": miss_share,
+            "seed": seed,
             "vocabulary": VOCABULARY, "zipf_s": ZIPF_S, "words": [MIN_WORDS, MAX_WORDS]}
 
 
@@ -120,16 +127,41 @@ def record_id(index: int) -> str:
     return f"synthetic/train/{index:07d}"
 
 
-def build_data(records: int, dup_share: float, seed: int) -> tuple[dict[int, int], float]:
-    """Write (or reuse) DATA and TRUTH. Returns (duplicate index -> original index, seconds spent)."""
+def _bigram_jaccard_ints(a: list[int], b: list[int]) -> float:
+    x, y = set(zip(a, a[1:])), set(zip(b, b[1:]))
+    return len(x & y) / len(x | y)
+
+
+def _near_miss(words: list[int], weights, rng) -> list[int]:
+    """`words` with k inner, non-adjacent words replaced: 2k of its m = n-1 bigrams change,
+    Jaccard (m-2k)/(m+2k): k = 2 gives 0.65-0.78 up to 33 words, k = 3 0.69-0.76 above.
+    Redrawn until the measured Jaccard (a replacement can repeat a bigram) is in [0.6, 0.78]."""
+    k = 2 if len(words) <= 33 else 3
+    while True:
+        positions = sorted(int(i) for i in rng.choice(len(words) - 2, size=k, replace=False) + 1)
+        if any(b - a < 2 for a, b in zip(positions, positions[1:])):
+            continue
+        changed = list(words)
+        for position in positions:
+            while changed[position] == words[position]:
+                changed[position] = int(rng.choice(len(weights), p=weights))
+        if 0.6 <= _bigram_jaccard_ints(words, changed) <= 0.78:
+            return changed
+
+
+def build_data(records: int, dup_share: float, miss_share: float, seed: int) -> tuple[dict[int, int], dict[int, int],
+                                                                                      float]:
+    """Write (or reuse) DATA, TRUTH and MISSES. Returns (duplicate index -> original index,
+    near-miss index -> original index, seconds spent)."""
     import numpy as np
     import orjson
 
-    params = _params(records, dup_share, seed)
-    if MARKER.exists() and DATA.exists() and TRUTH.exists():
+    params = _params(records, dup_share, miss_share, seed)
+    if MARKER.exists() and DATA.exists() and TRUTH.exists() and MISSES.exists():
         try:
             if json.loads(MARKER.read_text()) == params:
-                return {int(k): v for k, v in json.loads(TRUTH.read_text()).items()}, 0.0
+                return ({int(k): v for k, v in json.loads(TRUTH.read_text()).items()},
+                        {int(k): v for k, v in json.loads(MISSES.read_text()).items()}, 0.0)
         except ValueError:
             pass
     start = time.perf_counter()
@@ -140,10 +172,13 @@ def build_data(records: int, dup_share: float, seed: int) -> tuple[dict[int, int
     weights = 1.0 / np.arange(1, len(vocab) + 1) ** ZIPF_S
     weights /= weights.sum()
 
-    planted = round(records * dup_share)
+    planted, missed = round(records * dup_share), round(records * miss_share)
     dup_at = np.zeros(records, dtype=bool)
-    if planted:
-        dup_at[1 + rng.choice(records - 1, size=planted, replace=False)] = True
+    miss_at = np.zeros(records, dtype=bool)
+    if planted + missed:
+        chosen = 1 + rng.choice(records - 1, size=planted + missed, replace=False)
+        dup_at[chosen[:planted]] = True
+        miss_at[chosen[planted:]] = True
     lengths = rng.integers(MIN_WORDS, MAX_WORDS + 1, size=records)
     tokens = rng.choice(len(vocab), size=int(lengths.sum()), p=weights)  # originals use their slice
     transcript_lengths = rng.integers(6, 13, size=records)
@@ -154,6 +189,7 @@ def build_data(records: int, dup_share: float, seed: int) -> tuple[dict[int, int
     texts: list[list[int]] = []
     originals: list[int] = []
     truth: dict[int, int] = {}
+    misses: dict[int, int] = {}
     generator = {"backend": "synthetic", "model": "bench/curate.py",
                  "prompt": {"id": "semantic", "sha256": "89c2c33158083560"},
                  "sampling": {"max_new_tokens": 48, "min_new_tokens": 1, "temperature": 0.0, "seed": seed}}
@@ -168,6 +204,10 @@ def build_data(records: int, dup_share: float, seed: int) -> tuple[dict[int, int
                     replacement = int(rng.choice(len(vocab), p=weights))
                 words[position] = replacement
                 truth[i] = source
+            elif miss_at[i]:  # not a duplicate, and not an original later rows copy
+                source = originals[int(rng.integers(0, len(originals)))]
+                words = _near_miss(texts[source], weights, rng)
+                misses[i] = source
             else:
                 words = tokens[ends[i] - lengths[i]:ends[i]].tolist()
                 originals.append(i)
@@ -185,8 +225,9 @@ def build_data(records: int, dup_share: float, seed: int) -> tuple[dict[int, int
                    "continuation": continuation, "finished": True, "generator": generator}
             handle.write(orjson.dumps(row) + b"\n")
     TRUTH.write_text(json.dumps({str(k): v for k, v in truth.items()}))
+    MISSES.write_text(json.dumps({str(k): v for k, v in misses.items()}))
     MARKER.write_text(json.dumps(params, indent=2) + "\n")  # last: half-written data is rebuilt
-    return truth, time.perf_counter() - start
+    return truth, misses, time.perf_counter() - start
 
 
 def load_texts() -> tuple[list[str], list[str]]:
@@ -335,7 +376,8 @@ def child(args: argparse.Namespace) -> None:
 
 def measure(name: str, args: argparse.Namespace) -> dict | None:
     command = [sys.executable, str(Path(__file__).resolve()), "--only", name, "--records", str(args.records),
-               "--dup-share", str(args.dup_share), "--seed", str(args.seed)]
+               "--dup-share", str(args.dup_share), "--near-miss-share", str(args.near_miss_share),
+               "--seed", str(args.seed)]
     row = run_isolated(command, name)
     if row is None:
         return None
@@ -345,14 +387,15 @@ def measure(name: str, args: argparse.Namespace) -> dict | None:
     return row
 
 
-def quality(row: dict, truth: dict[int, int]) -> None:
-    """Recall, precision and right-original counts of one contender's flags, into row."""
+def quality(row: dict, truth: dict[int, int], misses: dict[int, int]) -> None:
+    """Recall, precision, near-miss and right-original counts of one contender's flags, into row."""
     index = lambda record: int(record.rsplit("/", 1)[1])  # noqa: E731
     flagged = {index(k): index(v) for k, v in row["flags"].items()}
     hits = [i for i in flagged if i in truth]
     row["flagged"] = len(flagged)
     row["true"] = len(hits)
     row["right"] = sum(flagged[i] == truth[i] for i in hits)
+    row["miss_flagged"] = sum(i in misses for i in flagged)
     row["recall"] = len(hits) / len(truth) if truth else float("nan")
     row["precision"] = len(hits) / len(flagged) if flagged else float("nan")
     others = {index(k): v for k, v in row["others"].items()}
@@ -376,11 +419,14 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=200000, help="synthetic continuations (default 200000)")
     parser.add_argument("--dup-share", type=float, default=0.1,
                         help="share of them that are planted near-duplicates (default 0.1)")
+    parser.add_argument("--near-miss-share", type=float, default=0.05,
+                        help="share of them that are planted near-misses, Jaccard 0.6-0.78 (default 0.05)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default 0)")
     parser.add_argument("--only", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if not 0 <= args.dup_share < 1 or args.records < 2:
-        parser.error("need --records >= 2 and 0 <= --dup-share < 1")
+    if not 0 <= args.dup_share < 1 or not 0 <= args.near_miss_share or args.dup_share + args.near_miss_share >= 1 \
+            or args.records < 2:
+        parser.error("need --records >= 2, --dup-share and --near-miss-share >= 0 and together < 1")
     if args.only:
         return child(args)
 
@@ -390,15 +436,17 @@ def main() -> None:
 
     print(f"machine: {os.cpu_count()} CPUs (os.cpu_count), Python {sys.version.split()[0]}; "
           "every contender is single-process")
-    truth, built = build_data(args.records, args.dup_share, args.seed)
+    truth, misses, built = build_data(args.records, args.dup_share, args.near_miss_share, args.seed)
     ids, texts = load_texts()
-    jaccard = np.array([bigram_jaccard(texts[j], texts[i]) for i, j in truth.items()])
     print(f"data: {DATA.relative_to(REPO)}: {args.records} continuations, {len(truth)} planted near-duplicates "
-          f"(one word replaced; seed {args.seed}); " + (f"built in {built:.1f} s" if built else "reused (marker matches)"))
-    if len(jaccard):
-        print(f"planted pairs' true word-bigram Jaccard: min {jaccard.min():.3f}, p10 {np.percentile(jaccard, 10):.3f}, "
-              f"median {np.median(jaccard):.3f}, max {jaccard.max():.3f}; "
-              f"{(jaccard < THRESHOLD).sum()} below the {THRESHOLD} threshold")
+          f"(one word replaced), {len(misses)} planted near-misses (2-3 words replaced; seed {args.seed}); "
+          + (f"built in {built:.1f} s" if built else "reused (marker matches)"))
+    for label, pairs in (("near-duplicate", truth), ("near-miss", misses)):
+        jaccard = np.array([bigram_jaccard(texts[j], texts[i]) for i, j in pairs.items()])
+        if len(jaccard):
+            print(f"planted {label} pairs' true word-bigram Jaccard: min {jaccard.min():.3f}, "
+                  f"p10 {np.percentile(jaccard, 10):.3f}, median {np.median(jaccard):.3f}, max {jaccard.max():.3f}; "
+                  f"{(jaccard < THRESHOLD).sum()} below the {THRESHOLD} threshold")
     del ids, texts
     print("each contender runs in its own subprocess, once; time excludes imports; "
           "base = RSS before the timed part (after loading ids + texts for the dedup-only ones)\n")
@@ -406,17 +454,19 @@ def main() -> None:
     rows = [measure(name, args) for name in CONTENDERS]
     done = {row["name"]: row for row in rows if row}
     for row in done.values():
-        quality(row, truth)
+        quality(row, truth, misses)
 
     mb = 2**20
     header = (f"{'contender':<16} {'records':>8} {'seconds':>8} {'records/s':>10} {'peak RSS MB':>12} {'base MB':>8} "
-              f"{'recall':>7} {'precision':>9} {'flagged':>8} {'right orig':>10} {'import s':>9}")
+              f"{'recall':>7} {'precision':>9} {'flagged':>8} {'near-miss flagged':>17} {'right orig':>10} "
+              f"{'import s':>9}")
     print(header)
     print("-" * len(header))
     for row in done.values():
         print(f"{row['name']:<16} {row['records']:>8} {row['seconds']:>8.2f} {row['records'] / row['seconds']:>10.0f} "
               f"{row['peak_rss'] / mb:>12.0f} {row['base_rss'] / mb:>8.0f} {row['recall']:>7.4f} "
-              f"{row['precision']:>9.4f} {row['flagged']:>8} {row['right']:>10} {row['import_s']:>9.2f}")
+              f"{row['precision']:>9.4f} {row['flagged']:>8} {row['miss_flagged']:>17} {row['right']:>10} "
+              f"{row['import_s']:>9.2f}")
     print()
     for row in done.values():
         print(f"  {row['name']:<15} {row['note']}")

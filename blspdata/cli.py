@@ -305,8 +305,9 @@ def curate_command(
     out: Path = typer.Option(..., "--out", "-o", help="Kept rows (.jsonl or .jsonl.gz), written atomically; "
                              "OUT.rejects.jsonl and OUT.stats.json beside it."),
     config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False, help="TOML file with any of "
-                                          "the options below (keys with underscores, e.g. min_words = 5, disable = [\"language\"]); "
-                                          "flags given here win."),
+                                          "the options below (keys with underscores, e.g. min_words = 5, disable = [\"language\"], "
+                                          "drop_unfinished = true); flags given here win, --enable X over the file's disable "
+                                          "and the other way round."),
     disable: List[str] = typer.Option([], "--disable", help="Turn a filter off (repeatable): empty, refusal, length, "
                                       "repetition, echo, language."),
     enable: List[str] = typer.Option([], "--enable", help="Turn an optional filter on (repeatable): unfinished, "
@@ -332,10 +333,10 @@ def curate_command(
     """Filter generated continuations (each drop with its reason) and remove exact and near duplicates."""
     from blspdata.curate.run import CurateError, curate, settings_from
 
-    flags = {"disable": disable, "enable": enable + (["unfinished"] if drop_unfinished else []), "min_words": min_words,
+    flags = {"disable": disable, "enable": enable, "drop_unfinished": drop_unfinished or None, "min_words": min_words,
              "max_words": max_words, "max_dup_ngram_fraction": max_dup_ngram_fraction, "echo_overlap": echo_overlap,
-             "exact": exact_dedup, "near": near_dedup, "threshold": near_dup_threshold, "num_perm": num_perm,
-             "ngram": ngram}
+             "exact_dedup": exact_dedup, "near_dedup": near_dedup, "near_dup_threshold": near_dup_threshold,
+             "num_perm": num_perm, "ngram": ngram}  # named as the flags are, so errors name them too
     with user_errors(CurateError, ValueError, OSError):
         filters, dedup = settings_from(config, flags)
         stats = curate(inputs, out, filters=filters, dedup=dedup, progress=progress)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from blspdata.curate.filters import FilterSettings, first_reason
+from blspdata.curate.filters import FilterSettings, first_reason, words
 from blspdata.curate.dedup import NearDuplicates
-from blspdata.records import Record
+from blspdata.curate.run import CurateError, curate
+from blspdata.records import JsonlWriter, Record
 from conftest import blspdata, read_jsonl
 
 TRANSCRIPT = "she put the letters on the table by the door"
@@ -30,6 +31,16 @@ CASES = [  # (continuation, reason or None, extra record fields, enabled optiona
     ("I don't have personal experiences with letters or tables.", "refusal", {}, ()),
     ("Sorry, the rest of that sentence escapes me entirely today.", "refusal", {}, ()),
     ("She said she was sorry, but I cannot stay angry at her.", None, {}, ()),  # near miss: a story's words
+    ("I’m sorry, but I cannot continue this sentence for you.", "refusal", {}, ()),  # curly apostrophe
+    ("Well, i'm not sure what you want me to write here.", "refusal", {}, ()),  # recipe pattern 5, any case
+    ("Well, I'm not sure what the letters said anymore.", None, {}, ()),
+    ("Unfortunately, I cannot complete this sentence as asked.", "refusal", {}, ()),
+    ("Unfortunately, the train had already left the station.", None, {}, ()),
+    ("My apologies, but that is not something I will continue.", "refusal", {}, ()),
+    ("I can’t help with continuing this sentence.", "refusal", {}, ()),
+    ("I can't wait to read them all again tomorrow morning.", None, {}, ()),  # not a refusal object
+    ("As an AI, I have no letters to put anywhere.", "refusal", {}, ()),
+    ("As an AI researcher, she read the letters twice before bed.", None, {}, ()),  # not the assistant itself
     ("", "empty", {}, ()),
     ("Then left.", "too_short", {}, ()),
     ("Then she left the house quietly.", None, {}, ()),
@@ -44,6 +55,11 @@ CASES = [  # (continuation, reason or None, extra record fields, enabled optiona
     ("Continue the following sentence in a coherent style: she put the letters", "instruction_leak", {}, ()),
     ("Puis elle est partie à la gare sous la pluie sans dire un mot.", "language_fr", {}, ()),
     ("Then she left for the café and ordered a croissant au beurre.", None, {}, ()),
+    *[("Then she walked to the station in the rain and waited.", None, {"language": tag}, ())
+      for tag in ("EN", "en-US", "en_GB", "eng")],  # the same language, written other ways
+    ("Then she walked to the station in the rain and waited.", "language_en", {"language": "fra"}, ()),
+    ("Puis elle est partie à la gare sous la pluie sans dire un mot.", None, {"language": "fre"}, ()),
+    ("Puis elle est partie à la gare sous la pluie sans dire un mot.", "language_fr", {"language": "en-GB"}, ()),
     ("She felt so sad that nobody had written back in weeks.", "names_label",
      {"task": "emotion", "emotion": "sad"}, ("label_word",)),
     ("She felt so low that nobody had written back in weeks.", None,
@@ -118,3 +134,112 @@ def test_minhash_similarity_tracks_jaccard():
     assert near.check_and_add("a", signatures[0]) is None
     assert near.check_and_add("b", signatures[1]) == "a"
     assert near.check_and_add("c", signatures[2]) is None
+
+
+FRENCH = "Puis elle est partie à la gare sous la pluie sans dire un mot."
+CUT = "and then she went to the kitchen to make some tea for"
+
+
+def test_flags_win_over_the_config_file(tmp_path: Path):
+    inputs = write(tmp_path / "a.jsonl", [record(FRENCH, n=1), record(CUT, n=2, finished=False)])
+    config = tmp_path / "curate.toml"
+    config.write_text('disable = "language"\ndrop_unfinished = true\n')  # one name alone is a list of one
+    out = tmp_path / "out.jsonl"
+    blspdata("curate", inputs, "-o", out, "--config", config)
+    assert [row["id"] for row in read_jsonl(out)] == ["c/train/1"]  # French kept, the cut one dropped
+    blspdata("curate", inputs, "-o", out, "--config", config, "--enable", "language", "--disable", "unfinished")
+    assert [row["id"] for row in read_jsonl(out)] == ["c/train/2"]
+    rejects = read_jsonl(tmp_path / "out.rejects.jsonl")
+    assert [(row["id"], row["reason"]) for row in rejects] == [("c/train/1", "language_fr")]
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("near_dup_threshold = 0", "near_dup_threshold must be in (0, 1], got 0.0"),
+    ("near_dup_threshold = 1.5", "near_dup_threshold must be in (0, 1]"),
+    ('near_dup_threshold = "high"', "near_dup_threshold must be a number, got 'high'"),
+    ("num_perm = 0", "num_perm must be >= 1"),
+    ("num_perm = 64.5", "num_perm must be an integer"),
+    ("ngram = 0", "ngram must be >= 1"),
+    ('near_dedup = "no"', "near_dedup must be true or false, got 'no'"),
+    ("exact_dedup = 0", "exact_dedup must be true or false"),
+    ("min_words = true", "min_words must be an integer"),
+    ("disable = 5", "disable must be a list of filter names"),
+    ('enable = ["language"]\ndisable = ["language"]', "both enabled and disabled: language"),
+])
+def test_bad_settings_are_user_errors(tmp_path: Path, setting: str, message: str):
+    inputs = write(tmp_path / "a.jsonl", [record(BASE, n=1)])
+    config = tmp_path / "curate.toml"
+    config.write_text(setting + "\n")
+    result = blspdata("curate", inputs, "-o", tmp_path / "out.jsonl", "--config", config, check=False)
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_bad_flags_are_user_errors_and_good_ones_run(tmp_path: Path):
+    inputs = write(tmp_path / "a.jsonl", [record(BASE, n=1)])
+    out = tmp_path / "out.jsonl"
+    result = blspdata("curate", inputs, "-o", out, "--num-perm", "0", check=False)
+    assert result.returncode == 1 and "num_perm must be >= 1" in result.stderr
+    blspdata("curate", inputs, "-o", out, "--num-perm", "16", "--ngram", "1", "--near-dup-threshold", "1")
+    assert len(read_jsonl(out)) == 1
+
+
+@pytest.mark.parametrize("batch_size", [4096, 2])  # one batch, and originals in earlier batches
+def test_no_reject_is_named_an_original_and_rejects_keep_input_order(tmp_path: Path, batch_size: int):
+    inputs = write(tmp_path / "a.jsonl", [
+        record(BASE, n=1),
+        record(BASE.replace("long hill", "steep hill"), n=2),  # near-duplicate of 1
+        record("I'm sorry, but I cannot help with that.", n=3),
+        record(BASE.replace("long hill", "steep hill").upper(), n=4),  # exact copy of 2, which was dropped
+        record(BASE + ".", n=5),  # exact copy of 1, which was kept
+    ])
+    out = tmp_path / "out.jsonl"
+    curate([inputs], out, progress=False, batch_size=batch_size)
+    assert [row["id"] for row in read_jsonl(out)] == ["c/train/1"]
+    assert [(row["id"], row["reason"]) for row in read_jsonl(tmp_path / "out.rejects.jsonl")] == [
+        ("c/train/2", "near_duplicate_of:c/train/1"), ("c/train/3", "refusal"),
+        ("c/train/4", "near_duplicate_of:c/train/1"), ("c/train/5", "exact_duplicate_of:c/train/1")]
+
+
+def test_exact_dedup_sees_one_spelling_of_apostrophes_and_accents(tmp_path: Path):
+    import unicodedata
+
+    text = "she said she didn't know the café by the harbour where they first met"
+    decomposed = unicodedata.normalize("NFD", text)
+    assert words(decomposed) == words(text) and "café" in words(decomposed)  # the accent stays
+    inputs = write(tmp_path / "a.jsonl", [
+        record(text, n=1), record(text.replace("'", "’"), n=2), record(decomposed, n=3),
+        record(text.replace("café", "cafe"), n=4),  # near miss: another word without its accent
+    ])
+    out = tmp_path / "out.jsonl"
+    blspdata("curate", inputs, "-o", out, "--no-near-dedup")
+    assert [row["id"] for row in read_jsonl(out)] == ["c/train/1", "c/train/4"]
+    rejects = {row["id"]: row["reason"] for row in read_jsonl(tmp_path / "out.rejects.jsonl")}
+    assert rejects == {"c/train/2": "exact_duplicate_of:c/train/1", "c/train/3": "exact_duplicate_of:c/train/1"}
+
+
+def test_rows_written_are_checked_against_rows_read(tmp_path: Path, monkeypatch):
+    inputs = write(tmp_path / "a.jsonl", [record(BASE, n=1), record("Then left.", n=2)])
+    out = tmp_path / "out.jsonl"
+    curate([inputs], out, progress=False)  # near miss: every row written, three files
+    assert all(path.exists() for path in (out, tmp_path / "out.rejects.jsonl", tmp_path / "out.stats.json"))
+    for path in tmp_path.glob("out.*"):
+        path.unlink()
+    write_row = JsonlWriter.write
+
+    def lossy(self, row):  # a writer that loses the reject: the counts tell
+        if row.get("reason") != "too_short":
+            write_row(self, row)
+    monkeypatch.setattr(JsonlWriter, "write", lossy)
+    with pytest.raises(CurateError, match="wrote 1 kept \\+ 0 rejected rows for 2 read"):
+        curate([inputs], out, progress=False)
+    assert not any(tmp_path.glob("out.*"))  # nothing committed, no stats for outputs that are not there
+
+
+def test_missing_input_is_reported_before_anything_is_written(tmp_path: Path):
+    inputs = write(tmp_path / "a.jsonl", [record(BASE, n=1)])
+    out = tmp_path / "out.jsonl"
+    out.write_text("old\n")
+    result = blspdata("curate", inputs, tmp_path / "missing.jsonl", "-o", out, check=False)
+    assert result.returncode == 1 and "input not found" in result.stderr and "missing.jsonl" in result.stderr
+    assert out.read_text() == "old\n" and not (tmp_path / "out.rejects.jsonl").exists()

@@ -1,6 +1,6 @@
 """Exact and near-duplicate detection over continuations, streaming.
 
-Exact: a 64-bit hash of the normalised text (lower case, words only).
+Exact: a 64-bit hash of the normalised text (NFKC, straight apostrophes, lower case, words only).
 Near: MinHash over word n-gram shingles + LSH banding. Signatures are computed in numpy
 for a whole batch of records at once (the hot path); the LSH index is one dict per band,
 keyed by an int that folds the band's signature slots together. The first record seen keeps
@@ -68,7 +68,9 @@ class NearDuplicates:
         signatures = near.signatures(texts)             # one numpy pass per batch
         originals = near.check_batch(ids, signatures)   # in order: None = kept (and indexed)
 
-    or `near.check_and_add(id, signature)` one record at a time (same result, slower)."""
+    or `near.check_and_add(id, signature)` one record at a time (same result, slower), or
+    `near.check(id, signature, keys)` with `keys` from `near.band_keys(signatures)`, where
+    the caller decides per record whether it meets the index at all (curate's exact dedup)."""
 
     threshold: float = 0.8
     num_perm: int = 128
@@ -153,7 +155,7 @@ class NearDuplicates:
         return out
 
     # -------------------------------------------------------------------- index
-    def _band_keys(self, signatures: np.ndarray) -> list[list[int]]:
+    def band_keys(self, signatures: np.ndarray) -> list[list[int]]:
         """Per signature, one int key per band: sum over the band's slots of slot * multiplier,
         mod 2^64. Two different bands rarely share a key; when they do, it only adds a
         candidate, which is verified. Keys are cut to 60 bits: a Python int under 2^60 takes
@@ -164,16 +166,16 @@ class NearDuplicates:
     def check_batch(self, record_ids: Sequence[str], signatures: np.ndarray) -> list[str | None]:
         """check_and_add() for each record of a batch, in order (a record may duplicate an
         earlier one of the same batch): the id each duplicates, or None where it was kept."""
-        keys = self._band_keys(signatures)
-        return [self._check(record_id, signature, band_keys)
+        keys = self.band_keys(signatures)
+        return [self.check(record_id, signature, band_keys)
                 for record_id, signature, band_keys in zip(record_ids, signatures, keys)]
 
     def check_and_add(self, record_id: str, signature: np.ndarray) -> str | None:
         """The id of an indexed near-duplicate of this signature, else index it and return None."""
-        return self._check(record_id, signature, self._band_keys(signature[None, :])[0])
+        return self.check(record_id, signature, self.band_keys(signature[None, :])[0])
 
-    def _check(self, record_id: str, signature: np.ndarray, keys: list[int]) -> str | None:
-        """check_and_add() with the signature's band keys already computed."""
+    def check(self, record_id: str, signature: np.ndarray, keys: list[int]) -> str | None:
+        """check_and_add() with the signature's band keys (band_keys()) already computed."""
         candidates = {index[key] for index, key in zip(self._index, keys) if key in index}
         if candidates:
             ordered = sorted(candidates)  # ties go to the earliest record

@@ -9,6 +9,7 @@ continuations of at most 48 tokens (about 35 words), often cut off mid-sentence.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field, fields
 from functools import lru_cache
@@ -16,11 +17,19 @@ from typing import Callable
 
 from blspdata.records import Record
 
-_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
+# Combining marks NFKC could not compose onto their letter stay part of the word ("q\u0301").
+_MARKS = "\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+_WORD = re.compile(rf"[^\W_](?:[^\W_]+|[{_MARKS}]+)*(?:'[^\W_](?:[^\W_]+|[{_MARKS}]+)*)*")
+
+
+def normalise(text: str) -> str:
+    """NFKC (a decomposed "cafe\u0301" becomes "café", "ﬁ" "fi") and curly apostrophes made
+    straight ("don’t" -> "don't"), so that the filters and both dedup keys see one spelling."""
+    return unicodedata.normalize("NFKC", text).replace("’", "'").replace("ʼ", "'")
 
 
 def words(text: str) -> list[str]:
-    return [w.lower() for w in _WORD.findall(text)]
+    return [w.lower() for w in _WORD.findall(normalise(text))]
 
 
 @lru_cache(maxsize=4)
@@ -44,18 +53,23 @@ class FilterSettings:
     language_min_words: int = 4      # too few words to tell a language
 
 
-# The recipe's own five patterns (PAPER.md, "Cleaning"), then the common assistant forms.
+# The recipe's own five patterns (PAPER.md, "Cleaning"; all case-insensitive, as the issue
+# asks), then the common assistant forms. Texts are normalise()d first, so "I’m" is "I'm".
 RECIPE_REFUSALS = [
     re.compile(r"^i'm sorry, but i cannot", re.I), re.compile(r"^i'm sorry, but i'm not sure", re.I),
     re.compile(r"as an ai language model", re.I), re.compile(r"i'm sorry, but i", re.I),
-    re.compile(r"I'm not sure what you"),
+    re.compile(r"I'm not sure what you", re.I),
 ]
+# What an assistant says it cannot do; "I can't wait to read them" is a story's line.
+_REFUSED = r"(?:continue|help|assist|complete|provide|fulfil|fulfill|comply|write|do (?:that|this)|generate)\b"
 BOILERPLATE = re.compile(
-    r"\bas an ai\b|\bas a (?:chatbot|language model|virtual assistant)\b|"
+    # the assistant speaking of itself; "As an AI researcher, she ..." is fine
+    r"\bas an ai(?:,|\s+(?:language model|assistant|model|chatbot)\b|\s+i\b)|"
+    r"\bas a (?:chatbot|language model|virtual assistant)\b|"
     r"\bi don'?t have (?:personal|feelings|emotions|the ability)|\bi do not have (?:personal|feelings|emotions)|"
     # refusing or apologising at the very start ("I cannot ..." inside a story is fine)
-    r"^\W*(?:i (?:cannot|can ?not|can't|am unable to|am not able to)|i'm unable to|i'?m sorry|i am sorry|"
-    r"i apologi[sz]e|sorry,|apologies)",
+    r"^\W*(?:(?:unfortunately,?\s+)?(?:i (?:cannot|can ?not|can't|am unable to|am not able to)|"
+    rf"i'm (?:unable|not able) to)\s+{_REFUSED}|i'm sorry|i am sorry|i apologi[sz]e|sorry,|(?:my )?apologies)",
     re.I,
 )
 INSTRUCTION_LEAK = re.compile(r"continue the following (?:sentence|text)|emotion tone|in a coherent (?:and engaging )?style",
@@ -70,7 +84,7 @@ LABEL_WORDS = {
 
 
 def refusal(record: Record, s: FilterSettings) -> str | None:
-    text = record.continuation or ""
+    text = normalise(record.continuation or "")
     if any(p.search(text) for p in RECIPE_REFUSALS) or BOILERPLATE.search(text):
         return "refusal"
     return None
@@ -136,13 +150,32 @@ def _identifier():
     return LanguageIdentifier.from_modelpath(MODEL_DIR / MODEL_FILE, norm_probs=True)
 
 
+# ISO 639-2/3 codes (bibliographic and terminological) of the detector's languages -> its ISO 639-1 codes.
+ISO639_1 = {
+    "eng": "en", "fra": "fr", "fre": "fr", "deu": "de", "ger": "de", "spa": "es", "ita": "it", "por": "pt",
+    "zho": "zh", "chi": "zh", "cmn": "zh", "jpn": "ja", "kor": "ko", "rus": "ru", "ara": "ar", "nld": "nl",
+    "dut": "nl", "pol": "pl", "ces": "cs", "cze": "cs", "tur": "tr", "vie": "vi", "hin": "hi", "ell": "el",
+    "gre": "el", "swe": "sv", "dan": "da", "fin": "fi", "nor": "no", "nob": "no", "nb": "no", "nno": "nn",
+    "heb": "he", "ukr": "uk", "ind": "id", "tha": "th", "fas": "fa", "per": "fa", "ron": "ro", "rum": "ro",
+    "hun": "hu", "cat": "ca", "bul": "bg", "hrv": "hr", "srp": "sr", "slk": "sk", "slo": "sk", "slv": "sl",
+    "est": "et", "lav": "lv", "lit": "lt", "msa": "ms", "may": "ms", "ben": "bn", "tam": "ta", "urd": "ur",
+}
+
+
+def language_code(tag: str | None) -> str:
+    """A record's language tag as the detector writes it: "EN", "en-US", "en_GB", "eng" -> "en"."""
+    base = re.split(r"[-_]", (tag or "").strip().lower(), maxsplit=1)[0]
+    return ISO639_1.get(base, base)
+
+
 def language(record: Record, s: FilterSettings) -> str | None:
     """The continuation is confidently in another language than the record's."""
     text = record.continuation or ""
-    if len(cached_words(text)) < s.language_min_words:
+    expected = language_code(record.language)
+    if not expected or len(cached_words(text)) < s.language_min_words:
         return None
     detected, confidence = _identifier().classify(text)
-    if detected != record.language and confidence >= s.min_language_confidence:
+    if detected != expected and confidence >= s.min_language_confidence:
         return f"language_{detected}"
     return None
 

@@ -103,45 +103,82 @@ class Stats:
 
 DEDUP_KEYS = {"exact": "exact", "exact_dedup": "exact", "near": "near", "near_dedup": "near", "threshold": "threshold",
               "near_dup_threshold": "threshold", "num_perm": "num_perm", "ngram": "ngram"}
+# (type, test, what the test says) per dedup setting. num_perm needs no test against the LSH
+# bands: optimal_bands() never picks more bands than permutations.
+DEDUP_RULES = {"exact": (bool, None, ""), "near": (bool, None, ""),
+               "threshold": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
+               "num_perm": (int, lambda v: v >= 1, ">= 1"), "ngram": (int, lambda v: v >= 1, ">= 1")}
+TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number"}
+
+
+def typed(key: str, value: Any, kind: type) -> Any:
+    """value as `kind` (bool, int or float), or a CurateError naming the key. TOML and the CLI
+    give typed values, so nothing is coerced: "no" is not false, 2.5 not an integer, true not a number."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    else:
+        ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
+    if not ok:
+        raise CurateError(f"{key} must be {TYPE_NAMES[kind]}, got {value!r}")
+    return kind(value)
+
+
+def filter_names(key: str, value: Any) -> set[str]:
+    """The filters of an enable or disable list; one name alone counts as a list of one."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise CurateError(f"{key} must be a list of filter names, got {value!r}")
+    unknown = set(names) - set(FILTERS)
+    if unknown:
+        raise CurateError(f"unknown filter(s) {', '.join(sorted(unknown))}; filters: {', '.join(FILTERS)}")
+    return set(names)
+
+
+def apply_settings(values: dict[str, Any], filters: FilterSettings, dedup: DedupSettings) -> None:
+    """One layer of settings (a config file's, or the flags') on top of those already set."""
+    values = dict(values)
+    disable = filter_names("disable", values.pop("disable", []))
+    enable = filter_names("enable", values.pop("enable", []))
+    if "drop_unfinished" in values:  # the CLI's --drop-unfinished, in a config file
+        (enable if typed("drop_unfinished", values.pop("drop_unfinished"), bool) else disable).add("unfinished")
+    if enable & disable:
+        raise CurateError(f"filter(s) both enabled and disabled: {', '.join(sorted(enable & disable))}")
+    filters.enabled = (filters.enabled - disable) | enable
+    for key, value in values.items():
+        if key in SETTINGS:
+            setattr(filters, key, typed(key, value, type(getattr(filters, key))))
+        elif key in DEDUP_KEYS:
+            kind, test, condition = DEDUP_RULES[DEDUP_KEYS[key]]
+            value = typed(key, value, kind)
+            if test and not test(value):
+                raise CurateError(f"{key} must be {condition}, got {value!r}")
+            setattr(dedup, DEDUP_KEYS[key], value)
+        else:
+            raise CurateError(f"unknown setting {key!r}; known: {', '.join(sorted(SETTINGS | set(DEDUP_KEYS)))}, "
+                              "disable, enable, drop_unfinished")
 
 
 def settings_from(config: str | Path | None, flags: dict[str, Any]) -> tuple[FilterSettings, DedupSettings]:
-    """Settings from a TOML config file, then command-line flags (None or [] = not given)."""
-    values: dict[str, Any] = {}
+    """Settings from a TOML config file, then the command-line flags on top (None or [] = not
+    given): a flag wins over the file, `--enable X` over the file's `disable = ["X"]` and the
+    other way round."""
+    layers: list[dict[str, Any]] = []
     if config is not None:
         from blspdata.generate.prompts import tomllib
 
         try:
-            values = tomllib.loads(Path(config).read_text(encoding="utf-8"))
+            layers.append(tomllib.loads(Path(config).read_text(encoding="utf-8")))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise CurateError(f"{config}: not valid TOML: {exc}") from None
-    for key, value in flags.items():
-        if value is None or value == []:
-            continue
-        values[key] = list(values.get(key, [])) + list(value) if key in ("disable", "enable") else value
+    layers.append({key: value for key, value in flags.items() if value is not None and value != []})
     filters, dedup = FilterSettings(), DedupSettings()
-    for key, value in values.items():
-        if key in ("disable", "enable"):
-            unknown = set(value) - set(FILTERS)
-            if unknown:
-                raise CurateError(f"unknown filter(s) {', '.join(sorted(unknown))}; filters: {', '.join(FILTERS)}")
-            filters.enabled = filters.enabled - set(value) if key == "disable" else filters.enabled | set(value)
-        elif key in SETTINGS:
-            setattr(filters, key, type(getattr(filters, key))(value))
-        elif key in DEDUP_KEYS:
-            setattr(dedup, DEDUP_KEYS[key], value)
-        else:
-            raise CurateError(f"unknown setting {key!r}; known: {', '.join(sorted(SETTINGS | set(DEDUP_KEYS)))}, "
-                              "disable, enable")
-    if not 0 < dedup.threshold <= 1:
-        raise CurateError(f"near-duplicate threshold must be in (0, 1], got {dedup.threshold}")
+    for values in layers:
+        apply_settings(values, filters, dedup)
     return filters, dedup
 
 
 def _rows(inputs: Iterable[Path]) -> Iterator[tuple[str, Record | None, dict | None, str]]:
     for path in inputs:
-        if not Path(path).is_file():
-            raise CurateError(f"input not found: {path}")
         for number, row, error in iter_jsonl(path):
             location = f"{path}:{number}"
             if row is None:
@@ -158,6 +195,17 @@ def _rows(inputs: Iterable[Path]) -> Iterator[tuple[str, Record | None, dict | N
             yield location, record, row, ""
 
 
+@dataclass
+class Pending:
+    """An input row on its way through curate: the filters' verdict (None = passed so far)."""
+    location: str
+    record: Record | None
+    row: dict | None
+    tokens: tuple[str, ...] = ()
+    reason: str | None = None
+    detail: str = ""
+
+
 def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings | None = None,
            dedup: DedupSettings | None = None, progress: bool = True, batch_size: int = 4096) -> Stats:
     """Filter and deduplicate generated continuations from `inputs` into `out`. The Python
@@ -165,59 +213,69 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
     filters = filters or FilterSettings()
     dedup = dedup or DedupSettings()
     inputs = [Path(p) for p in inputs]
+    missing = [str(p) for p in inputs if not p.is_file()]
+    if missing:  # before anything is read or written
+        raise CurateError(f"input not found: {', '.join(missing)}")
     out = Path(out)
     stats = Stats(output=str(out))
     near = NearDuplicates(dedup.threshold, dedup.num_perm, dedup.ngram) if dedup.near else None
-    exact_seen: dict[int, str] = {}
+    exact_seen: dict[int, str] = {}  # exact key -> id of the kept row that has it
     bar = tqdm(desc="curate", unit=" rec", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    # Rejects are committed first, OUT last (writers close in reverse), stats.json once both are.
     with JsonlWriter(out) as kept, JsonlWriter(sidecar(out, "rejects.jsonl")) as rejected:
 
-        def drop(reason: str, location: str, record: Record | None, row: dict | None, detail: str = "") -> None:
-            stats.reasons[reason] += 1
-            rejected.write(Reject(reason, location, detail, id=record.id if record else (row or {}).get("id"),
-                                  record=row).to_dict())
-
-        def flush(batch: list[tuple[str, Record, dict, tuple[str, ...]]]) -> None:
-            originals: list[str | None] = [None] * len(batch)
-            if near and batch:  # signatures in one numpy pass, then the index in input order
-                signatures = near.signatures_of_words([tokens for _, _, _, tokens in batch])
-                originals = near.check_batch([record.id for _, record, _, _ in batch], signatures)
-            for (location, record, row, tokens), original in zip(batch, originals):
+        def duplicate_reason(item: Pending, sketch: tuple | None) -> str | None:
+            """Exact, then near-duplicate check against the rows kept before this one. Only a
+            kept row's exact key is remembered: a reject is never named as an original."""
+            key = exact_key_of_words(item.tokens) if dedup.exact else None
+            if key in exact_seen:
+                return f"exact_duplicate_of:{exact_seen[key]}"
+            if near:
+                original = near.check(item.record.id, *sketch)  # indexes the row when it is kept
                 if original is not None:
-                    drop(f"near_duplicate_of:{original}", location, record, row)
+                    return f"near_duplicate_of:{original}"
+            if key is not None:
+                exact_seen[key] = item.record.id
+            return None
+
+        def flush(pending: list[Pending]) -> None:
+            """Decide the pending rows and write them, all in input order."""
+            passed = [item for item in pending if item.reason is None]
+            if near and passed:  # signatures and band keys in one numpy pass per batch
+                signatures = near.signatures_of_words([item.tokens for item in passed])
+                sketches = iter(zip(signatures, near.band_keys(signatures)))
+            for item in pending:
+                if item.reason is None:
+                    item.reason = duplicate_reason(item, next(sketches) if near else None)
+                if item.reason:
+                    stats.reasons[item.reason] += 1
+                    record_id = item.record.id if item.record else (item.row or {}).get("id")
+                    rejected.write(Reject(item.reason, item.location, item.detail, id=record_id,
+                                          record=item.row).to_dict())
                     continue
+                record = item.record
                 stats.kept += 1
                 stats.after[(record.corpus, record.task, record.emotion)] += 1
-                stats.lengths_after.append(len(tokens))
-                kept.write(row)
+                stats.lengths_after.append(len(item.tokens))
+                kept.write(item.row)
 
-        batch: list[tuple[str, Record, dict, tuple[str, ...]]] = []  # (location, record, row, its words)
+        pending: list[Pending] = []
         for location, record, row, error in _rows(inputs):
             stats.inputs += 1
             bar.update(1)
             if record is None:
-                drop("malformed_row", location, None, row, error)
-                continue
-            stats.before[(record.corpus, record.task, record.emotion)] += 1
-            tokens = cached_words(record.continuation or "")  # tokenized once: the filters get them from the cache
-            stats.lengths_before.append(len(tokens))
-            reason = first_reason(record, filters)
-            if reason:
-                drop(reason, location, record, row)
-                continue
-            if dedup.exact:
-                key = exact_key_of_words(tokens)
-                if key in exact_seen:
-                    drop(f"exact_duplicate_of:{exact_seen[key]}", location, record, row)
-                    continue
-                exact_seen[key] = record.id
-            batch.append((location, record, row, tokens))
-            if len(batch) >= batch_size:
-                flush(batch)
-                batch = []
-        flush(batch)
+                pending.append(Pending(location, None, row, reason="malformed_row", detail=error))
+            else:
+                stats.before[(record.corpus, record.task, record.emotion)] += 1
+                tokens = cached_words(record.continuation or "")  # tokenized once: the filters get them from the cache
+                stats.lengths_before.append(len(tokens))
+                pending.append(Pending(location, record, row, tokens, first_reason(record, filters)))
+            if len(pending) >= batch_size:
+                flush(pending)
+                pending = []
+        flush(pending)
         bar.close()
-        if stats.kept + sum(stats.reasons.values()) != stats.inputs:  # nothing vanishes
-            raise CurateError(f"kept {stats.kept} + rejected {sum(stats.reasons.values())} != input {stats.inputs}")
-        write_json(sidecar(out, "stats.json"), stats.to_dict())
+        if kept.count + rejected.count != stats.inputs:  # nothing vanishes: rows written vs rows read
+            raise CurateError(f"wrote {kept.count} kept + {rejected.count} rejected rows for {stats.inputs} read")
+    write_json(sidecar(out, "stats.json"), stats.to_dict())
     return stats
