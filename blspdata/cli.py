@@ -100,8 +100,9 @@ def _int_list(value: str, name: str) -> list[int]:
 def _run(corpus: str, root: Path, out: Path, jobs: Optional[int], strict: bool, normalizer: Normalizer,
          progress: bool, **options) -> None:
     from blspdata.ingest import IngestError, ingest_corpus
+    from blspdata.parallel import sigterm_exits
 
-    with user_errors(IngestError, OSError, ValueError):
+    with sigterm_exits(), user_errors(IngestError, OSError, ValueError):
         summary = ingest_corpus(corpus, str(root), out, jobs=jobs or _default_jobs(), strict=strict,
                                 normalizer=normalizer.value, progress=progress, **options)
     typer.echo(f"{corpus}: {summary.render()}")
@@ -122,7 +123,9 @@ def ingest_librispeech(
 def ingest_gigaspeech(
     root: Path = typer.Argument(..., help="The GigaSpeech folder holding GigaSpeech.json and audio/ (or a segmented mirror: *_metadata.csv + <sid>.wav)."),
     out: Path = OutOpt,
-    subset: str = typer.Option("XS", "--subset", help="Training subset by its tag: XS, S, M, L or XL (each contains the smaller ones)."),
+    subset: Optional[str] = typer.Option(None, "--subset", help="Training subset by its tag: XS, S, M, L or XL (each contains the "
+                                         "smaller ones) [default: XS]. GigaSpeech.json only: a segmented mirror has no subset tags "
+                                         "(its rows are all taken; --subset there only earns a warning)."),
     splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated from train, dev, test [default: all three]."),
     jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
 ) -> None:
@@ -134,7 +137,7 @@ def ingest_gigaspeech(
 def ingest_iemocap(
     root: Path = typer.Argument(..., help="IEMOCAP_full_release (holding Session1..Session5)."),
     out: Path = OutOpt,
-    test_sessions: str = typer.Option("5", "--test-sessions", help="Sessions that form the test split."),
+    test_sessions: Optional[str] = typer.Option(None, "--test-sessions", help="Sessions that form the test split [default: 5]."),
     dev_sessions: str = typer.Option("", "--dev-sessions", help="Sessions that form the dev split [default: none]."),
     label_map: Optional[Path] = LabelMapOpt,
     jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
@@ -142,7 +145,7 @@ def ingest_iemocap(
     """IEMOCAP: EmoEvaluation labels, transcriptions and sentence wavs; exc merged into happy;
     fru, fea, dis, oth, xxx rejected unless --label-map maps them."""
     _run("iemocap", root, out, jobs, strict, normalizer, progress,
-         test_sessions=_int_list(test_sessions, "--test-sessions"),
+         test_sessions=None if test_sessions is None else _int_list(test_sessions, "--test-sessions"),
          dev_sessions=_int_list(dev_sessions, "--dev-sessions"), label_map=label_map)
 
 

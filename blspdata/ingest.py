@@ -16,6 +16,7 @@ Output order is the importer's order (sorted), so identical input gives identica
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections import Counter
@@ -70,6 +71,7 @@ class Summary:
     seconds: float = 0.0
     splits: dict[str, dict[str, float]] = field(default_factory=dict)
     emotions: Counter = field(default_factory=Counter)
+    emotion_seconds: Counter = field(default_factory=Counter)
     rejects: Counter = field(default_factory=Counter)
 
     def add(self, record: Record) -> None:
@@ -80,6 +82,7 @@ class Summary:
         split["hours"] += record.duration / 3600
         if record.emotion is not None:
             self.emotions[record.emotion] += 1
+            self.emotion_seconds[record.emotion] += record.duration
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,6 +92,7 @@ class Summary:
             "splits": {k: {"records": v["records"], "hours": round(v["hours"], 4)}
                        for k, v in sorted(self.splits.items())},
             "emotions": dict(sorted(self.emotions.items())),
+            "emotion_hours": {k: round(v / 3600, 4) for k, v in sorted(self.emotion_seconds.items())},
             "rejected": sum(self.rejects.values()),
             "rejects": dict(self.rejects.most_common()),
         }
@@ -98,7 +102,7 @@ class Summary:
         for name, split in sorted(self.splits.items()):
             lines.append(f"  split {name:<18} {split['records']:>8} records {split['hours']:>9.3f} h")
         for label, count in sorted(self.emotions.items()):
-            lines.append(f"  emotion {label:<16} {count:>8}")
+            lines.append(f"  emotion {label:<16} {count:>8} records {self.emotion_seconds[label] / 3600:>9.3f} h")
         rejected = sum(self.rejects.values())
         if rejected:
             lines.append(f"  rejected {rejected} (see {sidecar(self.output, 'rejects.jsonl')}):")
@@ -158,24 +162,33 @@ def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: in
         desc: str = "ingest") -> Summary:
     """Turn an importer's items into the manifest `out`, its rejects and its summary."""
     get_normalizer(normalizer)  # fail fast on a bad name, before any work
+    # The importer's own checks (its root, options, columns) run up to its first item: let them
+    # fail or warn before there is a progress bar or an output file.
+    items = iter(items)
+    first = next(items, None)
+    items = itertools.chain([first] if first is not None else [], items)
     summary = Summary(output=str(out))
     bar = tqdm(desc=desc, unit=" files", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    with JsonlWriter(out) as records, JsonlWriter(sidecar(out, "rejects.jsonl")) as rejects:
-        for results in ordered_map(process_item, items, jobs, initializer=_init_worker, initargs=(normalizer,)):
-            bar.update(1)
-            for result in results:
-                if isinstance(result, Reject):
-                    if strict:
-                        raise IngestError(result.message())
-                    summary.rejects[result.reason] += 1
-                    rejects.write(result.to_dict())
-                else:
-                    summary.add(result)
-                    records.write(result.to_dict())
-            if progress and bar.n % 256 == 0:
-                bar.set_postfix(records=summary.records, rejected=sum(summary.rejects.values()), refresh=False)
+    try:
+        # The inner writer commits first: the manifest, then its rejects, then the summary, so a
+        # failure part way never leaves a new summary beside an old manifest.
+        with JsonlWriter(sidecar(out, "rejects.jsonl")) as rejects, JsonlWriter(out) as records:
+            for results in ordered_map(process_item, items, jobs, initializer=_init_worker, initargs=(normalizer,)):
+                bar.update(1)
+                for result in results:
+                    if isinstance(result, Reject):
+                        if strict:
+                            raise IngestError(result.message())
+                        summary.rejects[result.reason] += 1
+                        rejects.write(result.to_dict())
+                    else:
+                        summary.add(result)
+                        records.write(result.to_dict())
+                if progress and bar.n % 256 == 0:
+                    bar.set_postfix(records=summary.records, rejected=sum(summary.rejects.values()), refresh=False)
         write_json(sidecar(out, "summary.json"), summary.to_dict())
-    bar.close()
+    finally:
+        bar.close()  # also on errors, so an error message starts on its own line
     return summary
 
 

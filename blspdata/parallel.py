@@ -1,11 +1,18 @@
 """An ordered, bounded parallel map over worker processes (ingest probes audio headers with
 it, publish encodes audio): results come back in input order, and only a few chunks are in
-flight at a time, so memory does not grow with the corpus."""
+flight at a time, so memory does not grow with the corpus.
+
+Workers do not outlive the run: an error, Ctrl-C or SIGTERM in the parent stops them (they
+get SIGTERM, so `finally` blocks clean up, e.g. a half-written FLAC), and on Linux the
+kernel sends them SIGTERM if the parent dies even by SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import signal
+import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -33,11 +40,76 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], jobs: int, chunk_size:
         for chunk in chunks:
             yield from _run_chunk(fn, chunk)
         return
-    with ProcessPoolExecutor(max_workers=jobs, initializer=initializer, initargs=initargs) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker,
+                               initargs=(os.getpid(), initializer, initargs))
+    try:
         pending: deque = deque()
         for chunk in chunks:
-            pending.append(pool.submit(_run_chunk, fn, chunk))
+            pending.append(pool.submit(_run_chunk_in_worker, fn, chunk))
             if len(pending) >= 4 * jobs:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
+    except BaseException:  # an error, SystemExit (SIGTERM), Ctrl-C, or the caller stopped early
+        # Do not wait for the chunks in flight: stop the workers. (Python 3.14: terminate_workers().)
+        for process in list((pool._processes or {}).values()):
+            process.terminate()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def sigterm_exits() -> Iterator[None]:
+    """Within the block, SIGTERM (`timeout`, Slurm's scancel, `kill`) raises SystemExit(143)
+    instead of killing the process outright, so `finally` blocks and context managers run:
+    temporary outputs are removed and worker processes stopped, as for any other error."""
+    previous = signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_exit(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # 143 for SIGTERM, what a shell reports
+
+
+# ---------------------------------------------------------------------------- in the workers
+
+_busy = False  # this worker is running a chunk
+
+
+def _init_worker(parent: int, initializer: Callable[..., Any] | None, initargs: tuple) -> None:
+    signal.signal(signal.SIGTERM, _worker_sigterm)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        # prctl(PR_SET_PDEATHSIG, SIGTERM): the kernel signals us when the parent dies.
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before that took effect
+            os._exit(143)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def _run_chunk_in_worker(fn: Callable[[T], R], chunk: list[T]) -> list[R]:
+    """`_run_chunk`, but a SIGTERM or Ctrl-C ends the worker (once `finally` blocks have run)
+    instead of going back to the pool as the chunk's error while the worker lives on."""
+    global _busy
+    _busy = True
+    try:
+        return _run_chunk(fn, chunk)
+    except (SystemExit, KeyboardInterrupt):
+        os._exit(143)
+    finally:
+        _busy = False
+
+
+def _worker_sigterm(signum: int, frame: Any) -> None:
+    """Within a chunk, raise SystemExit so that `finally` blocks clean up; between chunks, exit
+    at once: there the pool's own code would catch it, send it back as a result and wait for
+    work that never comes."""
+    if _busy:
+        raise SystemExit(128 + signum)
+    os._exit(128 + signum)

@@ -140,12 +140,21 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any] | 
             try:
                 row = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                yield number, None, f"not valid JSON: {exc}"
+                yield number, None, _undecodable(line) or f"not valid JSON: {exc}"
                 continue
             if not isinstance(row, dict):
                 yield number, None, f"expected a JSON object, got {type(row).__name__}"
                 continue
             yield number, row, ""
+
+
+def _undecodable(line: bytes) -> str:
+    """Why `line` is not UTF-8 ("undecodable bytes ..."), or "" if it is."""
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"undecodable bytes ({exc.reason} at byte {exc.start})"
+    return ""
 
 
 def read_records(path: str | os.PathLike) -> Iterator[Record]:
@@ -165,9 +174,11 @@ def read_records(path: str | os.PathLike) -> Iterator[Record]:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed over `path`.
 
-    On any exception the temporary file is removed and `path` is left as it was.
+    On any exception the temporary file is removed and `path` is left as it was, and so are
+    its folders: those this created are removed again if empty.
     """
     path = Path(path)
+    created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]  # deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -178,6 +189,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        for folder in created:
+            with contextlib.suppress(OSError):  # not empty: something else was written there
+                folder.rmdir()
         raise
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,62 @@ def test_segment_times_must_make_sense(folder: Path, tmp_path: Path):
     assert (row["offset"], row["duration"]) == (0.5, 1.0)
     assert sorted(r["reason"] for r in read_jsonl(tmp_path / "seg.rejects.jsonl")) == [
         "malformed_row", "malformed_row", "malformed_row", "segment_out_of_range"]
+
+
+def test_a_wrong_column_name_is_an_error_naming_the_columns(folder: Path, tmp_path: Path):
+    table = folder / "table.csv"
+    table.write_text("audio,text,emotion\nwav/a.wav,Hello there,happy\n")
+    out = tmp_path / "new" / "table.jsonl"
+    result = blspdata("ingest", "csv", table, "-o", out, "--emotion-col", "mood", check=False)
+    assert result.returncode == 1
+    assert "'mood' (--emotion-col)" in result.stderr and "'audio', 'text', 'emotion'" in result.stderr
+    assert not (tmp_path / "new").exists()  # a failed run creates no output folder
+
+    jsonl = folder / "rows.jsonl"
+    jsonl.write_text(json.dumps({"path": "wav/a.wav", "text": "Hi."}) + "\n")
+    result = blspdata("ingest", "jsonl", jsonl, "-o", out, "--id-col", "utt", check=False)
+    assert result.returncode == 1
+    assert "'audio' (--audio-col)" in result.stderr and "'utt' (--id-col)" in result.stderr and "'path'" in result.stderr
+
+
+def test_a_run_failing_part_way_closes_its_progress_bar_and_leaves_no_folder(folder: Path, tmp_path: Path):
+    table = folder / "table.csv"
+    table.write_text("audio,text\nwav/a.wav,One.\nwav/b.wav,Two.\nwav/missing.wav,Gone.\n")
+    out = tmp_path / "new" / "deeper" / "table.jsonl"
+    result = blspdata("ingest", "csv", table, "-o", out, "--strict", "--progress", check=False)
+    assert result.returncode == 1 and "audio_missing" in result.stderr
+    assert re.search(r"files/s\]\n+error: ", result.stderr)  # the bar's line ended before the message
+    assert not (tmp_path / "new").exists()
+
+
+def test_undecodable_jsonl_line_and_hours_per_label(folder: Path, tmp_path: Path):
+    table = folder / "rows.jsonl"
+    table.write_bytes(b'{"audio": "wav/a.wav", "text": "Hello.", "emotion": "happy"}\n'
+                      b'{"audio": "wav/b.wav", "text": "Caf\xe9.", "emotion": "sad"}\n'
+                      b'{"audio": "wav/c.wav", "text": "Bye.", "emotion": "happy"}\n')
+    out = tmp_path / "rows.jsonl"
+    result = blspdata("ingest", "jsonl", table, "-o", out, "--emotion-col", "emotion")
+    assert reasons(read_jsonl(tmp_path / "rows.rejects.jsonl")) == {f"{table}:2": "undecodable_text"}
+    summary = json.loads((tmp_path / "rows.summary.json").read_text())
+    assert summary["emotions"] == {"happy": 2}
+    assert summary["emotion_hours"] == {"happy": round(2.5 / 3600, 4)}
+    assert re.search(r"emotion happy +2 records +0\.001 h", result.stdout)
+
+
+def test_a_failed_commit_leaves_no_new_summary_beside_the_old_manifest(folder: Path, tmp_path: Path):
+    table = folder / "table.csv"
+    table.write_text("audio,text\nwav/a.wav,One.\nwav/b.wav,Two.\nwav/missing.wav,Gone.\n")
+    out = tmp_path / "t.jsonl"
+    blspdata("ingest", "csv", table, "-o", out)
+    table.write_text("audio,text\nwav/a.wav,One.\nwav/missing.wav,Gone.\n")
+    rejects = tmp_path / "t.rejects.jsonl"
+    rejects.unlink()
+    rejects.mkdir()  # its replacement will fail
+    result = blspdata("ingest", "csv", table, "-o", out, check=False)
+    assert result.returncode == 1
+    # The manifest is committed first and the summary last: whatever else, the summary that
+    # describes the new run (1 record) is not there beside the old manifest (2 records).
+    new_summary = json.loads((tmp_path / "t.summary.json").read_text())["records"] == 1
+    old_manifest = len(read_jsonl(out)) == 2
+    assert not (new_summary and old_manifest)
+    assert "t.rejects.jsonl" in result.stderr

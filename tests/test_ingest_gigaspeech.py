@@ -81,7 +81,8 @@ def test_segmented_mirror_layout(tmp_path: Path):
     (root / "metadata/dev_chunks_0000_metadata.csv").write_text(
         header + "YOU0000000002_S0000000,A DEV ONE,0.0,1.0,YOU0000000002,t,u,youtube,c,p\n")
     out = tmp_path / "mirror.jsonl"
-    blspdata("ingest", "gigaspeech", root, "-o", out)
+    result = blspdata("ingest", "gigaspeech", root, "-o", out)
+    assert "warning" not in result.stderr
     records = by_id(read_jsonl(out))
     assert sorted(records) == ["gigaspeech/dev/YOU0000000002_S0000000", "gigaspeech/train/POD0000000001_S0000000"]
     train = records["gigaspeech/train/POD0000000001_S0000000"]
@@ -91,6 +92,10 @@ def test_segmented_mirror_layout(tmp_path: Path):
         "gigaspeech/train/POD0000000001_S0000001": "garbage_only",
         "gigaspeech/train/POD0000000001_S0000002": "audio_missing",
     }
+    # The metadata carries no subset tags: --subset cannot select, and says so.
+    result = blspdata("ingest", "gigaspeech", root, "-o", tmp_path / "xl.jsonl", "--subset", "XL")
+    assert "warning: subset XL has no effect" in result.stderr
+    assert len(read_jsonl(tmp_path / "xl.jsonl")) == 2
 
 
 def test_unknown_subset_is_a_clear_error(corpus: Path, tmp_path: Path):

@@ -89,6 +89,14 @@ def test_label_map_and_session_options(corpus: Path, tmp_path: Path):
     assert result.returncode == 1 and "frustrated" in result.stderr and "neutral, happy" in result.stderr
 
 
+def test_sessions_that_are_not_there_are_an_error(corpus: Path, tmp_path: Path):
+    out = tmp_path / "iemocap.jsonl"
+    result = blspdata("ingest", "iemocap", corpus, "-o", out, "--test-sessions", "3", check=False)
+    assert result.returncode == 1 and "session(s) 3" in result.stderr and "Session1, Session5" in result.stderr
+    result = blspdata("ingest", "iemocap", corpus, "-o", out, "--dev-sessions", "1,6", check=False)
+    assert result.returncode == 1 and "session(s) 6" in result.stderr
+
+
 def test_unknown_label_is_rejected_and_strict_fails(tmp_path: Path):
     root = tmp_path / "IEMOCAP_full_release"
     session(root, 1, [("F000", "neu", "Hello."), ("M001", "bored", "Hm.")])

@@ -112,3 +112,18 @@ def test_splits_option_and_bad_roots(corpus: Path, tmp_path: Path):
     result = blspdata("ingest", "librispeech", tmp_path / "nowhere", "-o", out, check=False)
     assert result.returncode == 1 and str(tmp_path / "nowhere") in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_truncated_flac_is_rejected_not_taken_at_its_header_word(tmp_path: Path):
+    root = tmp_path / "LibriSpeech"
+    folder = chapter(root, "train-clean-100", "103", "1240", [f"103-1240-000{n} LINE {n}" for n in range(4)])
+    whole = write_audio(folder / "103-1240-0000.flac", 2.0).read_bytes()
+    (folder / "103-1240-0001.flac").write_bytes(whole[:200])                 # cut inside the first frame
+    (folder / "103-1240-0002.flac").write_bytes(whole[: len(whole) // 2])    # cut half way
+    (folder / "103-1240-0003.flac").write_bytes(whole[:60])                  # cut inside the metadata
+    out = tmp_path / "libri.jsonl"
+    blspdata("ingest", "librispeech", root, "-o", out)
+    assert [r["id"] for r in read_jsonl(out)] == ["librispeech/train-clean-100/103-1240-0000"]
+    rejects = read_jsonl(tmp_path / "libri.rejects.jsonl")
+    assert {r["reason"] for r in rejects} == {"audio_unreadable"} and len(rejects) == 3
+    assert all("truncated FLAC" in r["detail"] for r in rejects)

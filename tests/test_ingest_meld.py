@@ -64,6 +64,7 @@ def test_meld_extracts_audio_and_maps_labels(corpus: Path, tmp_path: Path):
     assert first["audio"] == str(tmp_path / "out" / "meld.audio" / "train" / "dia0_utt0.flac")
     audio, rate = sf.read(first["audio"])
     assert rate == 16000 and audio.ndim == 1                        # 16 kHz mono
+    assert Path(first["audio"]).stat().st_mode & 0o777 == 0o644      # readable by others, like the manifest
     assert len(audio) / rate == pytest.approx(1.5, abs=0.1)          # AAC adds a little padding
     assert first["duration"] == pytest.approx(len(audio) / rate)
     assert first["extra"]["video"].endswith("train_splits/dia0_utt0.mp4")

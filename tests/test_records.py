@@ -60,6 +60,22 @@ def test_malformed_rows_are_reported_with_their_line(tmp_path: Path):
         list(read_records(path))
 
 
+def test_undecodable_bytes_are_told_apart_from_bad_json(tmp_path: Path):
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(b'{"text": "caf\xe9"}\n{"text": "fine"\n')
+    (_, row, error), (_, _, bad_json) = iter_jsonl(path)
+    assert row is None and error.startswith("undecodable bytes") and "byte 13" in error
+    assert bad_json.startswith("not valid JSON")
+
+
+def test_a_failed_write_leaves_no_folder_behind(tmp_path: Path):
+    with pytest.raises(RuntimeError):
+        with JsonlWriter(tmp_path / "new" / "deeper" / "m.jsonl") as writer:
+            writer.write(make(0).to_dict())
+            raise RuntimeError("failed")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_sidecar_names():
     assert sidecar("out/x.jsonl.gz", "rejects.jsonl") == Path("out/x.rejects.jsonl")
     assert sidecar("x.jsonl", "summary.json") == Path("x.summary.json")

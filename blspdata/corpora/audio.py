@@ -24,24 +24,65 @@ class AudioError(Exception):
         self.detail = detail
 
 
+# The smallest a FLAC frame can be (header, a constant subframe, CRC-16): the size check's
+# floor when STREAMINFO does not say how small this file's frames are.
+MIN_FLAC_FRAME_BYTES = 8
+
+
 def _flac_streaminfo(path: str) -> tuple[int, int] | None:
     """`(frames, sample_rate)` from a FLAC file's STREAMINFO block, or None to ask libsndfile.
 
     Reading these 42 bytes ourselves is ~7x faster than `soundfile.info`, which matters for
-    corpora of millions of FLAC files (LibriSpeech); anything unusual falls back.
+    corpora of millions of FLAC files (LibriSpeech); anything unusual falls back. Neither
+    reads the audio, so a file cut short is caught by `_flac_truncation` (AudioError).
     """
     try:
         with open(path, "rb") as handle:
             head = handle.read(42)
+            # "fLaC", then a metadata block header whose type (low 7 bits) is 0 = STREAMINFO, then
+            # 10 bytes of block/frame sizes and 64 bits: 20 sample rate, 3 channels, 5 bps, 36 total samples.
+            if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
+                return None
+            packed = int.from_bytes(head[18:26], "big")
+            rate, frames = packed >> 44, packed & ((1 << 36) - 1)
+            if frames <= 0 or rate <= 0:
+                return None
+            problem = _flac_truncation(handle, head, samples=frames)
     except OSError:
         return None
-    # "fLaC", then a metadata block header whose type (low 7 bits) is 0 = STREAMINFO, then
-    # 10 bytes of block/frame sizes and 64 bits: 20 sample rate, 3 channels, 5 bps, 36 total samples.
-    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
-        return None
-    packed = int.from_bytes(head[18:26], "big")
-    rate, frames = packed >> 44, packed & ((1 << 36) - 1)
-    return (frames, rate) if frames > 0 and rate > 0 else None
+    if problem:
+        raise AudioError("audio_unreadable", f"{path}: truncated FLAC: {problem}")
+    return frames, rate
+
+
+def _flac_truncation(handle, head: bytes, samples: int) -> str | None:
+    """Why the open FLAC file cannot hold the `samples` (per channel) its STREAMINFO promises, or None.
+
+    Cheap (the metadata block headers and two bytes, all in the first read buffer as a rule):
+    the audio must start right after the last metadata block with a frame sync code
+    (0xFFF8/0xFFF9), and the file must be big enough for the FLAC frames those samples need.
+    """
+    size = os.fstat(handle.fileno()).st_size
+    start, last = 4, False
+    while not last:  # each block header: 1 bit "last block", 7 bits type, 24 bits length
+        handle.seek(start)
+        header = handle.read(4)
+        if len(header) < 4:
+            return f"the file ({size} bytes) ends inside its metadata blocks"
+        last = bool(header[0] & 0x80)
+        start += 4 + int.from_bytes(header[1:4], "big")
+    handle.seek(start)
+    sync = handle.read(2)
+    if len(sync) < 2 or sync[0] != 0xFF or sync[1] & 0xFE != 0xF8:
+        return f"no audio frame after the metadata blocks (byte {start} of {size})"
+    # STREAMINFO: bytes 10-12 the largest block (samples per frame; under 16 is invalid, so take
+    # FLAC's largest), 12-15 the smallest frame in bytes (0 = unknown).
+    max_block, min_frame = int.from_bytes(head[10:12], "big"), int.from_bytes(head[12:15], "big")
+    flac_frames = -(-samples // (max_block if max_block >= 16 else 65535))
+    needed = start + flac_frames * max(min_frame, MIN_FLAC_FRAME_BYTES)
+    if size < needed:
+        return f"{size} bytes, but {samples} samples need at least {needed}"
+    return None
 
 
 def probe(path: str) -> tuple[int, int]:
@@ -90,6 +131,7 @@ def extract_to_flac(source: str, target: str, rate: int = TARGET_RATE) -> bool:
     try:
         sf.write(tmp, samples, rate, format="FLAC", subtype="PCM_16")
         os.utime(tmp, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns))
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; readable like every other output (atomic_path)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

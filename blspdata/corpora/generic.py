@@ -52,6 +52,9 @@ def scan(root: str, fmt: str, audio_col: str = "audio", text_col: str = "text", 
     corpus = corpus_name or os.path.basename(path).split(".")[0]
     base = os.path.dirname(path)
     mapping = labels.merged(labels.GENERIC, labels.load_label_map(label_map) if label_map else None)
+    _check_columns(fmt, path, {"--audio-col": audio_col, "--text-col": text_col, "--emotion-col": emotion_col,
+                               "--id-col": id_col, "--speaker-col": speaker_col, "--split-col": split_col,
+                               "--offset-col": offset_col, "--duration-col": duration_col})
     seen: set[str] = set()
     for location, row, error in _rows(fmt, path):
         if row is None:
@@ -98,6 +101,26 @@ def scan(root: str, fmt: str, audio_col: str = "audio", text_col: str = "text", 
             extra={k: v for k, v in row.items() if k not in used},
         )
         yield AudioItem(audio_path, [record], [location])
+
+
+def _check_columns(fmt: str, path: str, named: dict[str, str | None]) -> None:
+    """A column name that the table lacks is a typo, not a row problem: stop before every row
+    is rejected for it. The columns are the CSV header or the keys of the first JSONL object."""
+    columns = _first_columns(fmt, path)
+    if columns is None:
+        return  # an empty table: nothing to check, nothing to import
+    missing = [f"{column!r} ({option})" for option, column in named.items() if column and column not in columns]
+    if missing:
+        where = "header" if fmt == "csv" else "first object"
+        raise IngestError(f"{path}: no column {', '.join(missing)} in its {where}; "
+                          f"it has: {', '.join(map(repr, columns))}")
+
+
+def _first_columns(fmt: str, path: str) -> list[str] | None:
+    if fmt == "jsonl":
+        return next((list(row) for _, row, _ in iter_jsonl(path) if row is not None), None)
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        return csv.DictReader(handle).fieldnames
 
 
 def _text(row: dict[str, Any], column: str) -> str:

@@ -19,7 +19,8 @@ dev and test segments carry {DEV} / {TEST}. A record points into the long Opus f
 Some mirrors ship it segmented instead: `*_metadata.csv` files with the columns
 `sid,text_tn,begin_time,end_time,audio_id,title,url,source,category,original_full_path`
 and one audio file per segment named `<sid>.wav` (or .flac/.opus) somewhere below ROOT.
-There, every row of the metadata found is taken (the mirror's download picked the subset),
+There, every row of the metadata found is taken (the mirror's download picked the subset;
+the rows carry no subset tags, so `subset` has no effect and naming one earns a warning),
 and a file named `dev_*`/`test_*` gives the dev/test split. The JSON layout also falls back
 to `<sid>.*` files when a long recording is missing.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 from typing import Iterator, Sequence
 
 import ijson
@@ -41,17 +43,18 @@ SPLITS = ("train", "dev", "test")
 AUDIO_EXTENSIONS = (".opus", ".wav", ".flac")
 
 
-def scan(root: str, subset: str = "XS", splits: Sequence[str] | None = None) -> Iterator[AudioItem | Reject]:
+def scan(root: str, subset: str | None = None, splits: Sequence[str] | None = None) -> Iterator[AudioItem | Reject]:
+    """`subset` (the JSON layout's training subset) defaults to XS."""
     if not os.path.isdir(root):
         raise IngestError(f"GigaSpeech root not found: {root}")
-    subset = subset.upper()
-    if subset not in SUBSETS:
-        raise IngestError(f"unknown GigaSpeech subset {subset!r}; choose from {', '.join(SUBSETS)}")
+    chosen = (subset or "XS").upper()
+    if chosen not in SUBSETS:
+        raise IngestError(f"unknown GigaSpeech subset {chosen!r}; choose from {', '.join(SUBSETS)}")
     wanted = tuple(splits or SPLITS)
     bad = [s for s in wanted if s not in SPLITS]
     if bad:
         raise IngestError(f"unknown GigaSpeech split(s) {', '.join(bad)}; choose from {', '.join(SPLITS)}")
-    tags = {"train": f"{{{subset}}}", "dev": "{DEV}", "test": "{TEST}"}
+    tags = {"train": f"{{{chosen}}}", "dev": "{DEV}", "test": "{TEST}"}
     json_path = os.path.join(root, "GigaSpeech.json")
     if os.path.isfile(json_path):
         yield from _scan_json(root, json_path, {tags[s]: s for s in wanted})
@@ -59,6 +62,9 @@ def scan(root: str, subset: str = "XS", splits: Sequence[str] | None = None) -> 
     metadata = sorted(_walk(root, lambda name: name.endswith("_metadata.csv")))
     if not metadata:
         raise IngestError(f"neither GigaSpeech.json nor *_metadata.csv (segmented mirror) found under {root}")
+    if subset is not None:
+        print(f"warning: subset {chosen} has no effect: a segmented mirror's *_metadata.csv carry no subset "
+              f"tags, so every row found under {root} is taken", file=sys.stderr)
     yield from _scan_segmented(root, metadata, wanted)
 
 

@@ -36,8 +36,13 @@ _EVAL = re.compile(
 _TRANSCRIPT = re.compile(r"^(?P<utt>Ses\d\d[FM]_\S+) \[[\d.]+-[\d.]+\]: ?(?P<text>.*)$")
 
 
-def scan(root: str, test_sessions: Sequence[int] = (5,), dev_sessions: Sequence[int] = (),
+# The usual leave-one-session-out split tests on the last session.
+DEFAULT_TEST_SESSIONS = (5,)
+
+
+def scan(root: str, test_sessions: Sequence[int] | None = None, dev_sessions: Sequence[int] = (),
          label_map: str | os.PathLike | None = None) -> Iterator[AudioItem | Reject]:
+    """`test_sessions` defaults to DEFAULT_TEST_SESSIONS (if a session named explicitly is absent, that is an error)."""
     if not os.path.isdir(root):
         raise IngestError(f"IEMOCAP root not found: {root}")
     sessions = sorted(
@@ -46,6 +51,11 @@ def scan(root: str, test_sessions: Sequence[int] = (5,), dev_sessions: Sequence[
     )
     if not sessions:
         raise IngestError(f"no Session1..Session5 folders under {root} (expected IEMOCAP_full_release)")
+    absent = sorted((set(test_sessions or ()) | set(dev_sessions)) - set(sessions))
+    if absent:
+        raise IngestError(f"session(s) {', '.join(map(str, absent))} named for the test/dev split not found under {root} "
+                          f"(it has Session{', Session'.join(map(str, sessions))})")
+    test_sessions = DEFAULT_TEST_SESSIONS if test_sessions is None else test_sessions
     overlap = set(test_sessions) & set(dev_sessions)
     if overlap:
         raise IngestError(f"session(s) {sorted(overlap)} are in both the test and the dev split")
