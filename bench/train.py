@@ -53,17 +53,21 @@ data (reading rows + collate / __getitem__ + collator), forward (the loss), the 
 step's seconds are printed too, and the median timed step of each (steadier than the sum on
 a shared machine: one slow step moves the sum, not the median).
 
-When torch.cuda.is_available(), both contenders run again on the GPU (bf16 autocast, as
-train() does there; trainer with bf16=True), with model FLOPs utilisation:
-6 x N x total tokens per step / seconds per step / the GPU's dense bf16 peak, where N =
-the LLM's parameters (base + LoRA; the input embedding table excluded, the tied LM head
-included) + the adapter's + the emotion head's (the PaLM convention; the frozen base
-weights get no weight gradients, so the arithmetic actually done is nearer 4 x N: divide
-by 1.5 for that; the 120k-parameter encoder's forward and attention's sequence-length
-term are left out). Without a GPU those rows are skipped with a line saying so.
+When torch.cuda.is_available() (or `--devices cuda`), both contenders run on the GPU (bf16
+autocast, as train() does there; trainer with bf16=True), with model FLOPs utilisation:
+(6 x N x total tokens + 2 x N_enc x window frames x samples) per step / seconds per step / the
+GPU's dense bf16 peak, where N = the LLM's parameters (base + LoRA; the input embedding table
+excluded, the tied LM head included) + the adapter's + the emotion head's (the PaLM
+convention; the frozen base weights get no weight gradients, so the arithmetic actually done
+is nearer 4 x N), and N_enc x frames is the frozen encoder's forward over each sample's 30-s
+window (attention's sequence-length terms are left out). The demo models are far too small
+to load a GPU: give `--encoder` / `--llm` folders of real size, e.g. the random
+Whisper-large-v2 encoder and 1.7B Llama that bench/random_models.py makes (the shapes are
+what matter for speed). Without a GPU the GPU rows are skipped with a line saying so.
 Numbers only; nothing asserts on time.
 
-Run:  .venv/bin/python bench/train.py [--steps 8] [--batch-size 4] [--warmup 2]
+Run:  .venv/bin/python bench/train.py [--steps 8] [--batch-size 4] [--warmup 2] [--devices cpu,cuda]
+      [--encoder DIR --llm DIR]
 """
 
 from __future__ import annotations
@@ -104,11 +108,12 @@ def _cli(*args) -> None:
         sys.exit(f"blspdata {' '.join(map(str, args))} failed:\n{result.stdout}\n{result.stderr}")
 
 
-def prepare() -> tuple[str, float]:
-    """The demo models and the published emotion dataset (built once, then reused)."""
+def prepare(demo_models: bool) -> tuple[str, float]:
+    """The demo models (unless --encoder/--llm name others) and the published emotion dataset
+    (built once, then reused)."""
     start = time.perf_counter()
     built = []
-    if not all((MODELS / name / "config.json").exists() for name in ("tiny-whisper", "smollm2")):
+    if demo_models and not all((MODELS / name / "config.json").exists() for name in ("tiny-whisper", "smollm2")):
         subprocess.run([sys.executable, "-m", "blspdata.train.demo_models", str(MODELS)], cwd=REPO, check=True,
                        capture_output=True)
         built.append("models")
@@ -153,17 +158,18 @@ class Rig:
     """What both contenders share: the model (same seed, so the same initial weights), the
     stage-2 prompt, the rows in the order they are trained on, and per-row token counts."""
 
-    def __init__(self, device: str, batch_size: int, total_steps: int):
+    def __init__(self, device: str, batch_size: int, total_steps: int, encoder: str, llm: str, dtype: str):
         import torch
 
         from blspdata.train.loop import (STAGE2_INSTRUCTION, SYSTEM_EMPATHY, TrainConfig, decode_audio, load_rows,
                                          usable)
-        from blspdata.train.model import BLSPModel, ModelConfig, Prompt
+        from blspdata.train.model import BLSPModel, ModelConfig, Prompt, autocast, base_dtype
 
         torch.manual_seed(SEED)
         self.device = torch.device(device)
-        self.model = BLSPModel(ModelConfig(encoder=str(MODELS / "tiny-whisper"), llm=str(MODELS / "smollm2"),
-                                           lora=True)).to(self.device)
+        self.dtype = base_dtype(dtype, self.device)  # the frozen bases, as train() loads them
+        self.autocast = autocast(self.device, self.dtype)
+        self.model = BLSPModel(ModelConfig(encoder=encoder, llm=llm, lora=True), dtype=self.dtype).to(self.device)
         self.cfg = TrainConfig.for_stage("stage2", data=str(DATASET / "emotion"), batch_size=batch_size,
                                          grad_accum=1, max_steps=total_steps, warmup_steps=0, lr=LR,
                                          weight_decay=WEIGHT_DECAY, grad_clip=GRAD_CLIP)
@@ -194,6 +200,17 @@ class Rig:
         embed = llm.get_input_embeddings().weight.numel()
         n_llm = sum(p.numel() for p in llm.parameters()) - (0 if tied else embed)
         return n_llm + sum(p.numel() for m in (self.model.adapter, self.model.emotion_head) for p in m.parameters())
+
+    def encoder_params(self) -> int:
+        return sum(p.numel() for p in self.model.encoder.parameters())
+
+    def describe(self) -> str:
+        llm = self.model.llm.config
+        enc = self.model.encoder.config
+        return (f"Whisper encoder d_model {enc.d_model} x {enc.encoder_layers} layers "
+                f"({self.encoder_params() / 1e6:.1f} M, {enc.max_source_positions} frames per window) + "
+                f"{llm.model_type} hidden {llm.hidden_size} x {llm.num_hidden_layers} layers "
+                f"({sum(p.numel() for p in self.model.llm.parameters()) / 1e6:.0f} M incl. LoRA)")
 
     def counts(self, steps: range, batch_size: int) -> dict[str, int]:
         rows = [self.order[s * batch_size + i] for s in steps for i in range(batch_size)]
@@ -226,16 +243,15 @@ def run_ours(rig: Rig, warmup: int, steps: int, batch_size: int) -> dict:
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = rig.autocast
     model.adapter.train()
     started = time.perf_counter()
     ends, losses, phases = [], [], {"data": [], "forward": [], "backward": [], "optimizer": []}
     for step in range(total):
         t0 = time.perf_counter()
         rows = [rig.dataset[int(i)] for i in rig.order[step * batch_size:(step + 1) * batch_size]]
-        batch = collate(model, rows, cfg)
-        batch["features"] = batch["features"].to(device)
+        batch = collate(model, rows, cfg, device)
+        batch["features"], batch["samples"] = batch["features"].to(device), batch["samples"].to(device)
         t1 = time.perf_counter()
         with autocast:
             loss, metrics = stage2_emotion_alignment(model, rig.prompt, batch, cfg)
@@ -364,7 +380,7 @@ def run_trainer(rig: Rig, warmup: int, steps: int, batch_size: int) -> dict:
         lr_scheduler_type="cosine", warmup_steps=warmup, optim="adamw_torch", train_sampling_strategy="sequential",
         eval_strategy="no", save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
         dataloader_num_workers=0, remove_unused_columns=False, use_cpu=device.type == "cpu",
-        bf16=device.type == "cuda", seed=SEED)
+        bf16=device.type == "cuda" or rig.dtype == torch.bfloat16, seed=SEED)
     trainer = Trainer(model=SpeechLM(), args=args, train_dataset=SpeechContinuations(), data_collator=collator,
                       callbacks=[Clock()])
     started = time.perf_counter()
@@ -390,14 +406,16 @@ def child(args: argparse.Namespace) -> None:
     imported = time.perf_counter() - start
     start = time.perf_counter()
     total = args.warmup + args.steps
-    rig = Rig(args.device, args.batch_size, total)
+    rig = Rig(args.device, args.batch_size, total, args.encoder, args.llm, args.base_dtype)
     setup = time.perf_counter() - start
     run = run_ours if args.only == "ours" else run_trainer
     result = run(rig, args.warmup, args.steps, args.batch_size)
     counts = rig.counts(range(args.warmup, total) if args.warmup else range(1, total), args.batch_size)
     result.update(counts, warmup=args.warmup, steps=args.steps if args.warmup else args.steps - 1,
                   import_s=imported, setup_s=setup, device=args.device, torch_threads=torch.get_num_threads(),
-                  mfu_params=rig.mfu_params(), trainable=sum(p.numel() for p in rig.trainable()),
+                  mfu_params=rig.mfu_params(), encoder_params=rig.encoder_params(), models=rig.describe(),
+                  encoder_frames=rig.model.encoder.config.max_source_positions,
+                  trainable=sum(p.numel() for p in rig.trainable()),
                   peak_rss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     if rig.device.type == "cuda":
         result.update(gpu=torch.cuda.get_device_name(rig.device), gpu_peak=torch.cuda.max_memory_allocated(rig.device))
@@ -408,7 +426,8 @@ def child(args: argparse.Namespace) -> None:
 
 def measure(name: str, device: str, args: argparse.Namespace) -> dict | None:
     command = [sys.executable, str(Path(__file__).resolve()), "--only", name, "--device", device,
-               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--warmup", str(args.warmup)]
+               "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
+               "--encoder", args.encoder, "--llm", args.llm, "--base-dtype", args.base_dtype]
     row = run_isolated(command, f"{name} ({device})")
     if row is not None:
         row["name"] = name
@@ -422,7 +441,14 @@ def peak_tflops(gpu: str) -> float | None:
     return None
 
 
-def report(rows: list[dict], device: str) -> None:
+def model_flops(row: dict) -> float:
+    """6 x N x tokens for the trained LLM path, + 2 x N_encoder x frames per window for the
+    frozen encoder's forward over each sample's (padded) window."""
+    return (6 * row["mfu_params"] * row["total_tokens"]
+            + 2 * row["encoder_params"] * row["encoder_frames"] * row["samples"])
+
+
+def report(rows: list[dict], device: str, bf16: bool) -> None:
     mb = 2**20
     gpu = device == "cuda"
     header = (f"{'contender':<10} {'steps':>5} {'seconds':>8} {'samples/s':>10} {'cont tok/s':>11} {'total tok/s':>12} "
@@ -434,7 +460,7 @@ def report(rows: list[dict], device: str) -> None:
         line = (f"{row['name']:<10} {row['steps']:>5} {s:>8.2f} {row['samples'] / s:>10.2f} "
                 f"{row['cont_tokens'] / s:>11.1f} {row['total_tokens'] / s:>12.1f} {row['peak_rss'] / mb:>12.0f}")
         if gpu:
-            achieved = 6 * row["mfu_params"] * row["total_tokens"] / s / 1e12
+            achieved = model_flops(row) / s / 1e12
             peak = peak_tflops(row["gpu"])
             line += f" {row['gpu_peak'] / mb:>12.0f} {achieved:>8.2f} " + (f"{achieved / peak:>6.1%}" if peak else f"{'n/a':>6}")
         print(line)
@@ -452,7 +478,7 @@ def report(rows: list[dict], device: str) -> None:
     ours, trainer = done.get("ours"), done.get("trainer")
     if ours and trainer:
         diff = abs(ours["losses"][0] - trainer["losses"][0])
-        same = diff < (2e-2 if gpu else 1e-3)  # bf16 autocast on the GPU
+        same = diff < (2e-2 if gpu or bf16 else 1e-3)  # bf16 autocast
         print(f"  first-step loss, same weights and batch: ours {ours['losses'][0]:.5f}, trainer "
               f"{trainer['losses'][0]:.5f} (|diff| {diff:.1e}: {'the same computation' if same else 'DIFFERENT'})")
         rate = lambda row: row["samples"] / row["seconds"]  # noqa: E731
@@ -465,10 +491,11 @@ def report(rows: list[dict], device: str) -> None:
               f"(ours at {median(trainer) / median(ours):.2f}x the trainer's speed by this measure)")
     if gpu and rows:
         first = rows[0]
-        print(f"MFU = 6 x N x total tokens / s / {first['gpu']} dense bf16 peak "
-              f"({peak_tflops(first['gpu']) or 'unknown'} TFLOP/s), N = {first['mfu_params'] / 1e6:.1f} M "
-              f"(LLM incl. LoRA and the tied LM head, input embedding out; adapter; emotion head). Frozen base "
-              f"weights get no weight gradients: the work actually done is nearer 4 x N (MFU / 1.5).")
+        print(f"MFU = (6 x N x total tokens + 2 x N_enc x {first['encoder_frames']} frames x samples) / s / "
+              f"{first['gpu']} dense bf16 peak ({peak_tflops(first['gpu']) or 'unknown'} TFLOP/s), "
+              f"N = {first['mfu_params'] / 1e6:.1f} M (LLM incl. LoRA and the tied LM head, input embedding out; "
+              f"adapter; emotion head), N_enc = {first['encoder_params'] / 1e6:.1f} M (the frozen encoder, forward "
+              f"only). Frozen LLM weights get no weight gradients: the work actually done there is nearer 4 x N.")
 
 
 def main() -> None:
@@ -477,6 +504,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps (default 8)")
     parser.add_argument("--batch-size", type=int, default=4, help="samples per step (default 4)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    parser.add_argument("--encoder", default=str(MODELS / "tiny-whisper"),
+                        help="Whisper checkpoint folder (default: the demo's random tiny encoder; "
+                             "bench/random_models.py makes full-size random ones)")
+    parser.add_argument("--llm", default=str(MODELS / "smollm2"), help="causal LM folder (default: SmolLM2-135M)")
+    parser.add_argument("--base-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="frozen encoder + LLM weights, as `blspdata train --base-dtype` (default auto: "
+                             "bfloat16 on a GPU, float32 on a CPU)")
+    parser.add_argument("--devices", default="auto",
+                        help="cpu, cuda or cpu,cuda (default auto: the CPU, and the GPU when there is one)")
     parser.add_argument("--only", choices=("ours", "trainer"), help=argparse.SUPPRESS)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -485,19 +521,23 @@ def main() -> None:
     if args.only:
         return child(args)
 
-    state, seconds = prepare()
+    demo = (args.encoder, args.llm) == (str(MODELS / "tiny-whisper"), str(MODELS / "smollm2"))
+    state, seconds = prepare(demo)
     import torch
 
     print(f"machine: {os.cpu_count()} CPUs (os.cpu_count), torch {torch.__version__} with {torch.get_num_threads()} "
           f"threads, Python {sys.version.split()[0]}")
-    print(f"models: random tiny Whisper encoder + SmolLM2-135M-Instruct (float32), LoRA r=16 on all 7 projections, "
-          f"partial (speech positions); {MODELS.relative_to(REPO)}/")
+    print(f"models: {args.encoder} + {args.llm} (frozen bases {args.base_dtype}: auto = bfloat16 weights on a GPU, "
+          f"float32 on a CPU; bf16 autocast on a GPU), LoRA r=16 on all 7 projections, partial (speech positions)")
     print(f"data: {DATASET.relative_to(REPO)}/emotion (IEMOCAP + MELD samples, dry-run continuations), "
           f"{state} ({seconds:.1f} s)")
     print(f"stage 2, batch {args.batch_size}, no accumulation, {args.warmup} warm-up steps untimed then "
           f"{args.steps} timed; each contender in its own subprocess\n")
 
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    devices = (["cpu"] + (["cuda"] if torch.cuda.is_available() else []) if args.devices == "auto"
+               else args.devices.split(","))
+    if "cuda" in devices and not torch.cuda.is_available():
+        parser.error("--devices cuda: torch sees no GPU here")
     failed = False
     for device in devices:
         rows = [measure("ours", device, args), measure("trainer", device, args)]
@@ -506,10 +546,10 @@ def main() -> None:
         if not rows:
             continue
         threads = f", {rows[0]['torch_threads']} torch threads" if device == "cpu" else f", {rows[0].get('gpu', '')}"
-        print(f"== {device}{threads}; trainable parameters {rows[0]['trainable'] / 1e6:.2f} M")
-        report(rows, device)
+        print(f"== {device}{threads}; {rows[0]['models']}; trainable parameters {rows[0]['trainable'] / 1e6:.2f} M")
+        report(rows, device, args.base_dtype == "bfloat16")
         print()
-    if "cuda" not in devices:
+    if "cuda" not in devices and args.devices == "auto":
         print("GPU: none here (torch.cuda.is_available() is False): the GPU rows and model FLOPs utilisation are skipped")
     if failed:
         sys.exit(1)

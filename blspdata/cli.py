@@ -417,10 +417,18 @@ def _train(stage: str, data: Path, out: Path, encoder: Optional[str], llm: Optio
         encoder, llm, llm_gguf = encoder or saved["encoder"], llm or saved["llm"], llm_gguf or saved.get("llm_gguf")
     if not encoder or not llm:
         raise typer.BadParameter("--encoder and --llm are required (stage2 takes them from --init)")
+    if stage == "stage2" and init is None:
+        typer.echo("warning: stage 2 without --init starts from an untrained adapter (the paper starts from the "
+                   "stage-1 checkpoint)", err=True)
     # Local folders are recorded as absolute paths, so the checkpoint works from anywhere.
     encoder, llm = (str(Path(p).resolve()) if Path(p).exists() else p for p in (encoder, llm))
     if (overrides.get("eval_split") or "").lower() == "none":
         overrides["eval_split"] = ""
+    for flag, value, allowed in (("--schedule", overrides.get("schedule"), ("cosine", "linear")),
+                                 ("--lora-scope", model_overrides.get("lora_scope"), ("audio", "global")),
+                                 ("--base-dtype", overrides.get("base_dtype"), ("auto", "float32", "bfloat16"))):
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"{value!r}: expected one of {', '.join(allowed)}", param_hint=flag)
     cfg = TrainConfig.for_stage(stage, data=str(data), out=str(out), init=str(init) if init else None, **overrides)
     model_config = ModelConfig(encoder=encoder, llm=llm, llm_gguf=llm_gguf,
                                **{k: v for k, v in model_overrides.items() if v is not None})
@@ -446,10 +454,12 @@ def _train_options(stage: str):
         warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="[stage1 1000, stage2 200]"),
         schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine or linear decay after warm-up [cosine]."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Per device [8]."),
-        grad_accum: Optional[int] = typer.Option(None, "--grad-accum", min=1, help="[stage1 24, stage2 16]: the paper's effective batch with 4 GPUs."),
+        grad_accum: Optional[int] = typer.Option(None, "--grad-accum", min=1, help="[stage1 24, stage2 4]: with --batch-size 8 on 4 GPUs, the paper's effective batches (768, 128)."),
         epochs: Optional[float] = typer.Option(None, "--epochs", help="[stage1 1, stage2 3]"),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Optimizer steps (overrides --epochs)."),
         max_length: Optional[int] = typer.Option(None, "--max-length", help="Text tokens; longer rows are skipped [256]."),
+        min_audio_s: Optional[float] = typer.Option(None, "--min-audio-s", help="Shorter audio is skipped [1.0]."),
+        max_audio_s: Optional[float] = typer.Option(None, "--max-audio-s", help="Longer audio is skipped [30.0; at most the encoder's window]."),
         temperature: Optional[float] = typer.Option(None, "--temperature", help="Stage 1 KL temperature [2]."),
         grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="[1.0]"),
         seed: Optional[int] = typer.Option(None, "--seed", help="[42]"),
@@ -462,6 +472,7 @@ def _train_options(stage: str):
         lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="[16]"),
         lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="[0.05]"),
         audio_root: Optional[str] = typer.Option(None, "--audio-root", help="For datasets published with --audio path."),
+        base_dtype: Optional[str] = typer.Option(None, "--base-dtype", help="Frozen encoder and LLM weights: auto (bfloat16 on a GPU, float32 on a CPU), float32 or bfloat16 [auto]. The trained parts stay float32."),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last exactly (weights, optimizer, schedule, data position)."),
         progress: bool = ProgressOpt,
     ) -> None:
@@ -469,8 +480,9 @@ def _train_options(stage: str):
                {"lora_scope": lora_scope, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout},
                mix=str(mix) if mix else None, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                schedule=schedule, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps,
-               max_length=max_length, temperature=temperature, grad_clip=grad_clip, seed=seed, save_every=save_every,
-               eval_split=eval_split, eval_every=eval_every, eval_limit=eval_limit, audio_root=audio_root)
+               max_length=max_length, min_audio_s=min_audio_s, max_audio_s=max_audio_s, temperature=temperature, grad_clip=grad_clip, seed=seed, save_every=save_every,
+               eval_split=eval_split, eval_every=eval_every, eval_limit=eval_limit, audio_root=audio_root,
+               base_dtype=base_dtype)
 
     command.__doc__ = ("Stage 1, semantic alignment: response_kl, only the adapter trains." if stage == "stage1" else
                        "Stage 2, emotion alignment: response_ce + input_er; adapter and (partial) LoRA train.")
@@ -489,6 +501,7 @@ def evaluate_ser_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where ser.json, answers.jsonl and confusion.png go [CHECKPOINT/ser-SPLIT]."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N rows."),
     head_only: bool = typer.Option(False, "--head-only", help="Score the emotion head only (no generation: fast)."),
+    audio_root: Optional[str] = typer.Option(None, "--audio-root", help="For datasets published with --audio path."),
 ) -> None:
     """Speech emotion recognition accuracy: the emotion head, and the model prompted with the paper's SER instruction."""
     from blspdata.train.evaluate import evaluate_ser
@@ -496,11 +509,13 @@ def evaluate_ser_command(
     folder = data / "emotion"
     with user_errors(ValueError, OSError, KeyError):
         result = evaluate_ser(checkpoint, folder if folder.is_dir() else data, split=split, out=out, limit=limit,
-                              prompt_too=not head_only)
+                              prompt_too=not head_only, audio_root=audio_root)
     typer.echo(result["text"])
     prompted = ("" if result["prompt_accuracy"] is None else f", SER prompt accuracy {result['prompt_accuracy']:.3f} "
                 f"({result['prompt_unparsed']} answers without a label)")
-    typer.echo(f"\n{result['rows']} rows: emotion head accuracy {result['head_accuracy']:.3f}{prompted} -> {result['out']}")
+    unreadable = f" ({result['unreadable']} with unreadable audio skipped)" if result["unreadable"] else ""
+    typer.echo(f"\n{result['rows']} rows{unreadable}: emotion head accuracy {result['head_accuracy']:.3f}{prompted} "
+               f"-> {result['out']}")
 
 
 @app.command("chat")

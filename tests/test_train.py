@@ -143,17 +143,68 @@ def test_resume_continues_the_loss_curve_exactly(models, dataset, tmp_path: Path
         assert a["response_kl"] == pytest.approx(b["response_kl"], rel=1e-4, abs=1e-6)
 
 
-def test_two_processes_under_torchrun(models, dataset, tmp_path: Path):
+def test_two_processes_under_torchrun(stage1: Path, models, dataset, tmp_path: Path):
+    """Stage 2 mixed with semantic rows, one row per process: steps where one rank's row has
+    an emotion label and the other's has none (its emotion head gets no gradient) must still
+    average the same gradients on both ranks."""
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "-m", "blspdata", "train", "stage1", str(dataset), "-o", str(run),
-                             *map(str, common(models)), "--batch-size", "2", "--max-steps", "2", "--warmup-steps", "1"],
+                             "-m", "blspdata", "train", "stage2", str(dataset), "-o", str(run), "--init",
+                             str(stage1 / "final"), "--mix", str(dataset / "semantic"), *map(str, common(models)),
+                             "--batch-size", "1", "--max-steps", "6", "--warmup-steps", "1"],
                             capture_output=True, text=True, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert [m["step"] for m in metrics(run)] == [1, 2]  # one writer: rank 0
-    assert [m["step"] for m in metrics(run, evaluation=True)] == [0, 2]  # both ranks' rows, reduced
+    rows = metrics(run)
+    assert [m["step"] for m in rows] == [1, 2, 3, 4, 5, 6]  # one writer: rank 0
     assert (run / "final" / "model.safetensors").exists()
+
+
+def test_the_text_path_sees_the_prompt_as_the_generator_did(models):
+    """The teacher's tokens are the chat template rendered with the transcript in it,
+    tokenized as one string, as generation prompted the LLM ("style: hello" -> ' hello')."""
+    from transformers import AutoTokenizer
+
+    from blspdata.train.loop import STAGE1_INSTRUCTION, SYSTEM
+    from blspdata.train.model import Prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(models["llm"])
+    prompt = Prompt(tokenizer, SYSTEM, STAGE1_INSTRUCTION)
+    for text in ("hello there, how are you", "It's 3 o'clock.", "über naïve"):
+        rendered = tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM},
+                                                  {"role": "user", "content": STAGE1_INSTRUCTION + text}],
+                                                 tokenize=False, add_generation_prompt=True)
+        joined = tokenizer(rendered, add_special_tokens=False).input_ids
+        assert prompt.text_before + prompt.transcript(text) + prompt.after == joined, text
+    assert prompt.before[-1] != prompt.text_before[-1]  # the speech path keeps the instruction's trailing space
+
+
+def test_unreadable_audio_is_skipped_mid_epoch_and_counted(models, tmp_path: Path):
+    """Bytes that do not decode, or a path-mode file gone since publishing: counted, not a crash."""
+    import io
+    from types import SimpleNamespace
+
+    import datasets
+    import soundfile as sf
+    from transformers import AutoTokenizer, WhisperFeatureExtractor
+
+    from blspdata.train.loop import TrainConfig, collate, usable
+
+    model = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(models["llm"]),
+                            feature_extractor=WhisperFeatureExtractor.from_pretrained(models["encoder"]))
+    buffer = io.BytesIO()
+    sf.write(buffer, np.sin(np.arange(32000) / 10.0).astype("float32"), 16000, format="FLAC")
+    good = {"audio": {"bytes": buffer.getvalue(), "path": "a.flac"}, "text": "fine", "continuation": "and so on",
+            "finished": True, "emotion": 1}
+    bad = {**good, "audio": {"bytes": buffer.getvalue()[:200], "path": "b.flac"}}
+    batch = collate(model, [good, bad], TrainConfig())
+    assert (batch["rows"], batch["unreadable"], len(batch["continuations"])) == (1, 1, 1)
+    assert collate(model, [bad], TrainConfig()) == {"rows": 0, "unreadable": 1}
+    (tmp_path / "here.flac").write_bytes(buffer.getvalue())
+    rows = datasets.Dataset.from_dict({"audio": ["here.flac", "gone.flac"], "duration": [2.0, 2.0],
+                                       "text": ["fine", "fine"], "continuation": ["and so on"] * 2})
+    keep, skipped = usable(rows, model, TrainConfig(audio_root=str(tmp_path)))
+    assert keep == [0] and skipped == {"audio_missing": 1}
 
 
 def test_an_incompatible_checkpoint_is_refused(stage1: Path, dataset: Path, models, tmp_path: Path):

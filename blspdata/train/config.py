@@ -35,12 +35,13 @@ class TrainConfig:
     eval_limit: int = 256           # rows of the eval split used
     log_every: int = 1
     audio_root: str | None = None   # datasets published with --audio path
+    base_dtype: str = "auto"        # frozen encoder + LLM weights: auto = bfloat16 on a GPU, float32 on a CPU
 
     @classmethod
     def for_stage(cls, stage: str, **overrides: Any) -> "TrainConfig":
         base = cls(stage=stage)
         if stage == "stage2":
-            base.lr, base.warmup_steps, base.grad_accum, base.epochs = 2e-5, 200, 16, 3.0
+            base.lr, base.warmup_steps, base.grad_accum, base.epochs = 2e-5, 200, 4, 3.0  # 8 x 4 x 4 GPUs = 128
         for key, value in overrides.items():
             if value is not None:
                 setattr(base, key, value)

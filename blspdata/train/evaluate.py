@@ -17,7 +17,7 @@ import torch
 
 from blspdata.corpora.labels import CANONICAL
 from blspdata.train.loop import SER_INSTRUCTION, SYSTEM, SYSTEM_EMPATHY, STAGE2_INSTRUCTION, decode_audio, load_rows
-from blspdata.train.model import BLSPModel, Prompt
+from blspdata.train.model import BLSPModel, Prompt, autocast
 
 _LABEL_WORDS = {"neutral": "neutral", "calm": "neutral", "happy": "happy", "happiness": "happy", "joy": "happy",
                 "joyful": "happy", "angry": "angry", "anger": "angry", "sad": "sad", "sadness": "sad",
@@ -72,20 +72,30 @@ def plot(matrices: dict[str, np.ndarray], path: Path) -> None:
 
 @torch.no_grad()
 def evaluate_ser(checkpoint: str | Path, data: str | Path, split: str = "test", out: str | Path | None = None,
-                 max_new_tokens: int = 8, limit: int | None = None, prompt_too: bool = True) -> dict[str, Any]:
+                 max_new_tokens: int = 8, limit: int | None = None, prompt_too: bool = True,
+                 audio_root: str | None = None) -> dict[str, Any]:
     model = BLSPModel.from_checkpoint(checkpoint)
     rows = load_rows(str(data), split)
-    rows = rows.filter(lambda row: row["emotion"] is not None)
+    rows = rows.filter(lambda row: row["emotion"] is not None and bool(row["audio"]))
     if limit:
         rows = rows.select(range(min(limit, len(rows))))
     prompt = Prompt(model.tokenizer, SYSTEM, SER_INSTRUCTION)
     truth, by_head, by_prompt, answers = [], [], [], []
+    device = next(model.adapter.parameters()).device
+    unreadable = 0
     for row in rows:
-        audio = decode_audio(row, None)
-        features = model.feature_extractor([audio], sampling_rate=16000, return_tensors="pt").input_features
-        speech, lengths = model.speech_embeddings(features, torch.tensor([len(audio)]))
+        try:
+            audio = decode_audio(row, audio_root)
+        except (OSError, RuntimeError, ValueError):
+            unreadable += 1  # bytes that do not decode, or a path-mode file that is gone
+            continue
+        features = model.feature_extractor([audio], sampling_rate=16000, return_tensors="pt",
+                                           device=str(device)).input_features
+        with autocast(device, model.base_dtype):
+            speech, lengths = model.speech_embeddings(features.to(device), torch.tensor([len(audio)], device=device))
+            head = model.emotion_logits(speech, lengths)
         truth.append(row["emotion"])
-        by_head.append(int(model.emotion_logits(speech, lengths).argmax(-1)))
+        by_head.append(int(head.argmax(-1)))
         answer = model.respond(audio, prompt, max_new_tokens) if prompt_too else ""
         label = parse_label(answer)
         by_prompt.append(None if label is None else CANONICAL.index(label))
@@ -95,6 +105,7 @@ def evaluate_ser(checkpoint: str | Path, data: str | Path, split: str = "test", 
         matrices["SER prompt"] = confusion(truth, by_prompt)
     result = {
         "rows": len(truth),
+        "unreadable": unreadable,
         "head_accuracy": float(np.mean([t == p for t, p in zip(truth, by_head)])) if truth else 0.0,
         "prompt_accuracy": float(np.mean([t == p for t, p in zip(truth, by_prompt)])) if truth and prompt_too else None,
         "prompt_unparsed": sum(p is None for p in by_prompt) if prompt_too else None,

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from blspdata.train.config import TrainConfig
-from blspdata.train.model import BLSPModel, ModelConfig, Prompt, build_batch
+from blspdata.train.model import BLSPModel, ModelConfig, Prompt, autocast, base_dtype, build_batch
 
 SYSTEM = "You are a helpful assistant."
 SYSTEM_EMPATHY = ("You are a helpful assistant. Your response should fulfill requests with empathy toward "
@@ -77,8 +77,12 @@ def usable(dataset, model: BLSPModel, cfg: TrainConfig) -> tuple[list[int], Coun
     keep, skipped = [], Counter()
     tokenizer = model.tokenizer
     for index, row in enumerate(dataset.select_columns(["audio", "duration", "text", "continuation"])):
-        if not row["audio"]:
+        audio = row["audio"]
+        if not audio or (isinstance(audio, dict) and not audio.get("bytes")):
             skipped["audio_missing"] += 1
+        elif isinstance(audio, str) and not os.path.exists(
+                os.path.join(cfg.audio_root, audio) if cfg.audio_root and not os.path.isabs(audio) else audio):
+            skipped["audio_missing"] += 1  # published with --audio path; the file is not there
         elif row["duration"] > limit:
             skipped["audio_too_long"] += 1
         elif row["duration"] < cfg.min_audio_s:
@@ -111,10 +115,22 @@ class Batches:
             yield [(self.sources[self.items[i][0]], self.items[i][1]) for i in chunk]
 
 
-def collate(model: BLSPModel, rows: list[dict], cfg: TrainConfig) -> dict[str, Any]:
+def collate(model: BLSPModel, rows: list[dict], cfg: TrainConfig, device: Any = "cpu") -> dict[str, Any]:
+    """Decoded audio -> log-mel features (computed on `device`: the STFT of 30-second windows
+    is most of a batch's CPU time), token ids of transcripts and continuations, emotion ids."""
     tokenizer = model.tokenizer
-    audios = [decode_audio(row, cfg.audio_root) for row in rows]
-    features = model.feature_extractor(audios, sampling_rate=16000, return_tensors="pt").input_features
+    audios, readable = [], []
+    for row in rows:  # bytes that fail to decode (or a file gone since publish): skipped, counted
+        try:
+            audios.append(decode_audio(row, cfg.audio_root))
+            readable.append(row)
+        except (OSError, RuntimeError, ValueError):
+            pass
+    unreadable, rows = len(rows) - len(readable), readable
+    if not rows:
+        return {"rows": 0, "unreadable": unreadable}
+    features = model.feature_extractor(audios, sampling_rate=16000, return_tensors="pt",
+                                       device=str(device)).input_features
     continuations = []
     for row in rows:
         ids = tokenizer(row["continuation"], add_special_tokens=False).input_ids[: cfg.max_length]
@@ -122,8 +138,9 @@ def collate(model: BLSPModel, rows: list[dict], cfg: TrainConfig) -> dict[str, A
             ids = ids + [tokenizer.eos_token_id]
         continuations.append(ids)
     return {
+        "rows": len(rows), "unreadable": unreadable,
         "features": features, "samples": torch.tensor([len(a) for a in audios]),
-        "transcripts": [tokenizer(row["text"], add_special_tokens=False).input_ids[: cfg.max_length] for row in rows],
+        "texts": [row["text"] for row in rows],
         "continuations": continuations,
         "emotions": torch.tensor([-100 if row["emotion"] is None else row["emotion"] for row in rows]),
     }
@@ -142,7 +159,8 @@ def stage1_semantic_alignment(model: BLSPModel, prompt: Prompt, batch: dict, cfg
     """response_kl: the speech path learns to continue as the text path does."""
     speech, lengths = model.speech_embeddings(batch["features"], batch["samples"])
     with torch.no_grad():
-        embeds, attention, predict, _ = build_batch(model, prompt, batch["transcripts"], batch["continuations"])
+        transcripts = [prompt.transcript(text)[: cfg.max_length] for text in batch["texts"]]
+        embeds, attention, predict, _ = build_batch(model, prompt, transcripts, batch["continuations"])
         teacher = _gather(model.lm_logits(embeds, attention, None), predict)
     embeds, attention, predict, _ = build_batch(model, prompt, list(speech), batch["continuations"], lengths)
     student = _gather(model.lm_logits(embeds, attention, None), predict)
@@ -183,13 +201,15 @@ def evaluate_losses(model: BLSPModel, prompt: Prompt, loss_fn, sources: list, cf
     model.eval()  # no dropout (LoRA's included)
     for start in range(0, len(mine), cfg.batch_size):
         rows = [d[int(i)] for d, i in mine[start:start + cfg.batch_size]]
-        batch = collate(model, rows, cfg)
+        batch = collate(model, rows, cfg, device)
+        if not batch["rows"]:
+            continue
         batch["features"], batch["samples"] = batch["features"].to(device), batch["samples"].to(device)
         with autocast:
             _, metrics = loss_fn(model, prompt, batch, cfg)
         for key, value in metrics.items():
-            sums[key] += value * len(rows)
-        count += len(rows)
+            sums[key] += value * batch["rows"]
+        count += batch["rows"]
     for module, mode in modes:
         module.training = mode
     keys = sorted(sums)
@@ -199,6 +219,23 @@ def evaluate_losses(model: BLSPModel, prompt: Prompt, loss_fn, sources: list, cf
 
         dist.all_reduce(totals)
     return {k: float(v) / max(1.0, float(totals[-1])) for k, v in zip(keys, totals[:-1])}
+
+
+def average_gradients(params: list[torch.Tensor], world: int) -> None:
+    """One all_reduce over every trainable gradient, flattened. Every rank sends the same
+    tensor even where its batch left a gradient None (no emotion labels, say): per-parameter
+    calls would then differ in number between ranks and the collective would fail."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
+        offset += n
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -248,6 +285,8 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
     if distributed:
         import torch.distributed as dist
 
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))  # before NCCL picks GPU 0 for all
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
     else:
@@ -262,7 +301,8 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
 
         hf_logging.disable_progress_bar()
     model_config.lora = cfg.stage == "stage2"
-    model = BLSPModel(model_config).to(device)
+    dtype = base_dtype(cfg.base_dtype, device)
+    model = BLSPModel(model_config, dtype=dtype).to(device)
     if cfg.init:
         load_weights(model, cfg.init)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -309,6 +349,8 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
         scheduler.load_state_dict(state["scheduler"])
         step, micro = state["step"], state["micro"]
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         random.setstate(state["python_rng"])
         metrics = out / "metrics.jsonl"
         if rank == 0 and metrics.exists():  # drop what was logged after the checkpoint we go back to
@@ -318,13 +360,13 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
     prompt = (Prompt(model.tokenizer, SYSTEM, STAGE1_INSTRUCTION) if cfg.stage == "stage1"
               else Prompt(model.tokenizer, SYSTEM_EMPATHY, STAGE2_INSTRUCTION))
     loss_fn = stage1_semantic_alignment if cfg.stage == "stage1" else stage2_emotion_alignment
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    mixed = autocast(device, dtype)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         print(f"{cfg.stage}: {sum(len(k) for _, k in sources)} rows, skipped {dict(skipped) or 0}; "
               f"{total_steps} steps of {cfg.batch_size} x {cfg.grad_accum} x {world}", file=sys.stderr)
-    log = open(out / "metrics.jsonl", "a") if rank == 0 else None
+    # A resumed run appends to its log (cut back to the checkpoint above); a fresh one starts it anew.
+    log = open(out / "metrics.jsonl", "a" if step else "w") if rank == 0 else None
     from tqdm import tqdm
 
     bar = tqdm(total=total_steps, initial=step, desc=cfg.stage, disable=not progress or rank != 0, file=sys.stderr)
@@ -332,7 +374,7 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
     def evaluate_now() -> None:
         if not held_out or not held_out[0][1]:
             return
-        result = evaluate_losses(model, prompt, loss_fn, held_out, cfg, device, autocast, rank, world)
+        result = evaluate_losses(model, prompt, loss_fn, held_out, cfg, device, mixed, rank, world)
         if rank == 0:
             log.write(json.dumps({"step": step, "eval": cfg.eval_split, **result}) + "\n")
             log.flush()
@@ -348,29 +390,30 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
             if epoch * batches.per_epoch() + position < micro:
                 continue  # resume: this batch was seen before the interruption
             rows = [source[int(index)] for source, index in rows_spec]
-            batch = collate(model, rows, cfg)
-            batch["features"] = batch["features"].to(device)
-            batch["samples"] = batch["samples"].to(device)
-            with autocast:
-                loss, metrics = loss_fn(model, prompt, batch, cfg)
-            (loss / cfg.grad_accum).backward()
-            tokens += sum(len(c) for c in batch["continuations"])
+            batch = collate(model, rows, cfg, device)
+            if batch["unreadable"]:
+                skipped["audio_unreadable"] += batch["unreadable"]
+            if batch["rows"]:  # else every row was unreadable: a micro-step without gradient
+                batch["features"] = batch["features"].to(device)
+                batch["samples"] = batch["samples"].to(device)
+                with mixed:
+                    loss, metrics = loss_fn(model, prompt, batch, cfg)
+                (loss / cfg.grad_accum).backward()
+                tokens += sum(len(c) for c in batch["continuations"])
+                for key, value in metrics.items():
+                    last.setdefault(key, []).append(value)
             micro += 1
-            for key, value in metrics.items():
-                last.setdefault(key, []).append(value)
             if micro % cfg.grad_accum:
                 continue
             if distributed:  # average the trainable gradients across processes (what DDP does)
-                for p in trainable:
-                    if p.grad is not None:
-                        dist.all_reduce(p.grad)
-                        p.grad /= world
+                average_gradients(trainable, world)
             norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            record = {"step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": float(norm),
+            record = {"step": step, "lr": lr, "grad_norm": float(norm),
                       **{k: float(np.mean(v)) for k, v in last.items()},
                       "tokens_per_s": tokens * world / max(1e-9, time.monotonic() - started)}
             last = {}
@@ -386,7 +429,8 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
             if rank == 0 and (step >= total_steps or (cfg.save_every and step % cfg.save_every == 0)):
                 save_checkpoint(out / "last", model, cfg, {
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "micro": micro, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()})
+                    "micro": micro, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None})
             if step >= total_steps:
                 done = True
                 break

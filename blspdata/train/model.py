@@ -96,8 +96,25 @@ class _PositionMask:
         return output * self.mask.unsqueeze(-1).to(output.dtype)
 
 
+def base_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """The frozen encoder's and LLM's weights: `auto` is bfloat16 on a GPU (half the memory,
+    and autocast no longer casts every weight at every forward) and float32 on a CPU. The
+    trained parts (adapter, emotion head, LoRA) stay float32 either way."""
+    if choice not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"base dtype {choice!r}: expected auto, float32 or bfloat16")
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, choice)
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """bf16 autocast on a GPU, and wherever the frozen bases are bfloat16; else none (fp32)."""
+    enabled = device.type == "cuda" or dtype == torch.bfloat16
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 class BLSPModel(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32):
         super().__init__()
         from transformers import (AutoModelForCausalLM, AutoTokenizer, WhisperFeatureExtractor,
                                   WhisperForAudioClassification)
@@ -106,13 +123,16 @@ class BLSPModel(nn.Module):
 
         hf_logging.set_verbosity_error()  # the encoder-only load reports the decoder it skips: expected
         self.config = config
+        self.base_dtype = dtype
         self.feature_extractor = WhisperFeatureExtractor.from_pretrained(config.encoder)
-        # The audio-classification class loads only the encoder of a Whisper checkpoint.
-        self.encoder = WhisperForAudioClassification.from_pretrained(config.encoder).encoder
+        # The audio-classification class loads only the encoder of a Whisper checkpoint. Always
+        # in `dtype`: checkpoints saved in half precision (whisper-large-v3) would otherwise
+        # load as such, and fail on a CPU, which has no autocast in float32.
+        self.encoder = WhisperForAudioClassification.from_pretrained(config.encoder, dtype=dtype).encoder
         self.encoder.requires_grad_(False).eval()
         kwargs = {"gguf_file": config.llm_gguf} if config.llm_gguf else {}
         self.tokenizer = AutoTokenizer.from_pretrained(config.llm, **kwargs)
-        self.llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=torch.float32, **kwargs)
+        self.llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, **kwargs)
         self.llm.requires_grad_(False)
         hidden = self.llm.config.hidden_size
         self.adapter = Subsampler(self.encoder.config.d_model, hidden, config.adapter_hidden)
@@ -155,28 +175,35 @@ class BLSPModel(nn.Module):
         return self.llm.get_input_embeddings()(ids)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path) -> "BLSPModel":
-        """The model a checkpoint was trained as, with its weights."""
+    def from_checkpoint(cls, checkpoint: str | Path, device: str | None = None) -> "BLSPModel":
+        """The model a checkpoint was trained as, with its weights, on `device` (default: the
+        GPU when there is one; frozen bases in bfloat16 there)."""
         import json
 
         from blspdata.train.loop import load_weights
 
         saved = json.loads((Path(checkpoint) / "config.json").read_text())["model"]
-        model = cls(ModelConfig(**saved))
+        where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = cls(ModelConfig(**saved), dtype=base_dtype("auto", where))
         load_weights(model, checkpoint)
-        return model.eval()
+        return model.to(where).eval()
 
     @torch.no_grad()
     def respond(self, audio: Any, prompt: "Prompt", max_new_tokens: int = 64) -> str:
         """Greedy response of the LLM to `prompt` with this speech where the input goes."""
-        features = self.feature_extractor([audio], sampling_rate=16000, return_tensors="pt").input_features
         device = next(self.adapter.parameters()).device
-        speech, lengths = self.speech_embeddings(features.to(device), torch.tensor([len(audio)], device=device))
-        embeds, attention, _, speech_mask = build_batch(self, prompt, [speech[0]], [[]], lengths)
-        self.position_mask.mask = speech_mask if self.config.lora and self.config.lora_scope == "audio" else None
+        features = self.feature_extractor([audio], sampling_rate=16000, return_tensors="pt",
+                                          device=str(device)).input_features
+        self.position_mask.mask = None
         try:
-            output = self.llm.generate(inputs_embeds=embeds, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                       do_sample=False, num_beams=1, pad_token_id=self.tokenizer.eos_token_id)
+            with autocast(device, self.base_dtype):
+                speech, lengths = self.speech_embeddings(features.to(device), torch.tensor([len(audio)], device=device))
+                embeds, attention, _, speech_mask = build_batch(self, prompt, [speech[0]], [[]], lengths)
+                if self.config.lora and self.config.lora_scope == "audio":
+                    self.position_mask.mask = speech_mask
+                output = self.llm.generate(inputs_embeds=embeds, attention_mask=attention,
+                                           max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                           pad_token_id=self.tokenizer.eos_token_id)
         finally:
             self.position_mask.mask = None
         return self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
@@ -198,8 +225,22 @@ class Prompt:
         messages = [{"role": "system", "content": system}, {"role": "user", "content": instruction + SPEECH_MARK}]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         before, after = text.split(SPEECH_MARK)
+        self.tokenizer, self.text = tokenizer, before
         self.before = tokenizer(before, add_special_tokens=False).input_ids
         self.after = tokenizer(after, add_special_tokens=False).input_ids
+        # The text path: the prompt as the generator saw it, "...style: hello", where the space
+        # joins the first word's token (' hello'), not a token of its own (' ', 'hello').
+        self.text_before = tokenizer(before.rstrip(), add_special_tokens=False).input_ids
+
+    def transcript(self, text: str) -> list[int]:
+        """Token ids of `text` as they follow `text_before` when the prompt and the transcript
+        are tokenized as one string (falls back to the plain tokens where the tokenizer
+        merges across the boundary)."""
+        joined = self.tokenizer(self.text + text, add_special_tokens=False).input_ids
+        head = self.text_before
+        if joined[: len(head)] == head and len(joined) > len(head):
+            return joined[len(head):]
+        return self.tokenizer(text, add_special_tokens=False).input_ids
 
 
 def build_batch(model: BLSPModel, prompt: Prompt, inputs: list[torch.Tensor | list[int]],
@@ -210,7 +251,9 @@ def build_batch(model: BLSPModel, prompt: Prompt, inputs: list[torch.Tensor | li
     `inputs[i]` is either token ids (the transcript: text path) or a (T, D) tensor of
     adapter outputs (speech path; `lengths[i]` valid frames)."""
     device = next(model.adapter.parameters()).device
-    before = model.embed(torch.tensor(prompt.before, device=device))
+    text = bool(inputs) and not (isinstance(inputs[0], torch.Tensor) and inputs[0].is_floating_point())
+    head = prompt.text_before if text else prompt.before  # transcripts come from Prompt.transcript
+    before = model.embed(torch.tensor(head, device=device))
     after = model.embed(torch.tensor(prompt.after, device=device))
     rows, speech_spans, predict = [], [], []
     for i, (middle, continuation) in enumerate(zip(inputs, continuations)):
@@ -219,7 +262,7 @@ def build_batch(model: BLSPModel, prompt: Prompt, inputs: list[torch.Tensor | li
         else:
             middle = model.embed(torch.as_tensor(middle, dtype=torch.long, device=device))
         cont = model.embed(torch.tensor(continuation, dtype=torch.long, device=device))
-        start = len(prompt.before)
+        start = len(head)
         speech_spans.append((start, start + len(middle)))
         first = len(before) + len(middle) + len(after)
         predict.append(torch.arange(first - 1, first - 1 + len(continuation), device=device))
