@@ -253,3 +253,23 @@ def test_stage2_can_mix_in_semantic_rows(stage1: Path, dataset: Path, tmp_path: 
     rows = metrics(run)
     assert [m["step"] for m in rows] == [1, 2] and all("response_ce" in m for m in rows)
     assert "stage2" in result.stdout
+
+
+def test_mixed_in_semantic_rows_keep_their_own_prompt(models):
+    """Stage 2 with --mix: emotion rows get the empathy system turn and the unlabelled emotion
+    instruction, semantic rows the stage-1 prompt their continuations were written for."""
+    import torch
+
+    from blspdata.train.loop import STAGE1_INSTRUCTION, STAGE2_INSTRUCTION, SYSTEM, SYSTEM_EMPATHY
+    from blspdata.train.model import BLSPModel, ModelConfig, Prompt, build_batch
+
+    model = BLSPModel(ModelConfig(encoder=str(models["encoder"]), llm=str(models["llm"])))
+    emotion = Prompt(model.tokenizer, SYSTEM_EMPATHY, STAGE2_INSTRUCTION)
+    semantic = Prompt(model.tokenizer, SYSTEM, STAGE1_INSTRUCTION)
+    assert len(emotion.before) != len(semantic.before)
+    speech = [torch.randn(3, model.llm.config.hidden_size) for _ in range(2)]
+    embeds, _, predict, speech_mask = build_batch(model, [emotion, semantic], speech, [[5, 6], [7]],
+                                                  torch.tensor([3, 3]))
+    for i, prompt in enumerate((emotion, semantic)):
+        assert int(speech_mask[i].nonzero()[0]) == len(prompt.before)
+        assert int(predict[i][0]) == len(prompt.before) + 3 + len(prompt.after) - 1

@@ -33,7 +33,6 @@ class TrainConfig:
     eval_split: str | None = "validation"  # losses on this split before step 1 and at the end; None = off
     eval_every: int = 0             # also every N optimizer steps
     eval_limit: int = 256           # rows of the eval split used
-    log_every: int = 1
     audio_root: str | None = None   # datasets published with --audio path
     base_dtype: str = "auto"        # frozen encoder + LLM weights: auto = bfloat16 on a GPU, float32 on a CPU
 

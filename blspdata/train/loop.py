@@ -76,13 +76,10 @@ def usable(dataset, model: BLSPModel, cfg: TrainConfig) -> tuple[list[int], Coun
     limit = min(cfg.max_audio_s, model.feature_extractor.chunk_length)
     keep, skipped = [], Counter()
     tokenizer = model.tokenizer
-    for index, row in enumerate(dataset.select_columns(["audio", "duration", "text", "continuation"])):
-        audio = row["audio"]
-        if not audio or (isinstance(audio, dict) and not audio.get("bytes")):
+    present = audio_present(dataset, cfg.audio_root)
+    for index, row in enumerate(dataset.select_columns(["duration", "text", "continuation"])):
+        if not present[index]:
             skipped["audio_missing"] += 1
-        elif isinstance(audio, str) and not os.path.exists(
-                os.path.join(cfg.audio_root, audio) if cfg.audio_root and not os.path.isabs(audio) else audio):
-            skipped["audio_missing"] += 1  # published with --audio path; the file is not there
         elif row["duration"] > limit:
             skipped["audio_too_long"] += 1
         elif row["duration"] < cfg.min_audio_s:
@@ -94,6 +91,23 @@ def usable(dataset, model: BLSPModel, cfg: TrainConfig) -> tuple[list[int], Coun
         else:
             keep.append(index)
     return keep, skipped
+
+
+def audio_present(dataset, audio_root: str | None) -> list[bool]:
+    """Per row: is there audio to decode? Read from the Arrow column's validity and length
+    buffers, so the (memory-mapped) audio bytes themselves are never copied: a million-row
+    dataset is checked in seconds. Path-mode rows: does the file exist?"""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = dataset.with_format("arrow").select_columns(["audio"])[:]["audio"]
+    if pa.types.is_struct(column.type):  # {"bytes", "path"}: embedded audio
+        data = pc.struct_field(column, "bytes")
+        ok = pc.and_(pc.is_valid(column), pc.fill_null(pc.greater(pc.binary_length(data), 0), False))
+        return [bool(x) for x in pc.fill_null(ok, False).to_pylist()]
+    root = audio_root or ""
+    return [bool(p) and os.path.exists(os.path.join(root, p) if root and not os.path.isabs(p) else p)
+            for p in column.to_pylist()]
 
 
 class Batches:
@@ -141,6 +155,7 @@ def collate(model: BLSPModel, rows: list[dict], cfg: TrainConfig, device: Any = 
         "rows": len(rows), "unreadable": unreadable,
         "features": features, "samples": torch.tensor([len(a) for a in audios]),
         "texts": [row["text"] for row in rows],
+        "tasks": [row.get("task") for row in rows],
         "continuations": continuations,
         "emotions": torch.tensor([-100 if row["emotion"] is None else row["emotion"] for row in rows]),
     }
@@ -173,6 +188,8 @@ def stage1_semantic_alignment(model: BLSPModel, prompt: Prompt, batch: dict, cfg
 def stage2_emotion_alignment(model: BLSPModel, prompt: Prompt, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
     """response_ce on the continuation given speech + input_er of the emotion head."""
     speech, lengths = model.speech_embeddings(batch["features"], batch["samples"])
+    if isinstance(prompt, dict):  # {task: Prompt}: mixed-in semantic rows keep the stage-1 prompt
+        prompt = [prompt.get(task) or prompt["emotion"] for task in batch["tasks"]]
     embeds, attention, predict, speech_mask = build_batch(model, prompt, list(speech), batch["continuations"], lengths)
     logits = _gather(model.lm_logits(embeds, attention, speech_mask), predict)
     targets = torch.cat([torch.tensor(c, device=logits.device) for c in batch["continuations"]])
@@ -358,7 +375,8 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
             metrics.write_text("".join(line + "\n" for line in kept))
 
     prompt = (Prompt(model.tokenizer, SYSTEM, STAGE1_INSTRUCTION) if cfg.stage == "stage1"
-              else Prompt(model.tokenizer, SYSTEM_EMPATHY, STAGE2_INSTRUCTION))
+              else {"emotion": Prompt(model.tokenizer, SYSTEM_EMPATHY, STAGE2_INSTRUCTION),
+                    "semantic": Prompt(model.tokenizer, SYSTEM, STAGE1_INSTRUCTION)})
     loss_fn = stage1_semantic_alignment if cfg.stage == "stage1" else stage2_emotion_alignment
     mixed = autocast(device, dtype)
     if rank == 0:

@@ -243,26 +243,32 @@ class Prompt:
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
 
-def build_batch(model: BLSPModel, prompt: Prompt, inputs: list[torch.Tensor | list[int]],
+def build_batch(model: BLSPModel, prompt: Prompt | list[Prompt], inputs: list[torch.Tensor | list[int]],
                 continuations: list[list[int]], lengths: torch.Tensor | None = None):
     """Embeddings (B, L, D), attention mask, the positions whose logits predict each
     continuation token, and the speech-position mask (for partial LoRA).
 
     `inputs[i]` is either token ids (the transcript: text path) or a (T, D) tensor of
-    adapter outputs (speech path; `lengths[i]` valid frames)."""
+    adapter outputs (speech path; `lengths[i]` valid frames). `prompt` is one for all rows,
+    or one per row (stage 2 with --mix: semantic rows keep the prompt they were made with)."""
     device = next(model.adapter.parameters()).device
     text = bool(inputs) and not (isinstance(inputs[0], torch.Tensor) and inputs[0].is_floating_point())
-    head = prompt.text_before if text else prompt.before  # transcripts come from Prompt.transcript
-    before = model.embed(torch.tensor(head, device=device))
-    after = model.embed(torch.tensor(prompt.after, device=device))
+    prompts = prompt if isinstance(prompt, list) else [prompt] * len(inputs)
+    embedded: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     rows, speech_spans, predict = [], [], []
     for i, (middle, continuation) in enumerate(zip(inputs, continuations)):
+        p = prompts[i]
+        if id(p) not in embedded:  # transcripts come from Prompt.transcript, after text_before
+            head = p.text_before if text else p.before
+            embedded[id(p)] = (model.embed(torch.tensor(head, device=device)),
+                               model.embed(torch.tensor(p.after, device=device)))
+        before, after = embedded[id(p)]
         if isinstance(middle, torch.Tensor) and middle.is_floating_point():
             middle = middle[: int(lengths[i])]
         else:
             middle = model.embed(torch.as_tensor(middle, dtype=torch.long, device=device))
         cont = model.embed(torch.tensor(continuation, dtype=torch.long, device=device))
-        start = len(head)
+        start = len(before)
         speech_spans.append((start, start + len(middle)))
         first = len(before) + len(middle) + len(after)
         predict.append(torch.arange(first - 1, first - 1 + len(continuation), device=device))
