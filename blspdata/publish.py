@@ -94,10 +94,11 @@ def read_segment(path: str, offset: float, duration: float) -> np.ndarray:
     # The mean of the channels (FFmpeg's downmix adds them at -3 dB, which can clip); one BLAS
     # pass, where a sum over the interleaved axis is a slow strided loop.
     data = data[:, 0] if channels == 1 else data @ np.full(channels, 1 / channels, dtype=np.float32)
-    return _resample(data, rate) if rate != RATE else data
+    return resample(data, rate) if rate != RATE else data
 
 
-def _resample(data: np.ndarray, rate: int) -> np.ndarray:
+def resample(data: np.ndarray, rate: int) -> np.ndarray:
+    """Mono float32 at `rate` -> 16 kHz (FFmpeg's resampler through PyAV)."""
     import av
 
     resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)

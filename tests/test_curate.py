@@ -163,6 +163,9 @@ def test_flags_win_over_the_config_file(tmp_path: Path):
     ('near_dedup = "no"', "near_dedup must be true or false, got 'no'"),
     ("exact_dedup = 0", "exact_dedup must be true or false"),
     ("min_words = true", "min_words must be an integer"),
+    ("echo_overlap = 1.5", "echo_overlap must be between 0 and 1, got 1.5"),
+    ("max_words = 0", "max_words must be >= 1"),
+    ("min_words = -1", "min_words must be >= 0"),
     ("disable = 5", "disable must be a list of filter names"),
     ('enable = ["language"]\ndisable = ["language"]', "both enabled and disabled: language"),
 ])

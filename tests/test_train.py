@@ -188,7 +188,7 @@ def test_unreadable_audio_is_skipped_mid_epoch_and_counted(models, tmp_path: Pat
     import soundfile as sf
     from transformers import AutoTokenizer, WhisperFeatureExtractor
 
-    from blspdata.train.loop import TrainConfig, collate, usable
+    from blspdata.train.loop import TrainConfig, collate, decode_audio, usable
 
     model = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(models["llm"]),
                             feature_extractor=WhisperFeatureExtractor.from_pretrained(models["encoder"]))
@@ -197,6 +197,9 @@ def test_unreadable_audio_is_skipped_mid_epoch_and_counted(models, tmp_path: Pat
     good = {"audio": {"bytes": buffer.getvalue(), "path": "a.flac"}, "text": "fine", "continuation": "and so on",
             "finished": True, "emotion": 1}
     bad = {**good, "audio": {"bytes": buffer.getvalue()[:200], "path": "b.flac"}}
+    other_rate = io.BytesIO()  # a hand-made dataset at 22.05 kHz: read as 16 kHz all the same
+    sf.write(other_rate, np.zeros(22050, dtype="float32"), 22050, format="FLAC")
+    assert abs(len(decode_audio({"audio": {"bytes": other_rate.getvalue()}}, None)) - 16000) <= 32
     batch = collate(model, [good, bad], TrainConfig())
     assert (batch["rows"], batch["unreadable"], len(batch["continuations"])) == (1, 1, 1)
     assert collate(model, [bad], TrainConfig()) == {"rows": 0, "unreadable": 1}

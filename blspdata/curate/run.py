@@ -146,7 +146,12 @@ def apply_settings(values: dict[str, Any], filters: FilterSettings, dedup: Dedup
     filters.enabled = (filters.enabled - disable) | enable
     for key, value in values.items():
         if key in SETTINGS:
-            setattr(filters, key, typed(key, value, type(getattr(filters, key))))
+            value = typed(key, value, type(getattr(filters, key)))
+            if isinstance(value, float) and not 0 <= value <= 1:  # fractions, overlaps, confidences
+                raise CurateError(f"{key} must be between 0 and 1, got {value!r}")
+            if isinstance(value, int) and not isinstance(value, bool) and value < (0 if key == "min_words" else 1):
+                raise CurateError(f"{key} must be {'>= 0' if key == 'min_words' else '>= 1'}, got {value!r}")
+            setattr(filters, key, value)
         elif key in DEDUP_KEYS:
             kind, test, condition = DEDUP_RULES[DEDUP_KEYS[key]]
             value = typed(key, value, kind)

@@ -61,9 +61,14 @@ def load_rows(path: str, split: str = "train"):
 
 def decode_audio(row: dict, audio_root: str | None) -> np.ndarray:
     audio = row["audio"]
-    if isinstance(audio, dict):
+    if isinstance(audio, dict):  # embedded: 16 kHz mono FLAC from publish, but any file sf reads will do
         data, rate = sf.read(io.BytesIO(audio["bytes"]), dtype="float32")
-        return data if data.ndim == 1 else data.mean(axis=1)
+        data = data if data.ndim == 1 else data.mean(axis=1)
+        if rate != 16000:
+            from blspdata.publish import resample
+
+            data = resample(data, rate)
+        return data
     from blspdata.publish import read_segment
 
     path = os.path.join(audio_root, audio) if audio_root and not os.path.isabs(audio) else audio
