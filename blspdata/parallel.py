@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import multiprocessing
 import os
 import signal
 import sys
@@ -40,7 +41,10 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], jobs: int, chunk_size:
         for chunk in chunks:
             yield from _run_chunk(fn, chunk)
         return
-    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker,
+    # fork on Linux, explicitly: the workers' parent must be this process for the parent-death
+    # signal below (Python 3.14 defaults to forkserver, whose workers are the server's children).
+    context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
                                initargs=(os.getpid(), initializer, initargs))
     try:
         pending: deque = deque()

@@ -127,3 +127,19 @@ def test_truncated_flac_is_rejected_not_taken_at_its_header_word(tmp_path: Path)
     rejects = read_jsonl(tmp_path / "libri.rejects.jsonl")
     assert {r["reason"] for r in rejects} == {"audio_unreadable"} and len(rejects) == 3
     assert all("truncated FLAC" in r["detail"] for r in rejects)
+
+
+def test_flac_without_a_length_is_rejected_with_a_reason(tmp_path: Path):
+    """A FLAC written to a pipe never gets its total sample count (STREAMINFO says 0):
+    libsndfile reports 2**63 - 1 frames and cannot seek in it. Rejected, not 160 billion hours."""
+    root = tmp_path / "LibriSpeech"
+    folder = chapter(root, "dev-clean", "84", "121", ["84-121-0000 FINE", "84-121-0001 NO LENGTH"])
+    whole = bytearray(write_audio(folder / "84-121-0000.flac", 2.0).read_bytes())
+    packed = int.from_bytes(whole[18:26], "big") & ~((1 << 36) - 1)  # total samples := 0
+    whole[18:26] = packed.to_bytes(8, "big")
+    (folder / "84-121-0001.flac").write_bytes(bytes(whole))
+    out = tmp_path / "libri.jsonl"
+    blspdata("ingest", "librispeech", root, "-o", out)
+    assert [r["id"] for r in read_jsonl(out)] == ["librispeech/dev-clean/84-121-0000"]
+    [reject] = read_jsonl(tmp_path / "libri.rejects.jsonl")
+    assert reject["reason"] == "audio_unreadable" and "does not give the length" in reject["detail"]

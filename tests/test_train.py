@@ -146,18 +146,23 @@ def test_resume_continues_the_loss_curve_exactly(models, dataset, tmp_path: Path
 def test_two_processes_under_torchrun(stage1: Path, models, dataset, tmp_path: Path):
     """Stage 2 mixed with semantic rows, one row per process: steps where one rank's row has
     an emotion label and the other's has none (its emotion head gets no gradient) must still
-    average the same gradients on both ranks."""
+    average the same gradients on both ranks; every rank's RNG is saved for the resume."""
     run = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              "-m", "blspdata", "train", "stage2", str(dataset), "-o", str(run), "--init",
                              str(stage1 / "final"), "--mix", str(dataset / "semantic"), *map(str, common(models)),
-                             "--batch-size", "1", "--max-steps", "6", "--warmup-steps", "1"],
+                             "--batch-size", "1", "--max-steps", "6", "--warmup-steps", "1", "--eval-limit", "1"],
                             capture_output=True, text=True, env=env, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = metrics(run)
     assert [m["step"] for m in rows] == [1, 2, 3, 4, 5, 6]  # one writer: rank 0
+    # One held-out row: rank 1 evaluates nothing, and still takes part in the reduction.
+    held_out = metrics(run, evaluation=True)
+    assert [m["step"] for m in held_out] == [0, 6] and all("response_ce" in m for m in held_out)
     assert (run / "final" / "model.safetensors").exists()
+    import torch
+    assert len(torch.load(run / "last" / "trainer_state.pt", weights_only=False)["rng"]) == 2
 
 
 def test_the_text_path_sees_the_prompt_as_the_generator_did(models):

@@ -101,9 +101,13 @@ def probe(path: str) -> tuple[int, int]:
         if os.path.getsize(path) == 0:
             raise AudioError("audio_empty", f"zero-length file: {path}") from None
         raise AudioError("audio_unreadable", f"{path}: {exc}") from None
-    if info.frames <= 0 or info.samplerate <= 0:
+    frames = int(info.frames)
+    if frames >= 2**62:  # libsndfile's "unknown": a stream that never recorded its length
+        raise AudioError("audio_unreadable", f"{path}: the header does not give the length (a FLAC written to a "
+                                             "pipe?); libsndfile cannot seek in it: re-encode the file")
+    if frames <= 0 or info.samplerate <= 0:
         raise AudioError("audio_empty", f"no audio frames in {path}")
-    return int(info.frames), int(info.samplerate)
+    return frames, int(info.samplerate)
 
 
 def extract_to_flac(source: str, target: str, rate: int = TARGET_RATE) -> bool:

@@ -212,13 +212,16 @@ def stage2_emotion_alignment(model: BLSPModel, prompt: Prompt, batch: dict, cfg:
     return loss, metrics
 
 
+EVAL_METRICS = ("response_kl", "response_ce", "input_er", "er_accuracy")
+
+
 @torch.no_grad()
 def evaluate_losses(model: BLSPModel, prompt: Prompt, loss_fn, sources: list, cfg: TrainConfig, device,
                     autocast, rank: int, world: int) -> dict:
     """The stage's metrics on held-out rows (no gradient), averaged over rows and processes:
     the number to watch, where per-step training metrics move with each batch."""
     mine = [(d, i) for d, indices in sources for i in indices[: cfg.eval_limit]][rank::world]
-    sums, count = Counter(), 0
+    sums, counts = Counter(), Counter()  # per metric: stage 2's emotion metrics exist for labelled batches only
     modes = [(m, m.training) for m in model.modules()]
     model.eval()  # no dropout (LoRA's included)
     for start in range(0, len(mine), cfg.batch_size):
@@ -231,16 +234,19 @@ def evaluate_losses(model: BLSPModel, prompt: Prompt, loss_fn, sources: list, cf
             _, metrics = loss_fn(model, prompt, batch, cfg)
         for key, value in metrics.items():
             sums[key] += value * batch["rows"]
-        count += batch["rows"]
+            counts[key] += batch["rows"]
     for module, mode in modes:
         module.training = mode
-    keys = sorted(sums)
-    totals = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64)
+    # One fixed-size tensor on every rank, whatever each one's batches held (a rank with no
+    # readable rows has no metrics at all): different sizes would break the collective.
+    keys = EVAL_METRICS
+    totals = torch.tensor([sums[k] for k in keys] + [counts[k] for k in keys], dtype=torch.float64)
     if world > 1:
         import torch.distributed as dist
 
         dist.all_reduce(totals)
-    return {k: float(v) / max(1.0, float(totals[-1])) for k, v in zip(keys, totals[:-1])}
+    n = len(keys)
+    return {k: float(totals[i]) / float(totals[n + i]) for i, k in enumerate(keys) if totals[n + i] > 0}
 
 
 def average_gradients(params: list[torch.Tensor], world: int) -> None:
@@ -261,6 +267,20 @@ def average_gradients(params: list[torch.Tensor], world: int) -> None:
 
 
 # ---------------------------------------------------------------------------- checkpoints
+
+def rng_states(device: torch.device, world: int) -> list[dict]:
+    """Every rank's torch (and CUDA) generator state, in rank order: each rank draws its own
+    LoRA-dropout masks, so an exact resume restores each its own."""
+    mine = {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    if world == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    states: list = [None] * world
+    dist.all_gather_object(states, mine)
+    return states
+
 
 def save_checkpoint(folder: Path, model: BLSPModel, cfg: TrainConfig, state: dict | None) -> None:
     from safetensors.torch import save_file
@@ -370,9 +390,11 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, micro = state["step"], state["micro"]
-        torch.set_rng_state(state["torch_rng"])
-        if state.get("cuda_rng") is not None and device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        rngs = state.get("rng") or [{"torch": state["torch_rng"]}]  # one per rank (older checkpoints: one)
+        mine = rngs[rank] if rank < len(rngs) else rngs[0]
+        torch.set_rng_state(mine["torch"])
+        if mine.get("cuda") is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(mine["cuda"], device)
         random.setstate(state["python_rng"])
         metrics = out / "metrics.jsonl"
         if rank == 0 and metrics.exists():  # drop what was logged after the checkpoint we go back to
@@ -449,11 +471,12 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
             bar.update(1)
             if step >= total_steps or (cfg.eval_every and step % cfg.eval_every == 0):
                 evaluate_now()
-            if rank == 0 and (step >= total_steps or (cfg.save_every and step % cfg.save_every == 0)):
-                save_checkpoint(out / "last", model, cfg, {
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
-                    "micro": micro, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None})
+            if step >= total_steps or (cfg.save_every and step % cfg.save_every == 0):
+                rngs = rng_states(device, world)  # every rank takes part; rank 0 writes
+                if rank == 0:
+                    save_checkpoint(out / "last", model, cfg, {
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
+                        "micro": micro, "rng": rngs, "python_rng": random.getstate()})
             if step >= total_steps:
                 done = True
                 break
