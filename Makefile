@@ -88,6 +88,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/generate.py
 	$(BIN)/python bench/curate.py
+	$(BIN)/python bench/publish.py
+	$(BIN)/python bench/train.py
 
 samples: $(STAMP)
 	$(BIN)/python samples/make_samples.py
