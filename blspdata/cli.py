@@ -424,15 +424,10 @@ def _train(stage: str, data: Path, out: Path, encoder: Optional[str], llm: Optio
     encoder, llm = (str(Path(p).resolve()) if Path(p).exists() else p for p in (encoder, llm))
     if (overrides.get("eval_split") or "").lower() == "none":
         overrides["eval_split"] = ""
-    for flag, value, allowed in (("--schedule", overrides.get("schedule"), ("cosine", "linear")),
-                                 ("--lora-scope", model_overrides.get("lora_scope"), ("audio", "global")),
-                                 ("--base-dtype", overrides.get("base_dtype"), ("auto", "float32", "bfloat16"))):
-        if value is not None and value not in allowed:
-            raise typer.BadParameter(f"{value!r}: expected one of {', '.join(allowed)}", param_hint=flag)
-    cfg = TrainConfig.for_stage(stage, data=str(data), out=str(out), init=str(init) if init else None, **overrides)
-    model_config = ModelConfig(encoder=encoder, llm=llm, llm_gguf=llm_gguf,
-                               **{k: v for k, v in model_overrides.items() if v is not None})
-    with user_errors(ValueError, OSError, KeyError):
+    with user_errors(ValueError, OSError, KeyError):  # the configs check their own choices
+        cfg = TrainConfig.for_stage(stage, data=str(data), out=str(out), init=str(init) if init else None, **overrides)
+        model_config = ModelConfig(encoder=encoder, llm=llm, llm_gguf=llm_gguf,
+                                   **{k: v for k, v in model_overrides.items() if v is not None})
         result = train(cfg, model_config, resume=resume, progress=progress)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         typer.echo(f"{stage}: {result['steps']} steps -> {out}/final (trainable weights), {out}/last (resumable), "

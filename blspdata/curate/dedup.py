@@ -88,7 +88,7 @@ class NearDuplicates:
         # Candidates are verified against the stored signature, so false positives cost only
         # a comparison: tune the bands for recall (datasketch's default weighs both 0.5).
         self.bands, self.rows = optimal_bands(self.threshold, self.num_perm, fp_weight=0.05, fn_weight=0.95)
-        # Multipliers that fold a band's `rows` slots into one key (see _band_keys).
+        # Multipliers that fold a band's `rows` slots into one key (see band_keys).
         self._band_mix = rng.integers(0, 1 << 64, size=self.rows, dtype=np.uint64) | np.uint64(1)
         self._index: list[dict[int, int]] = [{} for _ in range(self.bands)]  # band key -> slot
         self._ids: list[str] = []  # slot -> record id

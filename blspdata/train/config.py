@@ -44,4 +44,15 @@ class TrainConfig:
         for key, value in overrides.items():
             if value is not None:
                 setattr(base, key, value)
+        base.check()
         return base
+
+    def check(self) -> None:
+        """A ValueError for an option outside its choices (train() checks too, for configs
+        built by hand)."""
+        for key, allowed in CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} {getattr(self, key)!r}: expected one of {', '.join(allowed)}")
+
+
+CHOICES = {"schedule": ("cosine", "linear"), "base_dtype": ("auto", "float32", "bfloat16")}

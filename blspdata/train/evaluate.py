@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from blspdata.corpora.labels import CANONICAL
-from blspdata.train.loop import SER_INSTRUCTION, SYSTEM, SYSTEM_EMPATHY, STAGE2_INSTRUCTION, decode_audio, load_rows
+from blspdata.train.loop import (SER_INSTRUCTION, SYSTEM, SYSTEM_EMPATHY, STAGE2_INSTRUCTION, audio_present,
+                                 decode_audio, load_rows)
 from blspdata.train.model import BLSPModel, Prompt, autocast
 
 _LABEL_WORDS = {"neutral": "neutral", "calm": "neutral", "happy": "happy", "happiness": "happy", "joy": "happy",
@@ -76,7 +77,9 @@ def evaluate_ser(checkpoint: str | Path, data: str | Path, split: str = "test", 
                  audio_root: str | None = None) -> dict[str, Any]:
     model = BLSPModel.from_checkpoint(checkpoint)
     rows = load_rows(str(data), split)
-    rows = rows.filter(lambda row: row["emotion"] is not None and bool(row["audio"]))
+    labelled = [i for i, (emotion, present) in enumerate(zip(rows["emotion"], audio_present(rows, audio_root)))
+                if emotion is not None and present]  # the audio bytes are not read for this
+    rows = rows.select(labelled)
     if limit:
         rows = rows.select(range(min(limit, len(rows))))
     prompt = Prompt(model.tokenizer, SYSTEM, SER_INSTRUCTION)

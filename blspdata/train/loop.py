@@ -323,6 +323,7 @@ def load_weights(model: BLSPModel, checkpoint: str | Path, strict_bases: bool = 
 
 def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, progress: bool = True) -> dict:
     """Run one stage. Returns the final metrics."""
+    cfg.check()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         import torch.distributed as dist

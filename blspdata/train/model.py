@@ -38,6 +38,10 @@ class ModelConfig:
                                                              "gate_proj", "up_proj", "down_proj"])
     num_emotions: int = 5
 
+    def __post_init__(self) -> None:
+        if self.lora_scope not in ("audio", "global"):
+            raise ValueError(f"lora_scope {self.lora_scope!r}: expected one of audio, global")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -100,9 +104,7 @@ def base_dtype(choice: str, device: torch.device) -> torch.dtype:
     """The frozen encoder's and LLM's weights: `auto` is bfloat16 on a GPU (half the memory,
     and autocast no longer casts every weight at every forward) and float32 on a CPU. The
     trained parts (adapter, emotion head, LoRA) stay float32 either way."""
-    if choice not in ("auto", "float32", "bfloat16"):
-        raise ValueError(f"base dtype {choice!r}: expected auto, float32 or bfloat16")
-    if choice == "auto":
+    if choice == "auto":  # the choices are checked by TrainConfig.check
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, choice)
 
@@ -194,7 +196,6 @@ class BLSPModel(nn.Module):
         device = next(self.adapter.parameters()).device
         features = self.feature_extractor([audio], sampling_rate=16000, return_tensors="pt",
                                           device=str(device)).input_features
-        self.position_mask.mask = None
         try:
             with autocast(device, self.base_dtype):
                 speech, lengths = self.speech_embeddings(features.to(device), torch.tensor([len(audio)], device=device))
