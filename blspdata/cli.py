@@ -214,6 +214,11 @@ class BackendName(str, Enum):
     dry_run = "dry-run"
 
 
+TrustRemoteCodeOpt = typer.Option(False, "--trust-remote-code", help="Let vLLM run the model folder's own Python "
+                                  "code (Qwen-7B-Chat needs it). Only this flag turns it on: engine_args in a config "
+                                  "or -E asking for it are refused.")
+
+
 @app.command("generate")
 def generate_command(
     manifest: Path = typer.Argument(..., help="Manifest from `blspdata ingest` (.jsonl or .jsonl.gz)."),
@@ -239,6 +244,10 @@ def generate_command(
                                               "256 with --serve vllm, 2 per embedded server]."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Override the template's (48 in the recipe)."),
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Override the template's (0 = greedy, the recipe)."),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="Override the template's "
+                                                       "(1.1, Qwen-7B-Chat's own, which the recipe keeps; 1.0 = none). "
+                                                       "Sent as each engine names it: repetition_penalty (vLLM), "
+                                                       "repeat_penalty (llama.cpp, over the last 64 tokens only)."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed."),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only the records whose id hashes to shard I of N "
                                         "(for Slurm-style arrays; join with `blspdata merge`)."),
@@ -252,6 +261,7 @@ def generate_command(
     executor: str = typer.Option("local", "--executor", help="local: this process drives one engine; ray: Ray Data "
                                  "actors, one engine each (local Ray, or the cluster in RAY_ADDRESS; `ray` extra)."),
     ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="With --executor ray: how many actors (engines)."),
+    trust_remote_code: bool = TrustRemoteCodeOpt,
     strict: bool = StrictOpt, progress: bool = ProgressOpt,
 ) -> None:
     """Write semantic or emotion-aware continuations of a manifest's transcripts with an LLM."""
@@ -265,7 +275,8 @@ def generate_command(
                            model=model, api_key=api_key, serve=serve, concurrency=concurrency,
                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, shard=shard,
                            server_timeout=server_timeout, limit=limit, strict=strict, progress=progress,
-                           executor=executor, ray_actors=ray_actors, engine_args=_engine_args(engine_arg))
+                           executor=executor, ray_actors=ray_actors, engine_args=_engine_args(engine_arg),
+                           repetition_penalty=repetition_penalty, trust_remote_code=trust_remote_code)
     typer.echo(f"generate {task.value}: {summary.render()}")
 
 
@@ -538,6 +549,7 @@ def run_command(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override the config's run_dir."),
     plan_only: bool = typer.Option(False, "--plan", help="Validate the config and say what would run, run nothing."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write RUN_DIR/report.html at the end."),
+    trust_remote_code: bool = TrustRemoteCodeOpt,
     progress: bool = ProgressOpt,
 ) -> None:
     """The whole pipeline from one config: ingest -> generate -> curate -> publish -> stage1 -> stage2
@@ -557,7 +569,8 @@ def run_command(
     errors = (ConfigError, IngestError, GenerateError, BackendError, ServerDown, CurateError, PublishError,
               ValueError, OSError, RuntimeError)
     with user_errors(*errors, note=f"(finished stages are kept in {out}; rerun the same command to resume)"):
-        run(cfg, start=start, until=until, dry_run=plan_only, progress=progress, echo=typer.echo)
+        run(cfg, start=start, until=until, dry_run=plan_only, progress=progress, echo=typer.echo,
+            trust_remote_code=trust_remote_code)
     if plan_only:
         return
     typer.echo(f"== done: {out}")

@@ -84,6 +84,7 @@ class Generate(_Strict):
     concurrency: Optional[int] = Field(None, ge=1)
     max_new_tokens: Optional[int] = Field(None, ge=1)
     temperature: Optional[float] = Field(None, ge=0)
+    repetition_penalty: Optional[float] = Field(None, gt=0)  # [the template's: 1.1, the recipe's]
     seed: int = 0
     server_timeout: float = Field(120.0, gt=0)
     limit: Optional[int] = Field(None, ge=1)
@@ -316,7 +317,7 @@ def _remove(paths: list[Path]) -> None:
 
 # ---------------------------------------------------------------------------- the stages
 
-def plan(config: Config, progress: bool = True) -> list[Unit]:
+def plan(config: Config, progress: bool = True, trust_remote_code: bool = False) -> list[Unit]:
     """Every unit of the pipeline, in order, with its fingerprint and work."""
     run = Path(config.run_dir)
     units: list[Unit] = []
@@ -332,7 +333,8 @@ def plan(config: Config, progress: bool = True) -> list[Unit]:
         prompt_fp = tree_fingerprint(prompt) if prompt and prompt.endswith(".toml") else prompt
         generate_fp = fingerprint("generate", settings, corpus.task, prompt_fp, ingest_fp)
         units.append(Unit("generate", f"generate/{corpus.name}", generate_fp, [out],
-                          _generate(config, corpus.task, prompt, manifest, out, progress), resumable=True))
+                          _generate(config, corpus.task, prompt, manifest, out, progress, trust_remote_code),
+                          resumable=True))
         generated.append((out, generate_fp))
     curated = run / "curated" / "curated.jsonl.gz"
     curate_fp = fingerprint("curate", config.curate.model_dump(), [fp for _, fp in generated])
@@ -374,7 +376,7 @@ def _ingest(corpus: Corpus, manifest: Path, progress: bool) -> Callable[[bool], 
 
 
 def _generate(config: Config, task: str, prompt: Optional[str], manifest: Path, out: Path,
-              progress: bool) -> Callable[[bool], dict]:
+              progress: bool, trust_remote_code: bool = False) -> Callable[[bool], dict]:
     def work(resume: bool) -> dict:
         from blspdata.generate.run import generate
 
@@ -385,7 +387,8 @@ def _generate(config: Config, task: str, prompt: Optional[str], manifest: Path, 
                            model=g.model, api_key=os.environ.get("OPENAI_API_KEY"), serve=g.serve,
                            concurrency=g.concurrency, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                            seed=g.seed, server_timeout=g.server_timeout, limit=g.limit, progress=progress,
-                           executor=g.executor, ray_actors=g.ray_actors, engine_args=dict(g.engine_args))
+                           executor=g.executor, ray_actors=g.ray_actors, engine_args=dict(g.engine_args),
+                           repetition_penalty=g.repetition_penalty, trust_remote_code=trust_remote_code)
         print(f"  {summary.render()}", file=sys.stderr)
         return summary.to_dict()
     return work
@@ -469,9 +472,18 @@ def _model_path(config: Config, name: str) -> str:
 # ---------------------------------------------------------------------------- the run
 
 def run(config: Config, start: Optional[str] = None, until: Optional[str] = None, dry_run: bool = False,
-        progress: bool = True, echo: Callable[[str], None] = print) -> list[tuple[Unit, str, str]]:
+        progress: bool = True, echo: Callable[[str], None] = print,
+        trust_remote_code: bool = False) -> list[tuple[Unit, str, str]]:
     """Run (or with dry_run, only decide) every unit from `start` to `until`. Returns what
-    was decided for each unit."""
+    was decided for each unit. `trust_remote_code` is the user's `run --trust-remote-code`: the
+    config alone cannot turn it on."""
+    from blspdata.generate.run import GenerateError, check_engine_args
+
+    g = config.generate
+    try:  # before ingest spends hours: a config asking to run a model's own code is refused now
+        check_engine_args(dict(g.engine_args), trust_remote_code, g.backend, g.serve)
+    except GenerateError as exc:
+        raise ConfigError(f"generate.{exc}") from None
     for name, value in (("--from", start), ("--until", until)):
         if value is not None and value not in STAGES:
             raise ConfigError(f"{name}: unknown stage {value!r}; stages: {', '.join(STAGES)}")
@@ -480,7 +492,7 @@ def run(config: Config, start: Optional[str] = None, until: Optional[str] = None
         import transformers.utils.logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    units = plan(config, progress)
+    units = plan(config, progress, trust_remote_code)
     stages = [u.stage for u in units]
     first = STAGES.index(start) if start else 0
     last = STAGES.index(until) if until else len(STAGES) - 1

@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 
 from blspdata.generate.servers import embedded_llama, free_port, smollm2_path
-from conftest import REPO, blspdata, by_id, read_jsonl
+from conftest import REPO, TINY_LLM, blspdata, by_id, read_jsonl
 
 SAMPLE = REPO / "manifests" / "sample"
 
 
 @pytest.fixture(scope="session")
 def server():
-    with embedded_llama() as running:
+    """The packaged SmolLM2-135M (the small one, for speed), whatever the embedded default is."""
+    with embedded_llama(str(smollm2_path())) as running:
         yield running
 
 
@@ -51,6 +52,7 @@ def test_semantic_continuations_of_the_sample_corpus(semantic_run: Path):
         assert row["generator"]["model"] == "SmolLM2-135M-Instruct.Q4_1"
         assert row["generator"]["prompt"]["id"] == "semantic" and len(row["generator"]["prompt"]["sha256"]) == 16
         assert row["generator"]["sampling"]["max_new_tokens"] == 24
+        assert row["generator"]["sampling"]["repetition_penalty"] == 1.1  # the recipe's (Qwen-7B-Chat's own)
     # 24 tokens cut most continuations: the model did not stop by itself there.
     assert sum(not row["finished"] for row in rows.values()) > 0
     summary = json.loads(semantic_run.with_name("librispeech.continuations.summary.json").read_text())
@@ -168,6 +170,7 @@ def test_the_default_needs_no_flags(tmp_path: Path):
     result = blspdata("generate", SAMPLE / "iemocap.jsonl", "-o", out, "--limit", "2", "--max-new-tokens", "8",
                       "--no-progress")
     assert len(read_jsonl(out)) == 2 and "2 continuations written" in result.stdout
+    assert {row["generator"]["sampling"]["repetition_penalty"] for row in read_jsonl(out)} == {1.1}
 
 
 def test_ray_executor_resumes_a_local_run_with_the_same_rows(tmp_path: Path):
@@ -177,12 +180,74 @@ def test_ray_executor_resumes_a_local_run_with_the_same_rows(tmp_path: Path):
     manifest.write_text("".join(json.dumps(r) + "\n" for r in read_jsonl(SAMPLE / "meld.jsonl")[:8]))
     out = tmp_path / "out.jsonl"
     blspdata("generate", manifest, "-o", out, "--task", "emotion", "--limit", "3", "--max-new-tokens", "12",
-             "--no-progress")
+             "--model", TINY_LLM, "--no-progress")
     result = blspdata("generate", manifest, "-o", out, "--task", "emotion", "--max-new-tokens", "12",
-                      "--executor", "ray", "--ray-actors", "2", "--no-progress")
+                      "--model", TINY_LLM, "--executor", "ray", "--ray-actors", "2", "--no-progress")
     assert "5 continuations written" in result.stdout and "3 already done" in result.stdout
     rows = read_jsonl(out)
     assert sorted(row["id"] for row in rows) == sorted(json.loads(line)["id"] for line in manifest.read_text().splitlines())
     assert len({json.dumps(row["generator"], sort_keys=True) for row in rows}) == 1  # same settings throughout
     for row in rows:
         assert row["continuation"] and f"a '{row['emotion']}' emotion tone" in row["instruction"]
+
+
+@pytest.fixture
+def proxy(server):
+    """A loopback proxy in front of the real llama.cpp server that keeps every request body sent."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    bodies: list[dict] = []
+    upstream_root = server.base_url.removesuffix("/v1")
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def forward(self, method: str) -> None:
+            data = self.rfile.read(int(self.headers.get("content-length") or 0)) or None
+            if data:
+                bodies.append(json.loads(data))
+            upstream = httpx.request(method, upstream_root + self.path, content=data, timeout=300,
+                                     headers={"content-type": "application/json"})
+            self.send_response(upstream.status_code)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(upstream.content)))
+            self.end_headers()
+            self.wfile.write(upstream.content)
+
+        def do_GET(self):
+            self.forward("GET")
+
+        def do_POST(self):
+            self.forward("POST")
+
+    running = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=running.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{running.server_port}/v1", bodies
+    running.shutdown()
+    running.server_close()
+
+
+def test_llama_cpp_gets_the_recipes_repetition_penalty_and_the_chatml_stops(proxy, semantic_run: Path, tmp_path: Path):
+    """llama.cpp is sent the template's penalty as its own `repeat_penalty` (the recipe's 1.1 by
+    default, 1.0 on request), and the penalty changes what the real model writes."""
+    url, bodies = proxy
+    out = tmp_path / "no-penalty.jsonl"
+    blspdata(*generate_args(SAMPLE / "librispeech.jsonl", out, url, "--max-new-tokens", "24",
+                            "--repetition-penalty", "1.0"))
+    assert bodies and all(body["repeat_penalty"] == 1.0 for body in bodies)
+    assert all(body["stop"] == ["<|im_end|>", "<|endoftext|>"] and body["min_tokens"] == 1 for body in bodies)
+    plain, penalised = by_id(read_jsonl(out)), by_id(read_jsonl(semantic_run))
+    assert {row["generator"]["sampling"]["repetition_penalty"] for row in plain.values()} == {1.0}
+    assert sum(plain[i]["continuation"] != penalised[i]["continuation"] for i in plain) > 0
+    bodies.clear()
+    blspdata(*generate_args(SAMPLE / "iemocap.jsonl", tmp_path / "emotion.jsonl", url, "--task", "emotion",
+                            "--limit", "4"))
+    assert len(bodies) == 4 and all(body["repeat_penalty"] == 1.1 for body in bodies)
+    rows = read_jsonl(tmp_path / "emotion.jsonl")
+    assert any(row["finished"] for row in rows)  # 48 tokens: some turns end by themselves
+    for row in rows:
+        assert not any(mark in row["continuation"] for mark in ("<|im_end|>", "<|im_start|>", "<|endoftext|>"))

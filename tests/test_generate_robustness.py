@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -141,3 +144,196 @@ def test_a_pool_of_servers_shares_the_requests_by_load():
     assert [r.continuation.split(" from ")[0] for r in results] == [f"r{i}" for i in range(20)]
     assert sorted(served["a"] + served["b"]) == sorted(f"r{i}" for i in range(20))
     assert served["a"] and served["b"]
+
+
+# ---------------------------------------------------------------------------- what each engine is sent
+
+# A stand-in for `vllm serve` (python -m vllm.entrypoints.openai.api_server): it records its argv
+# and every request body, and answers as vLLM serving a ChatML model whose generation_config does
+# not stop at <|im_end|> (Qwen-7B-Chat's stops only at <|endoftext|>): the model writes its turn,
+# <|im_end|>, and runs on into a next turn. Like vLLM, it drops special tokens from the text
+# unless asked not to (skip_special_tokens), so a `stop` string can only match when they are kept.
+FAKE_VLLM = r'''
+import json, os, re, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+argv = sys.argv[1:]
+log = os.environ["FAKE_VLLM_LOG"]
+with open(log, "a") as handle:
+    handle.write(json.dumps({"argv": argv}) + "\n")
+port = int(argv[argv.index("--port") + 1])
+TURN = "And then the rain stopped.<|im_end|>\n<|im_start|>user\nWhat happened next?<|im_end|>"
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def reply(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self.reply({"data": [{"id": "m", "owned_by": os.environ.get("FAKE_OWNED_BY", "vllm")}]})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        with open(log, "a") as handle:
+            handle.write(json.dumps({"body": body}) + "\n")
+        text = TURN if body.get("skip_special_tokens") is False else re.sub(r"<\|[a-z_]+\|>", "", TURN)
+        cuts = [text.find(s) for s in body.get("stop") or [] if s in text]
+        finish = "stop" if cuts else "length"
+        self.reply({"choices": [{"message": {"content": text[:min(cuts)] if cuts else text}, "finish_reason": finish}],
+                    "usage": {"completion_tokens": 9, "prompt_tokens": 30}})
+
+
+ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+'''
+
+
+@pytest.fixture
+def fake_vllm(tmp_path: Path, monkeypatch):
+    """`vllm` importable as the stand-in above; returns the log of what it was started with and sent."""
+    package = tmp_path / "fake" / "vllm" / "entrypoints" / "openai"
+    package.mkdir(parents=True)
+    for folder in (package, package.parent, package.parent.parent):
+        (folder / "__init__.py").write_text("")
+    (package / "api_server.py").write_text(FAKE_VLLM)
+    log = tmp_path / "fake-vllm.jsonl"
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "fake"))
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    return log
+
+
+def sent(log: Path, what: str) -> list:
+    return [entry[what] for entry in read_jsonl(log) if what in entry]
+
+
+MELD = REPO / "manifests" / "sample" / "meld.jsonl"
+
+
+def test_serve_vllm_stops_a_chatml_model_at_its_end_of_turn(fake_vllm: Path, tmp_path: Path):
+    out = tmp_path / "out.jsonl"
+    blspdata("generate", MELD, "-o", out, "--task", "emotion", "--serve", "vllm", "--model", "m", "--limit", "3",
+             "--no-progress")
+    rows = read_jsonl(out)
+    assert len(rows) == 3
+    for row in rows:
+        assert row["continuation"] == "And then the rain stopped."  # not the made-up next turn
+        assert row["finished"] is True  # the model ended its turn
+        assert row["generator"]["sampling"]["repetition_penalty"] == 1.1
+        assert row["generator"]["sampling"]["stop"] == ["<|im_end|>", "<|endoftext|>"]
+    for body in sent(fake_vllm, "body"):
+        assert body["repetition_penalty"] == 1.1 and body["min_tokens"] == 1 and body["max_tokens"] == 48
+        assert body["stop"] == ["<|im_end|>", "<|endoftext|>"] and body["skip_special_tokens"] is False
+        assert "repeat_penalty" not in body
+
+
+def test_a_server_that_ignores_stop_still_gives_only_the_turn(tmp_path: Path):
+    """Even when a server writes the end of turn out and goes on, the row is the turn only."""
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        return answer("It was late.<|im_end|>\n<|im_start|>user\nmore", finish="length")
+
+    (result,) = run(handler, [request("x")])
+    assert result.continuation == "It was late." and result.finished
+
+
+@pytest.mark.parametrize("owned_by, penalty, expected", [
+    ("vllm", [], {"repetition_penalty": 1.1, "skip_special_tokens": False}),
+    ("vllm", ["--repetition-penalty", "1.0"], {"repetition_penalty": 1.0, "skip_special_tokens": False}),
+    ("me", [], {"repeat_penalty": 1.1}),                  # llama-cpp-python's server
+    ("llamacpp", ["--repetition-penalty", "1.3"], {"repeat_penalty": 1.3}),  # llama.cpp's own
+    ("sglang", [], {"repetition_penalty": 1.1}),          # another engine: vLLM's name
+])
+def test_each_engine_is_sent_the_penalty_as_it_names_it(fake_vllm: Path, tmp_path: Path, monkeypatch,
+                                                        owned_by: str, penalty: list, expected: dict):
+    from blspdata.generate.servers import free_port
+
+    monkeypatch.setenv("FAKE_OWNED_BY", owned_by)
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--port", str(port)])
+    try:
+        for _ in range(400):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        out = tmp_path / "out.jsonl"
+        blspdata("generate", MELD, "-o", out, "--base-url", f"http://127.0.0.1:{port}/v1", "--limit", "2",
+                 "--no-progress", *penalty)
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    (body, _) = sent(fake_vllm, "body")
+    assert {key: body[key] for key in expected} == expected
+    others = {"repetition_penalty", "repeat_penalty", "skip_special_tokens"} - set(expected)
+    assert not others & set(body), body
+    assert body["stop"] == ["<|im_end|>", "<|endoftext|>"]
+    assert {row["generator"]["sampling"]["repetition_penalty"] for row in read_jsonl(out)} == \
+        {expected.get("repetition_penalty", expected.get("repeat_penalty"))}
+
+
+def test_a_plain_openai_server_gets_only_standard_fields_without_a_penalty():
+    bodies = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path.endswith("/models"):
+            return httpx.Response(200, json={"data": [{"id": "gpt", "owned_by": "openai"}]})
+        bodies.append(json.loads(req.content))
+        return answer()
+
+    run(handler, [Request("x", [{"role": "user", "content": "x"}], repetition_penalty=1.0)])
+    assert set(bodies[0]) == {"model", "messages", "max_tokens", "temperature", "seed", "stop", "top_p"}
+
+
+# ---------------------------------------------------------------------------- engine_args cannot run code
+
+def demo_config(tmp_path: Path, engine_args: dict, **generate) -> Path:
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({
+        "run_dir": str(tmp_path / "run"),
+        "corpora": [{"kind": "iemocap", "root": str(REPO / "samples" / "corpora" / "IEMOCAP_full_release")}],
+        "generate": {"serve": "vllm", "model": "m", "engine_args": engine_args, **generate},
+    }))
+    return config
+
+
+@pytest.mark.parametrize("engine_args", [
+    {"trust_remote_code": True},
+    {"trust-remote-code": True},
+    {"--trust-remote-code": ""},
+    {"TRUST_REMOTE_CODE": "yes"},
+])
+def test_a_config_cannot_turn_on_trust_remote_code(tmp_path: Path, engine_args: dict):
+    result = blspdata("run", demo_config(tmp_path, engine_args), "--plan", check=False)
+    assert result.returncode == 1, result.stdout
+    assert "--trust-remote-code" in result.stderr and "config" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything ran
+    assert blspdata("run", demo_config(tmp_path, engine_args), "--plan", "--trust-remote-code").returncode == 0
+
+
+def test_a_config_cannot_move_the_server_off_loopback(tmp_path: Path):
+    result = blspdata("run", demo_config(tmp_path, {"host": "0.0.0.0"}), "--plan", check=False)
+    assert result.returncode == 1 and "loopback" in result.stderr
+
+
+def test_trust_remote_code_reaches_vllm_only_from_the_command_line(fake_vllm: Path, tmp_path: Path):
+    args = ["generate", MELD, "-o", tmp_path / "out.jsonl", "--serve", "vllm", "--model", "m", "--limit", "1",
+            "--no-progress"]
+    refused = blspdata(*args, "-E", "trust_remote_code=true", check=False)
+    assert refused.returncode == 1 and "--trust-remote-code" in refused.stderr
+    assert not fake_vllm.exists()  # no server was started
+    blspdata(*args, "-E", "max_model_len=2048")
+    (plain,) = sent(fake_vllm, "argv")
+    assert "--trust-remote-code" not in plain and "--max-model-len=2048" in plain
+    fake_vllm.unlink()
+    blspdata(*args, "--trust-remote-code")
+    (trusted,) = sent(fake_vllm, "argv")
+    assert "--trust-remote-code" in trusted and "--host" in trusted and trusted[trusted.index("--host") + 1] == "127.0.0.1"

@@ -27,7 +27,13 @@ def test_builtin_templates_render_the_papers_prompts():
         {"role": "user", "content": "Continue the following sentence that reflects a 'sad' emotion tone in a "
                                     "coherent style: i was just leaving"},
     ]
-    assert emotion.generation == {"max_new_tokens": 48, "min_new_tokens": 1, "temperature": 0.0}
+    # Greedy, 48 max / 1 min new tokens, and the repetition penalty Qwen-7B-Chat's own
+    # generation_config keeps on in the reference (which overrides only the other four).
+    assert emotion.generation == {"max_new_tokens": 48, "min_new_tokens": 1, "temperature": 0.0,
+                                  "repetition_penalty": 1.1}
+    assert prompts.load("semantic").generation["repetition_penalty"] == 1.1
+    assert prompts.DEFAULT_GENERATION["repetition_penalty"] == 1.1  # for templates that do not say
+    assert prompts.DEFAULT_GENERATION["stop"] == ["<|im_end|>", "<|endoftext|>"]
     blsp = prompts.load("semantic-blsp")
     assert blsp.instruction(record()) == ("Continue the following text in a coherent and engaging style with less "
                                           "than 40 words. i was just leaving")
@@ -49,6 +55,12 @@ def test_a_user_template_file_and_its_hash(tmp_path: Path):
     ('task = "semantic"\nsystem = "x"\nuser = "Continue: {transcript}"\n', "must use {text}"),
     ('task = "emotion"\nsystem = "x"\nuser = "Continue: {text}"\n', "must use {emotion}"),
     ('task = "semantic\n', "not a valid TOML"),
+    ('task = "semantic"\nsystem = "x"\nuser = "{text}"\n[generation]\nrepetiton_penalty = 1.1\n',
+     "unknown key 'repetiton_penalty'"),
+    ('task = "semantic"\nsystem = "x"\nuser = "{text}"\n[generation]\nrepetition_penalty = 0\n',
+     "not a valid positive number"),
+    ('task = "semantic"\nsystem = "x"\nuser = "{text}"\n[generation]\nstop = "<|im_end|>"\n',
+     "not a valid list of strings"),
 ])
 def test_bad_templates_are_refused_with_a_reason(tmp_path: Path, body: str, message: str):
     path = tmp_path / "bad.toml"

@@ -42,6 +42,8 @@ def test_vllm_backend_in_process(model_folder: Path, tmp_path: Path):
     done = by_id(read_jsonl(out))
     assert len(done) == 19 and all(row["continuation"] for row in done.values())
     assert {row["generator"]["backend"] for row in done.values()} == {"vllm"}
+    assert {row["generator"]["sampling"]["repetition_penalty"] for row in done.values()} == {1.1}
+    assert not any("<|im_end|>" in row["continuation"] or "<|im_start|>" in row["continuation"] for row in done.values())
     (reject,) = read_jsonl(tmp_path / "vllm.rejects.jsonl")
     assert reject["id"] == rows[3]["id"] and reject["reason"] == "prompt_too_long"
     print(result.stdout)
@@ -53,5 +55,21 @@ def test_serve_vllm_starts_generates_and_stops(model_folder: Path, tmp_path: Pat
                       "--model", model_folder, "--max-new-tokens", "16", "--no-progress", *ENGINE)
     rows = read_jsonl(out)
     assert len(rows) == 30 and all(row["continuation"] for row in rows)
+    # the server keeps special tokens in the text (so `stop` can match them) and the rows hold none
+    assert not any("<|im_end|>" in row["continuation"] or "<|im_start|>" in row["continuation"] for row in rows)
+    assert {row["generator"]["sampling"]["repetition_penalty"] for row in rows} == {1.1}
     assert "vllm.entrypoints" not in os.popen("ps -eo cmd").read()  # the server is gone
     print(result.stdout)
+
+
+def test_the_repetition_penalty_changes_what_vllm_writes(model_folder: Path, tmp_path: Path):
+    """The template's penalty reaches vllm.LLM's SamplingParams: 1.0 and the recipe's 1.1 give
+    different greedy continuations of the same transcripts."""
+    texts = {}
+    for penalty in ("1.0", "1.1"):
+        out = tmp_path / f"p{penalty}.jsonl"
+        blspdata("generate", SAMPLE / "librispeech.jsonl", "-o", out, "--backend", "vllm", "--model", model_folder,
+                 "--max-new-tokens", "32", "--repetition-penalty", penalty, "--no-progress", *ENGINE)
+        texts[penalty] = {row["id"]: row["continuation"] for row in read_jsonl(out)}
+    assert texts["1.0"].keys() == texts["1.1"].keys()
+    assert sum(texts["1.0"][i] != texts["1.1"][i] for i in texts["1.0"]) > 0

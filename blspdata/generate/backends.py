@@ -23,6 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+# ChatML's end of turn and Qwen's end of text. Qwen-7B-Chat's tokenizer has no eos_token and its
+# generation_config stops only at <|endoftext|> (151643), so a server that stops at the model's
+# own end token alone runs past <|im_end|> into a made-up next turn; the reference stops at
+# <|im_end|> itself (`get_stop_words_ids("chatml")`). Other templates' models never write these.
+CHATML_STOPS = ("<|im_end|>", "<|endoftext|>")
+
+
 @dataclass(slots=True)
 class Request:
     id: str
@@ -32,6 +39,8 @@ class Request:
     temperature: float = 0.0
     seed: int = 0
     max_prompt_tokens: int | None = None
+    repetition_penalty: float = 1.0
+    stop: tuple[str, ...] = CHATML_STOPS
 
 
 @dataclass(slots=True)
@@ -58,6 +67,48 @@ def _context_error(message: str) -> bool:
                                        "length", "too many tokens"))
 
 
+def cut_at_stop(text: str, stops: tuple[str, ...] | list[str]) -> tuple[str, bool]:
+    """`text` up to its first stop string, and whether there was one: a server that ignores
+    `stop` (or writes special tokens out) still gives the turn only, marked finished."""
+    found = [i for i in (text.find(stop) for stop in stops if stop) if i >= 0]
+    return (text[:min(found)], True) if found else (text, False)
+
+
+def sampling_fields(engine: str, request: Request) -> dict[str, Any]:
+    """The request fields beyond the OpenAI standard, as `engine` spells them.
+
+    The repetition penalty is the recipe's (Qwen-7B-Chat's generation_config keeps 1.1 on):
+    vLLM takes `repetition_penalty` and applies it as transformers does: the logit of every
+    token already in the sequence, prompt included, is divided by it (multiplied, if negative).
+    llama.cpp takes `repeat_penalty`, the same division, but only over the tokens it generated
+    itself, the last 64 of them (llama-cpp-python 0.3: a fresh sampler per request, no prompt
+    tokens fed to it, `last_n_tokens_size` 64), so a transcript's words are not penalised in
+    the continuation as they are in the reference; it applies its own 1.1 when a request sends
+    none. Another OpenAI-compatible engine gets vLLM's name (SGLang and LMDeploy take it too),
+    and nothing when the penalty is 1.0, so a plain OpenAI server sees only standard fields.
+    vLLM also gets `skip_special_tokens: false`: else it drops special tokens from the text
+    before matching `stop`, and `<|im_end|>` would never match."""
+    if engine == "llama.cpp":
+        return {"repeat_penalty": request.repetition_penalty, "min_tokens": request.min_new_tokens}
+    if engine == "vllm":
+        return {"repetition_penalty": request.repetition_penalty, "min_tokens": request.min_new_tokens,
+                "skip_special_tokens": False}
+    return {} if request.repetition_penalty == 1.0 else {"repetition_penalty": request.repetition_penalty}
+
+
+def _engine_of(models: Any) -> str:
+    """Which engine serves `/v1/models` (its `owned_by`), for the request fields it understands."""
+    try:
+        owner = str(models["data"][0].get("owned_by", "")).lower()
+    except (KeyError, IndexError, TypeError, AttributeError):
+        return "openai"
+    if owner == "vllm":
+        return "vllm"
+    if owner in ("llamacpp", "llama.cpp", "me"):  # llama.cpp's server; llama-cpp-python's says "me"
+        return "llama.cpp"
+    return "openai"
+
+
 def _check_prompt_length(request: Request, prompt_tokens: int | None, result: Result) -> Result:
     """The BLSP recipe drops prompts of `max_prompt_tokens` or more (counted by the server)."""
     if request.max_prompt_tokens and prompt_tokens is not None and prompt_tokens >= request.max_prompt_tokens:
@@ -78,6 +129,7 @@ class OpenAIBackend:
     server_timeout: float = 120.0
     extra_body: dict[str, Any] = field(default_factory=dict)  # engine-specific request fields
     transport: Any = None  # an httpx transport, for tests
+    engine: str | None = None  # vllm, llama.cpp or openai (standard fields); None: ask /models
     name: str = "openai"
     _client: Any = field(default=None, repr=False)
     _last_ok: float = field(default=0.0, repr=False)
@@ -98,23 +150,35 @@ class OpenAIBackend:
             transport=self.transport,
         )
         self._last_ok = time.monotonic()
-        if self.model is None:
-            self.model = await self._first_model()
+        if self.model is None or self.engine is None:
+            await self._discover()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         await self._client.aclose()
 
-    async def _first_model(self) -> str:
-        """The server's only (or first) model, when the user did not name one."""
+    async def _discover(self) -> None:
+        """From `/models`: the server's only (or first) model, when the user did not name one,
+        and which engine it is, when the caller did not say (standard fields if unknown)."""
         response = await self._with_retries(lambda: self._client.get("/models"), "listing models")
+        try:
+            listing = response.json() if response.status_code == 200 else None
+        except ValueError:
+            listing = None
+        if self.engine is None:
+            if response.status_code in (401, 403):
+                raise BackendError(f"{self.base_url}/models answered HTTP {response.status_code}: "
+                                   f"{_error_message(response)} (check --api-key)")
+            self.engine = _engine_of(listing)
+        if self.model is not None:
+            return
         if response.status_code != 200:
             raise BackendError(f"{self.base_url}/models answered HTTP {response.status_code}: "
                                f"{_error_message(response)}" + (" (check --api-key)" if response.status_code in (401, 403)
                                                                 else ""))
         try:
-            return response.json()["data"][0]["id"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            self.model = listing["data"][0]["id"]
+        except (KeyError, IndexError, TypeError):
             raise BackendError(f"{self.base_url}/models lists no model; pass --model") from None
 
     async def _with_retries(self, send, what: str):
@@ -159,8 +223,11 @@ class OpenAIBackend:
     async def complete(self, request: Request) -> Result:
         body: dict[str, Any] = {
             "model": self.model, "messages": request.messages, "max_tokens": request.max_new_tokens,
-            "temperature": request.temperature, "seed": request.seed, **self.extra_body,
+            "temperature": request.temperature, "seed": request.seed,
+            **sampling_fields(self.engine or "openai", request), **self.extra_body,
         }
+        if request.stop:
+            body["stop"] = list(request.stop)
         if request.temperature == 0:
             body["top_p"] = 1.0
         try:
@@ -186,8 +253,9 @@ class OpenAIBackend:
             return Result(request.id, reject="bad_response",
                           detail=f"HTTP {status}, unexpected body ({type(exc).__name__}: {exc}): {response.text[:200]!r}")
         text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates cannot be written as JSON
-        result = Result(request.id, continuation=text.strip(), finished=choice.get("finish_reason") == "stop",
-                        output_tokens=tokens)
+        text, stopped = cut_at_stop(text, request.stop)
+        result = Result(request.id, continuation=text.strip(),
+                        finished=stopped or choice.get("finish_reason") == "stop", output_tokens=tokens)
         return _check_prompt_length(request, usage.get("prompt_tokens"), result)
 
 
@@ -271,12 +339,16 @@ class VLLMBackend:
     def _generate(self, requests: list[Request]) -> list[Result]:
         from vllm import SamplingParams
 
+        tokenizer = self._llm.get_tokenizer()
+        # A stop string that is one token of this tokenizer (ChatML's <|im_end|>) stops as a token
+        # id: vLLM matches `stop` strings against text with special tokens already dropped.
         params = [SamplingParams(temperature=r.temperature, max_tokens=r.max_new_tokens,
-                                 min_tokens=r.min_new_tokens, seed=r.seed) for r in requests]
+                                 min_tokens=r.min_new_tokens, seed=r.seed, repetition_penalty=r.repetition_penalty,
+                                 stop=list(r.stop) or None, stop_token_ids=_single_token_ids(tokenizer, r.stop) or None)
+                  for r in requests]
         max_len = self._llm.llm_engine.model_config.max_model_len
         results: list[Result | None] = [None] * len(requests)
         prompts, keep = [], []
-        tokenizer = self._llm.get_tokenizer()
         for i, request in enumerate(requests):
             text = tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -294,10 +366,21 @@ class VLLMBackend:
             outputs = self._llm.generate(prompts, [params[i] for i in keep], use_tqdm=False)
             for i, output in zip(keep, outputs):
                 completion = output.outputs[0]
-                results[i] = Result(requests[i].id, continuation=completion.text.strip(),
-                                    finished=completion.finish_reason == "stop",
+                text, stopped = cut_at_stop(completion.text, requests[i].stop)
+                results[i] = Result(requests[i].id, continuation=text.strip(),
+                                    finished=stopped or completion.finish_reason == "stop",
                                     output_tokens=len(completion.token_ids))
         return [r for r in results if r is not None]
+
+
+def _single_token_ids(tokenizer: Any, stops: tuple[str, ...]) -> list[int]:
+    """The ids of the stop strings this tokenizer writes as one token (its special tokens)."""
+    ids = []
+    for stop in stops:
+        encoded = tokenizer.encode(stop, add_special_tokens=False)
+        if len(encoded) == 1:
+            ids.append(encoded[0])
+    return ids
 
 
 @dataclass

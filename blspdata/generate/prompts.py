@@ -8,7 +8,9 @@ for the emotion task) and generation defaults:
     user = "Continue the following sentence that reflects a '{emotion}' emotion tone in a coherent style: {text}"
     [generation]
     max_new_tokens = 48
+    repetition_penalty = 1.1
 
+`[generation]` may set the keys of `DEFAULT_GENERATION`; the rest come from there.
 `--prompt NAME` picks `prompts/NAME.toml`, `--prompt FILE` any file. A template's id and the
 hash of its file go into every generated row's `generator`, so each row says how it was made.
 """
@@ -32,6 +34,20 @@ from blspdata.records import Record
 
 TASKS = ("semantic", "emotion")
 FIELDS = {"text", "emotion"}  # what a user template may refer to
+
+# Decoding as the reference does (emotion_text_generation.py): GenerationConfig.from_pretrained
+# (the LLM's own), updated only with do_sample False, num_beams 1, max_new_tokens 48 and
+# min_new_tokens 1. What Qwen-7B-Chat's own config leaves on is repetition_penalty 1.1:
+# https://huggingface.co/Qwen/Qwen-7B-Chat/blob/main/generation_config.json (`"chat_format":
+# "chatml", ..., "top_p": 0.8, "repetition_penalty": 1.1`, as its GenerationConfig loads; the first
+# revisions of 2023-08, e.g. blob/cbf815e0, had no penalty). 1.0 (none) is the option.
+# `stop`: ChatML's end of turn and Qwen's end of text (the reference stops at <|im_end|>;
+# Qwen-7B-Chat has no eos_token), see backends.CHATML_STOPS.
+RECIPE_REPETITION_PENALTY = 1.1
+DEFAULT_GENERATION: dict[str, Any] = {"max_new_tokens": 48, "min_new_tokens": 1, "temperature": 0.0,
+                                      "repetition_penalty": RECIPE_REPETITION_PENALTY,
+                                      "stop": ["<|im_end|>", "<|endoftext|>"]}
+_GENERATION_KEYS = {**{key: type(value) for key, value in DEFAULT_GENERATION.items()}, "max_prompt_tokens": int}
 
 
 class PromptError(ValueError):
@@ -94,8 +110,31 @@ def parse(data: bytes, template_id: str, where: str = "<template>") -> Template:
         raise PromptError(f"{where}: the user template must use {{text}} and may use {{emotion}}; found {sorted(used)}")
     if spec["task"] == "emotion" and "emotion" not in used:
         raise PromptError(f"{where}: an emotion template must use {{emotion}}")
+    _check_generation(spec.get("generation", {}), where)
     return Template(
         id=template_id, task=spec["task"], system=spec["system"], user=spec["user"],
         sha256=hashlib.sha256(data).hexdigest()[:16], description=spec.get("description", ""),
         generation=dict(spec.get("generation", {})),
     )
+
+
+def _check_generation(generation: Any, where: str) -> None:
+    """[generation] holds only known keys of the right type (a typo would be ignored silently)."""
+    if not isinstance(generation, dict):
+        raise PromptError(f"{where}: [generation] must be a table")
+    for key, value in generation.items():
+        kind = _GENERATION_KEYS.get(key)
+        if kind is None:
+            raise PromptError(f"{where}: [generation] has unknown key {key!r}; known: {', '.join(sorted(_GENERATION_KEYS))}")
+        if kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        else:
+            ok = isinstance(value, list) and all(isinstance(item, str) and item for item in value)
+        if key == "repetition_penalty" and ok:
+            ok = value > 0
+        if not ok:
+            raise PromptError(f"{where}: [generation] {key} = {value!r} is not a valid "
+                              + ("list of strings" if kind is list else "positive number" if key == "repetition_penalty"
+                                 else "number"))

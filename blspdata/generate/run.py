@@ -87,7 +87,8 @@ class Job:
         s = self.sampling
         return Request(record.id, self.template.render(record), max_new_tokens=s["max_new_tokens"],
                        min_new_tokens=s.get("min_new_tokens", 1), temperature=s["temperature"], seed=s["seed"],
-                       max_prompt_tokens=s.get("max_prompt_tokens"))
+                       max_prompt_tokens=s.get("max_prompt_tokens"),
+                       repetition_penalty=s.get("repetition_penalty", 1.0), stop=tuple(s.get("stop", ())))
 
 
 def manifest_rows(manifest: Path, job: Job, done: set[str] | frozenset[str]) -> Iterator[tuple[str, Record | None, str]]:
@@ -165,7 +166,8 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
              max_new_tokens: int | None = None, temperature: float | None = None, seed: int = 0,
              shard: str | None = None, server_timeout: float = 120.0, limit: int | None = None,
              strict: bool = False, progress: bool = True, executor: str = "local", ray_actors: int = 2,
-             engine_args: dict[str, Any] | None = None) -> Summary:
+             engine_args: dict[str, Any] | None = None, repetition_penalty: float | None = None,
+             trust_remote_code: bool = False) -> Summary:
     """Write continuations of the records in `manifest` to `out` (resumable). The Python face
     of `blspdata generate`; see its --help for the options."""
     manifest, out = Path(manifest), Path(out)
@@ -183,11 +185,16 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
     template = prompts.load(prompt or task)
     if template.task != task:
         raise GenerateError(f"prompt {template.id!r} is for the {template.task} task, not {task}")
-    sampling = {"max_new_tokens": 48, "min_new_tokens": 1, "temperature": 0.0, **template.generation}
+    engine_args = check_engine_args(engine_args, trust_remote_code, backend, serve)
+    sampling = {**prompts.DEFAULT_GENERATION, **template.generation}
     if max_new_tokens is not None:
         sampling["max_new_tokens"] = max_new_tokens
     if temperature is not None:
         sampling["temperature"] = temperature
+    if repetition_penalty is not None:
+        if not repetition_penalty > 0:
+            raise GenerateError(f"--repetition-penalty must be positive (1.0 = none), got {repetition_penalty}")
+        sampling["repetition_penalty"] = float(repetition_penalty)
     sampling["seed"] = seed
     job = Job(template, sampling, task, parse_shard(shard))
     if executor == "ray" and backend == "embedded" and not base_url and not serve:
@@ -255,6 +262,40 @@ def _generate_locked(manifest: Path, out: Path, job: Job, engine_spec: dict[str,
     return summary
 
 
+# Flags of `vllm serve` / keys of vllm.LLM a config or -E may not set: trust_remote_code runs the
+# model folder's own Python (only --trust-remote-code typed by the user turns it on); host and
+# port would move the server off loopback; model is --model.
+_RESERVED_ENGINE_ARGS = {"host": "the server listens on loopback only", "port": "blspdata picks a free port",
+                         "model": "use --model"}
+
+
+def check_engine_args(engine_args: dict[str, Any] | None, trust_remote_code: bool, backend: str = "vllm",
+                      serve: str | None = None) -> dict[str, Any]:
+    """`engine_args` (from a config's generate.engine_args or -E) with keys normalised, refused
+    when they would run code or leave loopback. `trust_remote_code` in any spelling
+    (trust_remote_code: true, trust-remote-code, --trust-remote-code) is an error unless the
+    user passed --trust-remote-code, which then turns it on for the vLLM engines."""
+    checked: dict[str, Any] = {}
+    for key, value in (engine_args or {}).items():
+        name = str(key).strip().lstrip("-").strip().lower().replace("-", "_")
+        if not name or not all(c.isalnum() or c == "_" for c in name):
+            raise GenerateError(f"engine_args: {str(key)[:80]!r} is not an option name")
+        if name == "trust_remote_code":
+            if value is False or value is None or str(value).strip().lower() in ("false", "0", "no", "off"):
+                continue
+            if not trust_remote_code:
+                raise GenerateError(f"engine_args: {key}={str(value)[:80]} would let the model's folder run its own "
+                                    "Python code; blspdata turns that on only when you pass --trust-remote-code on "
+                                    "the command line (blspdata generate / blspdata run), never from a config or -E")
+            continue
+        if name in _RESERVED_ENGINE_ARGS:
+            raise GenerateError(f"engine_args: {key} is not settable ({_RESERVED_ENGINE_ARGS[name]})")
+        checked[name] = value
+    if trust_remote_code and (backend == "vllm" or serve):
+        checked["trust_remote_code"] = True
+    return checked
+
+
 def generator_info(engine_spec: dict[str, Any], template: prompts.Template, sampling: dict[str, Any],
                    engine: Any = None) -> dict[str, Any]:
     """What goes into each row's `generator`: backend, model, template, sampling."""
@@ -284,10 +325,11 @@ def make_engine(stack: contextlib.ExitStack, backend: str, base_url: str | None 
             raise GenerateError(f"--serve supports vllm, not {serve!r}")
         if not model:
             raise GenerateError("--serve vllm needs --model (a Hugging Face id or a local folder)")
-        extra = [f"--{key.replace('_', '-')}={value}" for key, value in (engine_args or {}).items()]
+        extra = [f"--{key.replace('_', '-')}" if value is True else f"--{key.replace('_', '-')}={value}"
+                 for key, value in (engine_args or {}).items()]
         server = stack.enter_context(vllm_server(model, extra_args=extra, seed=seed))
         return OpenAIBackend(server.base_url, model=model, concurrency=concurrency or 256,
-                             server_timeout=server_timeout)
+                             server_timeout=server_timeout, engine="vllm")
     if backend == "dry-run":
         return DryRunBackend()
     if backend == "vllm":
@@ -326,11 +368,11 @@ def _embedded(stack: contextlib.ExitStack, model: str | None, concurrency: int |
         started.append(server)
     for server in started:
         server.wait_ready()
-    # One request computing and one waiting per server hides the HTTP round trip. llama.cpp's
-    # repeat penalty defaults to 1.1; the recipe decodes greedily, without one.
+    # One request computing and one waiting per server hides the HTTP round trip. The template's
+    # repetition penalty goes as llama.cpp's `repeat_penalty` (backends.sampling_fields).
     per_server = max(1, (concurrency or 2 * servers) // servers)
-    members = [OpenAIBackend(s.base_url, concurrency=per_server, server_timeout=server_timeout,
-                             extra_body={"repeat_penalty": 1.0}) for s in started]
+    members = [OpenAIBackend(s.base_url, concurrency=per_server, server_timeout=server_timeout, engine="llama.cpp")
+               for s in started]
     return members[0] if len(members) == 1 else PooledBackend(members)
 
 
