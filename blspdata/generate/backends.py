@@ -41,6 +41,7 @@ class Request:
     max_prompt_tokens: int | None = None
     repetition_penalty: float = 1.0
     stop: tuple[str, ...] = CHATML_STOPS
+    prefill: str | None = None  # the start of the assistant's turn, already written (embedded -E prefill=true)
 
 
 @dataclass(slots=True)
@@ -130,6 +131,9 @@ class OpenAIBackend:
     extra_body: dict[str, Any] = field(default_factory=dict)  # engine-specific request fields
     transport: Any = None  # an httpx transport, for tests
     engine: str | None = None  # vllm, llama.cpp or openai (standard fields); None: ask /models
+    # messages -> the prompt text of the model's chat template (models.chat_renderer): with it, a
+    # request with a `prefill` goes to /completions as that prompt + the prefill
+    render: Any = None
     name: str = "openai"
     _client: Any = field(default=None, repr=False)
     _last_ok: float = field(default=0.0, repr=False)
@@ -230,14 +234,17 @@ class OpenAIBackend:
             body["stop"] = list(request.stop)
         if request.temperature == 0:
             body["top_p"] = 1.0
+        endpoint = "/chat/completions"
+        if request.prefill is not None and self.render is not None:
+            endpoint, body["prompt"] = "/completions", self.render(body.pop("messages")) + request.prefill
         try:
-            response = await self._with_retries(lambda: self._client.post("/chat/completions", json=body), request.id)
+            response = await self._with_retries(lambda: self._client.post(endpoint, json=body), request.id)
         except _GaveUp as failure:
             return Result(request.id, reject="server_error",
                           detail=f"failed for {self.server_timeout:.0f} s while other requests succeeded: {failure}")
         status = response.status_code
         if status in (401, 403, 404):  # every request would fail the same way: a setup problem
-            raise BackendError(f"{self.base_url}/chat/completions answered HTTP {status}: {_error_message(response)}"
+            raise BackendError(f"{self.base_url}{endpoint} answered HTTP {status}: {_error_message(response)}"
                                + (" (check --api-key)" if status != 404 else " (check --model and --base-url)"))
         if 400 <= status < 500:  # this request: too long (400 vLLM/llama.cpp, 422 TGI, 413) or otherwise refused
             message = _error_message(response)
@@ -246,7 +253,7 @@ class OpenAIBackend:
         try:
             payload = response.json()
             choice = payload["choices"][0]
-            text = choice["message"]["content"] or ""
+            text = (choice["text"] if endpoint == "/completions" else choice["message"]["content"]) or ""
             usage = payload.get("usage") or {}
             tokens = int(usage.get("completion_tokens") or 0)
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:

@@ -88,7 +88,8 @@ class Job:
         return Request(record.id, self.template.render(record), max_new_tokens=s["max_new_tokens"],
                        min_new_tokens=s.get("min_new_tokens", 1), temperature=s["temperature"], seed=s["seed"],
                        max_prompt_tokens=s.get("max_prompt_tokens"),
-                       repetition_penalty=s.get("repetition_penalty", 1.0), stop=tuple(s.get("stop", ())))
+                       repetition_penalty=s.get("repetition_penalty", 1.0), stop=tuple(s.get("stop", ())),
+                       prefill=record.text if s.get("prefill") else None)
 
 
 def manifest_rows(manifest: Path, job: Job, done: set[str] | frozenset[str]) -> Iterator[tuple[str, Record | None, str]]:
@@ -196,6 +197,8 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
             raise GenerateError(f"--repetition-penalty must be positive (1.0 = none), got {repetition_penalty}")
         sampling["repetition_penalty"] = float(repetition_penalty)
     sampling["seed"] = seed
+    if prefill_option(engine_args, backend, base_url, serve):
+        sampling.update(prefill="transcript", min_new_tokens=max(PREFILL_MIN_NEW_TOKENS, sampling["min_new_tokens"]))
     job = Job(template, sampling, task, parse_shard(shard))
     if executor == "ray" and backend == "embedded" and not base_url and not serve:
         # one embedded server per actor: share the cores between them
@@ -296,6 +299,33 @@ def check_engine_args(engine_args: dict[str, Any] | None, trust_remote_code: boo
     return checked
 
 
+# -E prefill=true: the assistant's turn starts with the transcript, and at least this many new
+# tokens follow (a small model that may end its turn at once often does, or repeats the sentence).
+PREFILL_MIN_NEW_TOKENS = 6
+
+
+def prefill_option(engine_args: dict[str, Any], backend: str, base_url: str | None, serve: str | None) -> bool:
+    """Whether `-E prefill=true` is on (the key then holds True), refused outside the embedded
+    engine: it changes the recipe (the target is no longer the model's free reply to the paper's
+    prompt), so it is a choice for the small CPU model only, recorded in `generator.sampling`."""
+    if "prefill" not in engine_args:
+        return False
+    value = engine_args["prefill"]
+    text = str(value).strip().lower()
+    if value is True or text in ("true", "1", "yes", "on"):
+        if backend != "embedded" or base_url or serve:
+            where = "--serve vllm" if serve else "--base-url" if base_url else f"the {backend} backend"
+            raise GenerateError(f"-E prefill=true is an option of the embedded engine only, not of {where}: it "
+                                "changes the recipe (the assistant's turn starts with the transcript), which a "
+                                "real model does not need")
+        engine_args["prefill"] = True
+        return True
+    if value is False or value is None or text in ("false", "0", "no", "off"):
+        del engine_args["prefill"]
+        return False
+    raise GenerateError(f"-E prefill takes true or false, not {str(value)[:80]!r}")
+
+
 def generator_info(engine_spec: dict[str, Any], template: prompts.Template, sampling: dict[str, Any],
                    engine: Any = None) -> dict[str, Any]:
     """What goes into each row's `generator`: backend, model, template, sampling."""
@@ -306,9 +336,10 @@ def generator_info(engine_spec: dict[str, Any], template: prompts.Template, samp
 
         name = "dry-run" if engine_spec["backend"] == "dry-run" else "vllm" if engine_spec["backend"] == "vllm" \
             else "openai"
-        model = engine_spec["model"] or (embedded_model_name() if engine_spec["backend"] == "embedded"
-                                         and not engine_spec["base_url"] and not engine_spec["serve"]
-                                         else "dry-run" if name == "dry-run" else None)
+        if engine_spec["backend"] == "embedded" and not engine_spec["base_url"] and not engine_spec["serve"]:
+            model = embedded_model_name(engine_spec["model"])  # as the server will serve it
+        else:
+            model = engine_spec["model"] or ("dry-run" if name == "dry-run" else None)
         if model is None:
             raise GenerateError("--executor ray needs --model (the name the server serves)")
     return {"backend": name, "model": model, "prompt": template.describe(), "sampling": sampling}
@@ -346,23 +377,28 @@ def make_engine(stack: contextlib.ExitStack, backend: str, base_url: str | None 
 
 def _embedded(stack: contextlib.ExitStack, model: str | None, concurrency: int | None, server_timeout: float,
               engine_args: dict[str, Any]):
-    """llama.cpp servers on loopback: by default, for the packaged 135M model, one per core with
+    """llama.cpp servers on loopback: by default, for a packaged model, one per core with
     one thread each (N one-thread servers give about N times one N-thread server on a CPU);
-    for a model of your own, one server with every core. -E servers=N -E threads=T override."""
+    for a model of your own, one server with every core. -E servers=N -E threads=T override;
+    -E prefill=true pre-fills the assistant's turn with the transcript (prefill_option)."""
     from blspdata.generate.backends import PooledBackend
+    from blspdata.generate.models import chat_renderer, is_packaged, resolve
     from blspdata.generate.servers import embedded_llama
 
-    unknown = set(engine_args) - {"servers", "threads"}
+    unknown = set(engine_args) - {"servers", "threads", "prefill"}
     if unknown:
-        raise GenerateError(f"the embedded backend takes -E servers=N and -E threads=N, not {', '.join(sorted(unknown))}")
+        raise GenerateError(f"the embedded backend takes -E servers=N, -E threads=N and -E prefill=true, not "
+                            f"{', '.join(sorted(unknown))}")
     from blspdata.parallel import cores
 
     available = cores()
-    servers = max(1, int(engine_args.get("servers") or (available if model is None else 1)))
+    servers = max(1, int(engine_args.get("servers") or (available if is_packaged(model) else 1)))
     threads = max(1, int(engine_args.get("threads") or available // servers))
+    path = str(resolve(model))  # found, fetched or assembled once for all the servers
+    render = chat_renderer(path) if engine_args.get("prefill") is True else None
     started = []
     for _ in range(servers):
-        server = embedded_llama(model, threads=threads)
+        server = embedded_llama(path, threads=threads)
         server.launch()
         stack.callback(server.stop)
         started.append(server)
@@ -371,8 +407,8 @@ def _embedded(stack: contextlib.ExitStack, model: str | None, concurrency: int |
     # One request computing and one waiting per server hides the HTTP round trip. The template's
     # repetition penalty goes as llama.cpp's `repeat_penalty` (backends.sampling_fields).
     per_server = max(1, (concurrency or 2 * servers) // servers)
-    members = [OpenAIBackend(s.base_url, concurrency=per_server, server_timeout=server_timeout, engine="llama.cpp")
-               for s in started]
+    members = [OpenAIBackend(s.base_url, concurrency=per_server, server_timeout=server_timeout, engine="llama.cpp",
+                             render=render) for s in started]
     return members[0] if len(members) == 1 else PooledBackend(members)
 
 

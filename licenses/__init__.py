@@ -1,0 +1,1 @@
+"""Licence notices of the model weights blspdata installs and runs (shipped as blspdata.licenses)."""
