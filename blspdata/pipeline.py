@@ -101,6 +101,7 @@ class Curate(_Strict):
     max_words: Optional[int] = None
     max_dup_ngram_fraction: Optional[float] = None
     echo_overlap: Optional[float] = None
+    recipe_sorry_but_i: Optional[bool] = None  # false: an apology is a refusal only when one follows
     exact: Optional[bool] = None
     near: Optional[bool] = None
     threshold: Optional[float] = None

@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
@@ -398,6 +399,35 @@ def _sha256(path: Path) -> str:
 
 # ---------------------------------------------------------------------------- the card
 
+_CARD_SAFE = frozenset(" .,;-/+=?%@#{}")
+
+
+def card_text(value: Any) -> str:
+    """Record text (corpus names, generator fields, reasons) as it may appear in the card's
+    Markdown and the HTML the Hub renders from it: one line (control, format and line-break
+    characters become spaces), and every character Markdown, HTML or the Hub's LaTeX could read
+    as markup (`<`, `|`, `*`, `[`, `$`, backticks, ...) written as a numeric character reference,
+    which renders as the character itself and is never markup. Letters, digits, spaces and
+    `.,;-/+=?%@#{}` stay, so the card still reads; the caller never puts it at a line's start.
+    The YAML header is written by huggingface_hub's YAML dumper, which quotes what it must."""
+    out = []
+    for char in str(value):
+        category = unicodedata.category(char)
+        if category[0] in "CZ":
+            out.append(" ")
+        elif char.isalnum() or char in _CARD_SAFE:
+            out.append(char)
+        else:
+            out.append(f"&#{ord(char)};")
+    return "".join(out)
+
+
+def _code(value: Any) -> str:
+    """card_text() in monospace (an HTML <code>: a Markdown code span would show the references
+    as typed, and a backtick in the value would end it)."""
+    return f"<code>{card_text(value)}</code>"
+
+
 def _write_card(build: Path, counts: dict[str, dict[str, int]], sizes: dict[str, dict[str, int]], features_,
                 fmt: str, audio: str, license: str, provenance: dict, rejects: list[Reject]) -> None:
     from datasets.info import DatasetInfo, DatasetInfosDict
@@ -428,28 +458,28 @@ def _write_card(build: Path, counts: dict[str, dict[str, int]], sizes: dict[str,
              "(stage 2, emotion alignment).", "", "## Contents", "",
              "| config / corpus | rows | hours |", "| --- | ---: | ---: |"]
     for key, n in sorted(provenance["corpora"].items()):
-        lines.append(f"| {key} | {n} | {provenance['hours'][key]:.2f} |")
+        lines.append(f"| {card_text(key)} | {n} | {provenance['hours'][key]:.2f} |")
     lines += ["", "| config | split | rows |", "| --- | --- | ---: |"]
     for config, splits_ in counts.items():
         lines += [f"| {config} | {split} | {rows} |" for split, rows in splits_.items()]
     lines += ["", "## How it was made", ""]
     for generator in provenance["generators"].values():
-        lines.append(f"- generator: backend `{generator.get('backend')}`, model `{generator.get('model')}`, "
-                     f"sampling `{json.dumps(generator.get('sampling'), sort_keys=True)}`")
+        lines.append(f"- generator: backend {_code(generator.get('backend'))}, model {_code(generator.get('model'))}, "
+                     f"sampling {_code(json.dumps(generator.get('sampling'), sort_keys=True))}")
         prompt = generator.get("prompt") or {}
         try:
             template = prompts.load(prompt.get("id", ""))
             same = " (the shipped template)" if template.sha256 == prompt.get("sha256") else " (a modified template)"
-            lines += [f"  - prompt `{prompt.get('id')}` sha256 `{prompt.get('sha256')}`{same}:",
-                      f"    system: `{template.system}`", f"    user: `{template.user}`"]
+            lines += [f"  - prompt {_code(prompt.get('id'))} sha256 {_code(prompt.get('sha256'))}{same}:",
+                      f"    system: {_code(template.system)}", f"    user: {_code(template.user)}"]
         except prompts.PromptError:
-            lines.append(f"  - prompt `{prompt.get('id')}` sha256 `{prompt.get('sha256')}` (a user template)")
+            lines.append(f"  - prompt {_code(prompt.get('id'))} sha256 {_code(prompt.get('sha256'))} (a user template)")
     for stats in provenance["curate"]:
-        lines.append(f"- curate: {stats.get('kept')} of {stats.get('input')} kept; dropped: "
-                     + ", ".join(f"{k} {v}" for k, v in (stats.get("rejects") or {}).items()))
+        lines.append(f"- curate: {card_text(stats.get('kept'))} of {card_text(stats.get('input'))} kept; dropped: "
+                     + ", ".join(f"{card_text(k)} {card_text(v)}" for k, v in (stats.get("rejects") or {}).items()))
     if rejects:
         lines.append(f"- publish: {len(rejects)} rows dropped (" + ", ".join(
-            f"{k} {v}" for k, v in Counter(r.reason for r in rejects).items()) + ")")
+            f"{card_text(k)} {v}" for k, v in Counter(r.reason for r in rejects).items()) + ")")
     lines += ["", f"Audio: {'16 kHz mono FLAC, cut to the utterance' if audio == 'embed' else 'paths (not embedded)'}. "
               "Emotion labels: " + ", ".join(f"{i} {n}" for i, n in enumerate(CANONICAL)) + " (null for semantic rows). "
               "`extra` and `generator` are JSON strings.", "", "## Load it", "", "```python"]

@@ -141,7 +141,7 @@ def test_existing_output_failures_and_the_offline_hub(records, arrow: Path, tmp_
     import subprocess, sys
     run = subprocess.run([sys.executable, "-m", "blspdata", "publish", *map(str, records[:1]), "-o", str(out),
                           "--push-to-hub", "someone/blsp-sample", "--no-progress"], capture_output=True, text=True,
-                         env=env, cwd=REPO)
+                         env=env, cwd=REPO, timeout=600)
     assert run.returncode == 1 and "nothing was uploaded" in run.stderr and "local dataset is intact" in run.stderr
     assert "hf_secret" not in run.stdout + run.stderr
     assert blspdata("verify", out).returncode == 0
@@ -164,4 +164,43 @@ def test_shards_are_cut_at_max_shard_size_and_keep_every_row_in_order(records, a
     assert len(shards) > 1 and shards[-1].name.endswith(f"-of-{len(shards):05d}.{fmt}")
     assert all(p.stat().st_size < 300_000 for p in shards)  # a shard overshoots by one batch at most
     assert cut["id"] == whole["id"] and cut["continuation"] == whole["continuation"]
+    assert blspdata("verify", out).returncode == 0
+
+
+HOSTILE = "<script>alert(1)</script> | *bold* [link](javascript:alert(1)) `code` $x$ &amp;\n---\nlicense: mit\n# Heading"
+
+
+def test_the_card_escapes_record_text(tmp_path: Path):
+    """Corpus names, generator fields and curate reasons come from records and files anyone can
+    write: in the card they are text, never Markdown, HTML or YAML."""
+    from huggingface_hub import DatasetCard
+    from markdown_it import MarkdownIt
+
+    rows = read_jsonl(SAMPLE / "librispeech.jsonl")[:4]
+    generator = {"backend": "<img src=x onerror=alert(1)>", "model": "m` | </code><b>x</b>",
+                 "sampling": {"temperature": "<i>0</i>"}, "prompt": {"id": "<u>mine</u>", "sha256": "a|b"}}
+    for i, row in enumerate(rows):
+        row.update(corpus=HOSTILE, split="all", speaker=f"spk{i}", task="semantic", instruction="x",
+                   continuation=f"c {i}", finished=True, generator=generator)
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "in.stats.json").write_text(json.dumps({"kept": "<b>4</b>", "input": 4, "rejects": {"<s>x</s>": 1}}))
+    out = tmp_path / "ds"
+    blspdata("publish", inputs, "-o", out, "--audio", "path", "--audio-root", REPO, "--no-progress", cwd=REPO)
+
+    card = (out / "README.md").read_text()
+    _, body = card.split("\n---\n", 1)
+    assert DatasetCard.load(out / "README.md").data.to_dict()["license"] == "other"  # the YAML is ours
+    assert "\nlicense: mit" not in body and "\n# Heading" not in body  # no line of its own
+    html = MarkdownIt("commonmark").enable("table").render(body)  # raw HTML passes in CommonMark
+    for tag in ("<script", "<img", "<b>", "<i>", "<u>", "<s>", 'href="javascript', "<em>", "<strong>", "<hr"):
+        assert tag not in html, tag
+    assert html.count("<h1>") == 1  # the card's title only
+    assert "$x$" not in body  # the Hub renders $...$ as LaTeX
+    table = [line for line in body.splitlines() if "Heading" in line]  # the name's last word
+    assert len(table) == 1 and table[0].startswith("| semantic/") and table[0].count("|") == 4  # one row, 3 cells
+    # ... and it reads as the name: the references render as the characters themselves
+    assert "<td>semantic/&lt;script&gt;alert(1)&lt;/script&gt; | *bold* [link](javascript:alert(1)) `code` $x$ " \
+           "&amp;amp; --- license: mit # Heading</td>" in html
+    assert "<code>&lt;img src=x onerror=alert(1)&gt;</code>" in html and "&lt;u&gt;mine&lt;/u&gt;" in html
     assert blspdata("verify", out).returncode == 0

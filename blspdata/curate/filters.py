@@ -51,25 +51,48 @@ class FilterSettings:
     echo_overlap: float = 0.8        # share of the continuation's words that are the transcript's
     min_language_confidence: float = 0.9
     language_min_words: int = 4      # too few words to tell a language
+    # The reference's `i'm sorry, but i` anywhere (PAPER.md "Cleaning"); false: only an apology
+    # followed by a refusal ("I'm sorry, but I think you're wrong" is kept)
+    recipe_sorry_but_i: bool = True
 
 
-# The recipe's own five patterns (PAPER.md, "Cleaning"; all case-insensitive, as the issue
-# asks), then the common assistant forms. Texts are normalise()d first, so "I’m" is "I'm".
+# The recipe's own five patterns (PAPER.md, "Cleaning in the reference scripts"; all
+# case-insensitive, as the issue asks), then the common assistant forms. Texts are
+# normalise()d first, so "I’m" is "I'm".
 RECIPE_REFUSALS = [
     re.compile(r"^i'm sorry, but i cannot", re.I), re.compile(r"^i'm sorry, but i'm not sure", re.I),
-    re.compile(r"as an ai language model", re.I), re.compile(r"i'm sorry, but i", re.I),
-    re.compile(r"I'm not sure what you", re.I),
+    re.compile(r"as an ai language model", re.I), re.compile(r"I'm not sure what you", re.I),
 ]
-# What an assistant says it cannot do; "I can't wait to read them" is a story's line.
-_REFUSED = r"(?:continue|help|assist|complete|provide|fulfil|fulfill|comply|write|do (?:that|this)|generate)\b"
+# The fifth is broad: "I'm sorry, but I" anywhere, so the reference also drops "I'm sorry, but I
+# think you're wrong" (an angry row, not a refusal). It is the reference's choice and changes
+# which rows train, so it is the default; `recipe_sorry_but_i = false` keeps only the apologies
+# followed by a refusal (APOLOGY_REFUSAL below).
+RECIPE_SORRY_BUT_I = re.compile(r"i'm sorry, but i", re.I)
+
+# Saying it will not do the task: a refusing verb and what an assistant is asked for.
+# "I can't wait to read them", "I can't help but smile", "I can't do this anymore" and "I
+# can't continue like this" are a story's lines.
+_REFUSING = r"(?:i (?:cannot|can ?not|can't|won't|will not|am unable to|am not able to)|i'm (?:unable|not able) to)"
+_REFUSED = (r"(?:(?:continue|complete)\s+(?:this|that|the|your)\b|help(?:\s+you)?\s+with\b|assist\b|provide\b|"
+            r"fulfill?\b|comply\b|generate\b|write\s+(?:this|that|about|content)\b|"
+            r"do (?:that|this)\b(?!\s+(?:anymore|any more|again|without)\b))")
+REFUSAL = rf"(?:{_REFUSING}\s+{_REFUSED}|(?:that|this|it) is not something i (?:can|will|am able to)\s+" \
+          rf"(?:do|help|assist|provide|continue|complete|write|generate)\b)"
+# An apology that opens the text, then (after "but", a comma or a full stop) a refusal: "I'm
+# sorry, but I can't continue this", "My apologies, but that is not something I will
+# continue". An apology alone is empathy ("I'm sorry to hear that you're feeling this way",
+# "I'm so sorry for your loss", "Sorry, I didn't mean to shout"), which stage 2 teaches.
+_APOLOGY = r"(?:(?:i'm|i am)\s+(?:so\s+|very\s+|really\s+|truly\s+)?sorry|i apologi[sz]e|sorry|(?:my\s+)?apologies)"
+APOLOGY_REFUSAL = re.compile(rf"^\W*{_APOLOGY}\W*(?:but\s+)?(?:unfortunately,?\s+)?{REFUSAL}", re.I)
 BOILERPLATE = re.compile(
     # the assistant speaking of itself; "As an AI researcher, she ..." is fine
     r"\bas an ai(?:,|\s+(?:language model|assistant|model|chatbot)\b|\s+i\b)|"
     r"\bas a (?:chatbot|language model|virtual assistant)\b|"
-    r"\bi don'?t have (?:personal|feelings|emotions|the ability)|\bi do not have (?:personal|feelings|emotions)|"
-    # refusing or apologising at the very start ("I cannot ..." inside a story is fine)
-    r"^\W*(?:(?:unfortunately,?\s+)?(?:i (?:cannot|can ?not|can't|am unable to|am not able to)|"
-    rf"i'm (?:unable|not able) to)\s+{_REFUSED}|i'm sorry|i am sorry|i apologi[sz]e|sorry,|(?:my )?apologies)",
+    # "I don't have feelings for him anymore" is a story's line
+    r"\bi (?:don'?t|do not) have (?:personal (?:experiences?|opinions?|feelings|emotions|preferences|beliefs)|"
+    r"the ability to)|"
+    # refusing at the very start ("I cannot ..." inside a story is fine)
+    rf"^\W*(?:unfortunately,?\s+)?{REFUSAL}",
     re.I,
 )
 INSTRUCTION_LEAK = re.compile(r"continue the following (?:sentence|text)|emotion tone|in a coherent (?:and engaging )?style",
@@ -84,8 +107,11 @@ LABEL_WORDS = {
 
 
 def refusal(record: Record, s: FilterSettings) -> str | None:
+    """The recipe's patterns, an apology followed by a refusal, and the assistant speaking as
+    an assistant. Nothing else: an apology is not a refusal."""
     text = normalise(record.continuation or "")
-    if any(p.search(text) for p in RECIPE_REFUSALS) or BOILERPLATE.search(text):
+    if (any(p.search(text) for p in RECIPE_REFUSALS) or (s.recipe_sorry_but_i and RECIPE_SORRY_BUT_I.search(text))
+            or APOLOGY_REFUSAL.search(text) or BOILERPLATE.search(text)):
         return "refusal"
     return None
 

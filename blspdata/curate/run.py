@@ -6,7 +6,19 @@ filters (`filters.py`), then exact and near-duplicate detection (`dedup.py`) acr
 inputs. Kept rows go to OUT unchanged; dropped rows to OUT.rejects.jsonl with `reason`
 (`refusal`, `echo`, `near_duplicate_of:<id>`, ...) and the row itself. kept + rejected =
 input, checked before OUT is committed. OUT.stats.json holds the counts, per reason, per
-corpus and label before and after, and the length distribution.
+corpus and label before and after, the kept share per label of the emotion task, and the
+length distribution.
+
+Duplicates are looked for within a task (stage 1 trains on the semantic rows, stage 2 on the
+emotion rows: a continuation in both is in neither twice) and judged per group (dedup.py):
+rows with the same normalised transcript (and label, for the emotion task) are other
+recordings of one line and are all kept; a continuation repeated for a *different*
+transcript is dropped.
+
+A filter that drops one emotion far more than the others biases stage 2: curate warns (on
+stderr, and in OUT.stats.json's `warnings`) when a label's kept share is more than
+LABEL_SHARE_GAP below the pooled kept share of the other labels (labels with at least
+LABEL_MIN_ROWS rows in the input; fewer are too noisy to judge).
 """
 
 from __future__ import annotations
@@ -20,11 +32,14 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from blspdata.curate.dedup import NearDuplicates, exact_key_of_words
+from blspdata.corpora.labels import CANONICAL
+from blspdata.curate.dedup import ExactDuplicates, NearDuplicates, exact_key_of_words, transcript_group
 from blspdata.curate.filters import FILTERS, SETTINGS, FilterSettings, cached_words, first_reason
 from blspdata.records import JsonlWriter, Record, Reject, iter_jsonl, sidecar, write_json
 
 LENGTH_BINS = [0, 5, 10, 15, 20, 25, 30, 40, 60, 100, 200]
+LABEL_SHARE_GAP = 0.2   # 60% of sad rows kept against 90% of the rest is a warning; 80% against 90% is not
+LABEL_MIN_ROWS = 10
 
 
 class CurateError(RuntimeError):
@@ -40,6 +55,11 @@ class DedupSettings:
     ngram: int = 2
 
 
+def reason_family(reason: str) -> str:
+    """`near_duplicate_of:<id>` -> `near_duplicate`; other reasons as they are."""
+    return reason.split(":", 1)[0].replace("_of", "")
+
+
 @dataclass
 class Stats:
     output: str
@@ -48,6 +68,7 @@ class Stats:
     reasons: Counter = field(default_factory=Counter)
     before: Counter = field(default_factory=Counter)   # (corpus, task, emotion) -> n
     after: Counter = field(default_factory=Counter)
+    label_rejects: Counter = field(default_factory=Counter)  # (emotion, reason family) -> n, emotion task
     lengths_before: list[int] = field(default_factory=list)
     lengths_after: list[int] = field(default_factory=list)
 
@@ -75,8 +96,42 @@ class Stats:
         """`near_duplicate_of:<id>` counted as `near_duplicate`, and so on."""
         families: Counter = Counter()
         for reason, n in self.reasons.items():
-            families[reason.split(":", 1)[0].replace("_of", "")] += n
+            families[reason_family(reason)] += n
         return families
+
+    def label_shares(self) -> dict[str, dict[str, Any]]:
+        """Per label of the emotion task (the stage-2 set), in the canonical order: rows before
+        and after, the kept share and the reasons its rows were dropped for."""
+        before: Counter = Counter()
+        after: Counter = Counter()
+        for (_, task, emotion), n in self.before.items():
+            if task == "emotion" and emotion is not None:
+                before[emotion] += n
+        for (_, task, emotion), n in self.after.items():
+            if task == "emotion" and emotion is not None:
+                after[emotion] += n
+        order = {label: i for i, label in enumerate(CANONICAL)}
+        return {label: {"before": before[label], "after": after[label],
+                        "kept_share": round(after[label] / before[label], 3),
+                        "rejects": dict(Counter({reason: n for (emotion, reason), n in self.label_rejects.items()
+                                                 if emotion == label}).most_common())}
+                for label in sorted(before, key=lambda label: (order.get(label, len(order)), label))}
+
+    def warnings(self) -> list[str]:
+        """A label whose kept share is far below the other labels' (see the module docstring)."""
+        shares = self.label_shares()
+        found = []
+        for label, share in shares.items():
+            others_before = sum(s["before"] for other, s in shares.items() if other != label)
+            if share["before"] < LABEL_MIN_ROWS or not others_before:
+                continue
+            others = sum(s["after"] for other, s in shares.items() if other != label) / others_before
+            if others - share["kept_share"] > LABEL_SHARE_GAP:
+                top = ", ".join(f"{reason} {n}" for reason, n in list(share["rejects"].items())[:3])
+                found.append(f"{label} rows kept {share['kept_share']:.0%} ({share['after']} of {share['before']}), "
+                             f"the other labels' {others:.0%}: stage 2 would see fewer {label} rows than the "
+                             f"input has (dropped: {top})")
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +140,8 @@ class Stats:
             "by_corpus": {"before": self._group(self.before, 0), "after": self._group(self.after, 0)},
             "by_task": {"before": self._group(self.before, 1), "after": self._group(self.after, 1)},
             "by_emotion": {"before": self._group(self.before, 2), "after": self._group(self.after, 2)},
+            "kept_share_by_emotion": self.label_shares(),
+            "warnings": self.warnings(),
             "continuation_words": {"before": self._lengths(self.lengths_before),
                                    "after": self._lengths(self.lengths_after)},
         }
@@ -95,9 +152,10 @@ class Stats:
         if rejected:
             lines.append(f"  rejected {rejected} (see {sidecar(self.output, 'rejects.jsonl')}):")
             lines += [f"    {reason:<24} {n:>8}" for reason, n in self.reason_family().most_common()]
-        emotions = self._group(self.after, 2)
-        if any(k != "None" for k in emotions):
-            lines.append("  kept per emotion: " + ", ".join(f"{k} {v}" for k, v in emotions.items() if k != "None"))
+        shares = self.label_shares()
+        if shares:
+            lines.append("  kept per emotion: " + ", ".join(
+                f"{label} {s['after']}/{s['before']} ({s['kept_share']:.0%})" for label, s in shares.items()))
         return "\n".join(lines)
 
 
@@ -223,24 +281,41 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
         raise CurateError(f"input not found: {', '.join(missing)}")
     out = Path(out)
     stats = Stats(output=str(out))
+    # One hasher makes the signatures; each task has its own indexes (same seed: same permutations).
     near = NearDuplicates(dedup.threshold, dedup.num_perm, dedup.ngram) if dedup.near else None
-    exact_seen: dict[int, str] = {}  # exact key -> id of the kept row that has it
+    indexes: dict[str | None, tuple[ExactDuplicates | None, NearDuplicates | None]] = {}
+
+    def indexes_of(task: str | None) -> tuple[ExactDuplicates | None, NearDuplicates | None]:
+        if task not in indexes:
+            indexes[task] = (ExactDuplicates() if dedup.exact else None,
+                             NearDuplicates(dedup.threshold, dedup.num_perm, dedup.ngram) if near else None)
+        return indexes[task]
     bar = tqdm(desc="curate", unit=" rec", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     # Rejects are committed first, OUT last (writers close in reverse), stats.json once both are.
     with JsonlWriter(out) as kept, JsonlWriter(sidecar(out, "rejects.jsonl")) as rejected:
 
         def duplicate_reason(item: Pending, sketch: tuple | None) -> str | None:
-            """Exact, then near-duplicate check against the rows kept before this one. Only a
-            kept row's exact key is remembered: a reject is never named as an original."""
-            key = exact_key_of_words(item.tokens) if dedup.exact else None
-            if key in exact_seen:
-                return f"exact_duplicate_of:{exact_seen[key]}"
-            if near:
-                original = near.check(item.record.id, *sketch)  # indexes the row when it is kept
-                if original is not None:
-                    return f"near_duplicate_of:{original}"
+            """Exact, then near-duplicate check against the rows kept before this one; a row of
+            the original's own group (same transcript, and label for the emotion task) is
+            another recording and is kept. Only a kept row's exact key is remembered: a reject
+            is never named as an original."""
+            record = item.record
+            if not (dedup.exact or near):
+                return None
+            exact, near_index = indexes_of(record.task)
+            group = transcript_group(record.text, record.emotion if record.task == "emotion" else None)
+            key = exact_key_of_words(item.tokens) if exact else None
             if key is not None:
-                exact_seen[key] = item.record.id
+                original = exact.original(key)
+                if original is not None:
+                    original_id, original_group = original
+                    return None if original_group == group else f"exact_duplicate_of:{original_id}"
+            if near_index:
+                original_id = near_index.check(record.id, *sketch, group)  # indexes the row when it is new
+                if original_id is not None:
+                    return f"near_duplicate_of:{original_id}"
+            if key is not None:
+                exact.add(key, record.id, group)
             return None
 
         def flush(pending: list[Pending]) -> None:
@@ -254,6 +329,8 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
                     item.reason = duplicate_reason(item, next(sketches) if near else None)
                 if item.reason:
                     stats.reasons[item.reason] += 1
+                    if item.record and item.record.task == "emotion" and item.record.emotion is not None:
+                        stats.label_rejects[(item.record.emotion, reason_family(item.reason))] += 1
                     record_id = item.record.id if item.record else (item.row or {}).get("id")
                     rejected.write(Reject(item.reason, item.location, item.detail, id=record_id,
                                           record=item.row).to_dict())
@@ -283,4 +360,6 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
         if kept.count + rejected.count != stats.inputs:  # nothing vanishes: rows written vs rows read
             raise CurateError(f"wrote {kept.count} kept + {rejected.count} rejected rows for {stats.inputs} read")
     write_json(sidecar(out, "stats.json"), stats.to_dict())
+    for warning in stats.warnings():
+        print(f"warning: {warning}", file=sys.stderr)
     return stats
