@@ -63,6 +63,7 @@ class Template:
     sha256: str
     description: str = ""
     generation: dict[str, Any] = field(default_factory=dict)
+    speech_user: str = ""  # emotion: the trainer's speech-path user turn (no label), `{text}` where the speech goes
 
     def render(self, record: Record) -> list[dict[str, str]]:
         """Chat messages for `record`: system turn, then the instruction with the transcript."""
@@ -114,7 +115,7 @@ def parse(data: bytes, template_id: str, where: str = "<template>") -> Template:
     return Template(
         id=template_id, task=spec["task"], system=spec["system"], user=spec["user"],
         sha256=hashlib.sha256(data).hexdigest()[:16], description=spec.get("description", ""),
-        generation=dict(spec.get("generation", {})),
+        generation=dict(spec.get("generation", {})), speech_user=spec.get("speech_user", ""),
     )
 
 
