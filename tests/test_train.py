@@ -162,7 +162,7 @@ def test_two_processes_under_torchrun(stage1: Path, models, dataset, tmp_path: P
     assert [m["step"] for m in held_out] == [0, 6] and all("response_ce" in m for m in held_out)
     assert (run / "final" / "model.safetensors").exists()
     import torch
-    assert len(torch.load(run / "last" / "trainer_state.pt", weights_only=False)["rng"]) == 2
+    assert len(torch.load(run / "last" / "trainer_state.pt", weights_only=True)["rng"]) == 2
 
 
 def test_the_text_path_sees_the_prompt_as_the_generator_did(models):

@@ -18,7 +18,9 @@ import io
 import json
 import math
 import os
+import pickle
 import random
+import re
 import sys
 import time
 from collections import Counter
@@ -41,6 +43,10 @@ STAGE1_INSTRUCTION = "Continue the following sentence in a coherent style: "
 STAGE2_INSTRUCTION = "Continue the following sentence based on the conveyed emotion tone in a coherent style: "
 SER_INSTRUCTION = ("Please identify the emotion tone of the speech provided below. Select from the following "
                    "options: neutral, sad, angry, happy, or surprise.\n\nSpeech: ")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used (the CLI prints it as one line)."""
 
 
 # ---------------------------------------------------------------------------- data
@@ -282,6 +288,30 @@ def rng_states(device: torch.device, world: int) -> list[dict]:
     return states
 
 
+def load_trainer_state(folder: Path) -> dict:
+    """The optimizer, schedule, data position and RNG state of a `last/` checkpoint, loaded
+    with `weights_only=True`: tensors and plain values only. A pickle that would build other
+    objects (and so could run code: a planted file in a shared run folder) is refused."""
+    path = Path(folder) / "trainer_state.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch names what it would have had to build: "Unsupported global: GLOBAL posix.system ..."
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found is None:
+            raise CheckpointError(f"{path}: not a readable trainer state") from None
+        raise CheckpointError(f"{path}: refused to load: it holds {found.group(1)}, more than tensors and plain "
+                              "values, and unpickling it could run code. A trainer state written by blspdata "
+                              "holds none: delete the file, or train without --resume") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"{path}: not a readable trainer state ({str(exc)[:200]})") from None
+    missing = [k for k in ("optimizer", "scheduler", "step", "micro", "rng", "python_rng")
+               if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a trainer state written by blspdata (lacks {', '.join(missing)})")
+    return state
+
+
 def save_checkpoint(folder: Path, model: BLSPModel, cfg: TrainConfig, state: dict | None) -> None:
     from safetensors.torch import save_file
 
@@ -289,7 +319,7 @@ def save_checkpoint(folder: Path, model: BLSPModel, cfg: TrainConfig, state: dic
     tmp.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.trainable_state().items()}, str(tmp / "model.safetensors"))
     (tmp / "config.json").write_text(json.dumps({"model": model.config.to_dict(), "train": asdict(cfg)}, indent=2))
-    if state is not None:
+    if state is not None:  # tensors and plain values only: load_trainer_state reads it without pickle's objects
         torch.save(state, tmp / "trainer_state.pt")
     if folder.exists():
         import shutil
@@ -338,6 +368,9 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    # Read before anything is built: a state that cannot be loaded safely stops the run at once.
+    state = load_trainer_state(out / "last") if resume and (out / "last" / "trainer_state.pt").exists() else None
 
     if not progress:  # transformers' own bars (loading weights) too
         from transformers.utils import logging as hf_logging
@@ -349,7 +382,6 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
     if cfg.init:
         load_weights(model, cfg.init)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    out = Path(cfg.out)
 
     dataset = load_rows(cfg.data)
     keep, skipped = usable(dataset, model, cfg)
@@ -385,13 +417,12 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     step, micro = 0, 0
-    if resume and (out / "last" / "trainer_state.pt").exists():
+    if state is not None:
         load_weights(model, out / "last")
-        state = torch.load(out / "last" / "trainer_state.pt", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, micro = state["step"], state["micro"]
-        rngs = state.get("rng") or [{"torch": state["torch_rng"]}]  # one per rank (older checkpoints: one)
+        rngs = state["rng"]  # one per rank
         mine = rngs[rank] if rank < len(rngs) else rngs[0]
         torch.set_rng_state(mine["torch"])
         if mine.get("cuda") is not None and device.type == "cuda":
