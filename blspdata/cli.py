@@ -419,7 +419,8 @@ def verify_command(
 
 
 def _train(stage: str, data: Path, out: Path, encoder: Optional[str], llm: Optional[str], llm_gguf: Optional[str],
-           init: Optional[Path], resume: bool, progress: bool, model_overrides: dict, **overrides) -> None:
+           init: Optional[Path], resume: bool, progress: bool, model_overrides: dict, trust_remote_code: bool = False,
+           **overrides) -> None:
     import json
 
     from blspdata.train.loop import TrainConfig, train
@@ -441,7 +442,7 @@ def _train(stage: str, data: Path, out: Path, encoder: Optional[str], llm: Optio
         overrides["eval_split"] = ""
     with user_errors(ValueError, OSError, KeyError):  # the configs check their own choices
         cfg = TrainConfig.for_stage(stage, data=str(data), out=str(out), init=str(init) if init else None, **overrides)
-        model_config = ModelConfig(encoder=encoder, llm=llm, llm_gguf=llm_gguf,
+        model_config = ModelConfig(encoder=encoder, llm=llm, llm_gguf=llm_gguf, trust_remote_code=trust_remote_code,
                                    **{k: v for k, v in model_overrides.items() if v is not None})
         result = train(cfg, model_config, resume=resume, progress=progress)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
@@ -455,22 +456,25 @@ def _train_options(stage: str):
                                     + ("semantic" if stage == "stage1" else "emotion") + " config is used."),
         out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints and metrics.jsonl."),
         encoder: Optional[str] = typer.Option(None, "--encoder", help="Whisper checkpoint (name or folder) whose encoder is used."),
-        llm: Optional[str] = typer.Option(None, "--llm", help="Causal LM with a chat template (name or folder)."),
+        llm: Optional[str] = typer.Option(None, "--llm", help="Causal LM with a chat template, or a ChatML tokenizer without one (Qwen-7B-Chat) (name or folder)."),
         llm_gguf: Optional[str] = typer.Option(None, "--llm-gguf", help="GGUF file inside the --llm folder, if the LLM ships as GGUF."),
         init: Optional[Path] = typer.Option(None, "--init", help="Checkpoint to start from (stage 2: the stage-1 result)."),
         mix: Optional[Path] = typer.Option(None, "--mix", help="Stage 2: also train on this semantic dataset (response_ce only)."),
         lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [stage1 1e-4, stage2 2e-5]."),
         weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[0.05]"),
         warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="[stage1 1000, stage2 200]"),
-        schedule: Optional[str] = typer.Option(None, "--schedule", help="cosine or linear decay after warm-up [cosine]."),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help="warmup_decay (DeepSpeed's WarmupDecayLR, the reference's: warm-up, then linear decay to 0), or cosine / linear (linear warm-up, then that decay) [warmup_decay]."),
+        warmup_type: Optional[str] = typer.Option(None, "--warmup-type", help="warmup_decay's warm-up: log (DeepSpeed's default) or linear [log]."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Per device [8]."),
         grad_accum: Optional[int] = typer.Option(None, "--grad-accum", min=1, help="[stage1 24, stage2 4]: with --batch-size 8 on 4 GPUs, the paper's effective batches (768, 128)."),
         epochs: Optional[float] = typer.Option(None, "--epochs", help="[stage1 1, stage2 3]"),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Optimizer steps (overrides --epochs)."),
-        max_length: Optional[int] = typer.Option(None, "--max-length", help="Text tokens; longer rows are skipped [256]."),
+        max_length: Optional[int] = typer.Option(None, "--max-length", help="Tokens of the whole sequence (prompt, transcript, continuation); longer rows are skipped [256]."),
         min_audio_s: Optional[float] = typer.Option(None, "--min-audio-s", help="Shorter audio is skipped [1.0]."),
         max_audio_s: Optional[float] = typer.Option(None, "--max-audio-s", help="Longer audio is skipped [30.0; at most the encoder's window]."),
         temperature: Optional[float] = typer.Option(None, "--temperature", help="Stage 1 KL temperature [2]."),
+        kl_positions: Optional[str] = typer.Option(None, "--kl-positions", help="Stage 1 KL at the continuation tokens' own positions (tokens, the reference's) or at the positions that predict them (predictions) [tokens]."),
+        kl_scale_t2: Optional[bool] = typer.Option(None, "--kl-scale-t2/--no-kl-scale-t2", help="Multiply the stage 1 KL by T^2, as distillation does [off, as the reference]."),
         grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="[1.0]"),
         seed: Optional[int] = typer.Option(None, "--seed", help="[42]"),
         save_every: Optional[int] = typer.Option(None, "--save-every", help="Save a resumable checkpoint every N steps [end only]."),
@@ -483,13 +487,15 @@ def _train_options(stage: str):
         lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="[0.05]"),
         audio_root: Optional[str] = typer.Option(None, "--audio-root", help="For datasets published with --audio path."),
         base_dtype: Optional[str] = typer.Option(None, "--base-dtype", help="Frozen encoder and LLM weights: auto (bfloat16 on a GPU, float32 on a CPU), float32 or bfloat16 [auto]. The trained parts stay float32."),
+        trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the LLM's own modelling code (Qwen-7B-Chat needs it). Only for an LLM you trust: its Python runs here."),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last exactly (weights, optimizer, schedule, data position)."),
         progress: bool = ProgressOpt,
     ) -> None:
         _train(stage, data, out, encoder, llm, llm_gguf, init, resume, progress,
                {"lora_scope": lora_scope, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout},
-               mix=str(mix) if mix else None, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
-               schedule=schedule, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps,
+               trust_remote_code, mix=str(mix) if mix else None, lr=lr, weight_decay=weight_decay,
+               warmup_steps=warmup_steps, schedule=schedule, warmup_type=warmup_type, kl_positions=kl_positions,
+               kl_scale_t2=kl_scale_t2, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps,
                max_length=max_length, min_audio_s=min_audio_s, max_audio_s=max_audio_s, temperature=temperature, grad_clip=grad_clip, seed=seed, save_every=save_every,
                eval_split=eval_split, eval_every=eval_every, eval_limit=eval_limit, audio_root=audio_root,
                base_dtype=base_dtype)

@@ -231,7 +231,7 @@ def test_an_incompatible_checkpoint_is_refused(stage1: Path, dataset: Path, mode
 
 
 def test_unfit_rows_are_skipped_with_a_counted_reason(models):
-    """Missing audio, audio outside 1-30 s (or the encoder's window), text over --max-length."""
+    """Missing audio, audio outside 1-30 s (or the encoder's window), a sequence over --max-length."""
     from types import SimpleNamespace
 
     import datasets
@@ -250,7 +250,7 @@ def test_unfit_rows_are_skipped_with_a_counted_reason(models):
     })
     keep, skipped = usable(rows, model, TrainConfig(max_length=256))
     assert keep == [0]
-    assert skipped == {"audio_missing": 1, "audio_too_long": 1, "audio_too_short": 1, "text_too_long": 1}
+    assert skipped == {"audio_missing": 1, "audio_too_long": 1, "audio_too_short": 1, "sequence_too_long": 1}
 
 
 def test_stage2_can_mix_in_semantic_rows(stage1: Path, dataset: Path, tmp_path: Path):

@@ -9,7 +9,8 @@ from typing import Any
 
 @dataclass
 class TrainConfig:
-    """Defaults are the paper's (stage 1; stage 2 overrides lr, warm-up, batch, epochs)."""
+    """Defaults are the paper's and the reference code's (stage 1; stage 2 overrides lr, warm-up,
+    batch, epochs). Where we had another choice, it is a named option (docs/DECISIONS.md)."""
     stage: str = "stage1"
     data: str = ""                  # a folder from `blspdata publish` (the config subfolder or its parent)
     out: str = ""
@@ -18,15 +19,19 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 0.05
     warmup_steps: int = 1000
-    schedule: str = "cosine"        # or linear
+    schedule: str = "warmup_decay"  # DeepSpeed WarmupDecayLR, the reference's; or cosine, linear
+    warmup_type: str = "log"        # warmup_decay's warm-up: log (DeepSpeed's default) or linear
     batch_size: int = 8             # per device
     grad_accum: int = 24
     epochs: float = 1.0
     max_steps: int | None = None    # optimizer steps; overrides epochs
-    max_length: int = 256           # text tokens (transcript or continuation)
+    max_length: int = 256           # tokens of the whole rendered sequence (prompt, transcript, continuation)
     min_audio_s: float = 1.0
     max_audio_s: float = 30.0
     temperature: float = 2.0        # response_kl
+    kl_positions: str = "tokens"    # response_kl logits at the continuation tokens' own positions (the
+                                    # reference); or predictions: the positions that predict them
+    kl_scale_t2: bool = False       # multiply response_kl by T^2 (distillation's scaling; not the reference)
     grad_clip: float = 1.0
     seed: int = 42
     save_every: int = 0             # optimizer steps; 0 = at the end only
@@ -55,4 +60,5 @@ class TrainConfig:
                 raise ValueError(f"{key} {getattr(self, key)!r}: expected one of {', '.join(allowed)}")
 
 
-CHOICES = {"schedule": ("cosine", "linear"), "base_dtype": ("auto", "float32", "bfloat16")}
+CHOICES = {"schedule": ("warmup_decay", "cosine", "linear"), "warmup_type": ("log", "linear"),
+           "kl_positions": ("tokens", "predictions"), "base_dtype": ("auto", "float32", "bfloat16")}

@@ -1,11 +1,19 @@
 """The two alignment stages and the training loop (PAPER.md, "Training").
 
-stage1_semantic_alignment: `response_kl`, KL between the LLM's next-token distributions over
-    the continuation given speech (student) and given the transcript (teacher, no gradient),
-    temperature 2. Only the adapter trains. Data: the `semantic` config.
+stage1_semantic_alignment: `response_kl`, KL between the LLM's distributions over the
+    continuation given speech (student) and given the transcript (teacher, no gradient),
+    temperature 2, at the continuation tokens' own positions (the reference's). Only the
+    adapter trains. Data: the `semantic` config.
 stage2_emotion_alignment: `response_ce` (continuation given speech, with the unlabelled
     instruction: the model must hear the emotion) + `input_er` (emotion head). Adapter and
     LoRA train. Data: the `emotion` config (optionally mixed with `semantic`).
+
+Each row trains with the prompt its continuation was written with (`RowPrompts`: the template
+named in its `generator`, or its recorded `instruction`); the prompt texts live in prompts/*.toml.
+A sequence is system turn, user turn (instruction + transcript or speech), assistant turn
+(continuation + the template's end of turn when the continuation finished); a row whose whole
+sequence is over `max_length` tokens is skipped. The learning rate follows DeepSpeed's
+WarmupDecayLR, as the reference's config/dp_config_zero1.json has it (`lr_factor`).
 
 One loop runs both, on one CPU or under `torchrun` (DDP: gloo on CPU, NCCL on GPU); only
 rank 0 writes. A checkpoint holds the trainable weights (safetensors), the model config
@@ -33,14 +41,19 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from blspdata.corpora.labels import CANONICAL
+from blspdata.generate import prompts as templates
 from blspdata.train.config import TrainConfig
-from blspdata.train.model import BLSPModel, ModelConfig, Prompt, autocast, base_dtype, build_batch
+from blspdata.train.model import BLSPModel, ModelConfig, Prompt, autocast, base_dtype, build_batch, end_of_turn
 
-SYSTEM = "You are a helpful assistant."
-SYSTEM_EMPATHY = ("You are a helpful assistant. Your response should fulfill requests with empathy toward "
-                  "user's emotion tone.")
-STAGE1_INSTRUCTION = "Continue the following sentence in a coherent style: "
-STAGE2_INSTRUCTION = "Continue the following sentence based on the conveyed emotion tone in a coherent style: "
+# The built-in templates (prompts/semantic.toml, prompts/emotion.toml) are the one place for
+# prompt text: rows without a template of their own train with these.
+_SEMANTIC, _EMOTION = templates.load("semantic"), templates.load("emotion")
+SYSTEM = _SEMANTIC.system
+SYSTEM_EMPATHY = _EMOTION.system
+# The instructions, up to where the input goes; stage 2's is the speech path's, with no label.
+STAGE1_INSTRUCTION = _SEMANTIC.user.split("{text}")[0]
+STAGE2_INSTRUCTION = _EMOTION.speech_user.split("{text}")[0]
 SER_INSTRUCTION = ("Please identify the emotion tone of the speech provided below. Select from the following "
                    "options: neutral, sad, angry, happy, or surprise.\n\nSpeech: ")
 
@@ -81,24 +94,118 @@ def decode_audio(row: dict, audio_root: str | None) -> np.ndarray:
     return read_segment(path, row["offset"], row["duration"])
 
 
+class RowPrompts:
+    """The prompts a row trains with, read from the row (PAPER.md, "Training"):
+
+    - text path (stage 1's teacher): the template that wrote the row's continuation, named in
+      its `generator` (`{"prompt": {"id": "semantic-blsp", ...}}`), its `{emotion}` filled in. A
+      row whose template is not a built-in one, or whose recorded `instruction` is not what
+      that template renders, uses its `instruction` with the transcript cut out, under the
+      system prompt of its template (or of its task's built-in template);
+    - speech path: the same for semantic rows; for emotion rows the template's `speech_user`,
+      which names no label, under the same system prompt.
+
+    Rows with neither (hand-made datasets) use the built-in template of their task, or of the
+    stage. Prompts are tokenized once per distinct text."""
+
+    def __init__(self, tokenizer, stage: str):
+        self.tokenizer = tokenizer
+        self.default_task = "semantic" if stage == "stage1" else "emotion"
+        self.builtin = set(templates.builtin_names())
+        self.templates: dict[str, templates.Template] = {}
+        self.prompts: dict[tuple[str, str], Prompt] = {}
+
+    def __call__(self, row: dict) -> tuple[Prompt, Prompt]:
+        task = row.get("task") or self.default_task
+        template = self._template(row.get("generator"), task)
+        label = emotion_name(row.get("emotion"))
+        user = template.user.format(text="{text}", emotion=label)
+        instruction, text = row.get("instruction"), row.get("text") or ""
+        if instruction and instruction != user.replace("{text}", text):
+            head, found, tail = instruction.rpartition(text) if text else ("", "", "")
+            if found:
+                user = head + "{text}" + tail
+        if task != "emotion":
+            speech = user
+        else:
+            speech = template.speech_user or _EMOTION.speech_user
+            if "{text}" not in speech or "{emotion}" in speech:
+                raise ValueError(f"prompt template {template.id!r}: speech_user must use {{text}} and no {{emotion}}")
+        return self._prompt(template.system, user), self._prompt(template.system, speech)
+
+    def _template(self, generator: Any, task: str) -> "templates.Template":
+        name = None
+        if isinstance(generator, str):  # published datasets keep `generator` as a JSON string
+            try:
+                generator = json.loads(generator)
+            except ValueError:
+                generator = None
+        if isinstance(generator, dict) and isinstance(generator.get("prompt"), dict):
+            name = generator["prompt"].get("id")
+        if name not in self.builtin:  # never a file path a dataset names
+            name = "semantic" if task == "semantic" else "emotion"
+        if name not in self.templates:
+            self.templates[name] = templates.load(name)
+        return self.templates[name]
+
+    def _prompt(self, system: str, user: str) -> Prompt:
+        if (system, user) not in self.prompts:
+            self.prompts[system, user] = Prompt(self.tokenizer, system, user)
+        return self.prompts[system, user]
+
+
+def emotion_name(value: Any) -> str | None:
+    """A row's emotion as its label name: published datasets store the class index."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(CANONICAL):
+        return CANONICAL[value]
+    return value if value in CANONICAL else None
+
+
+def row_prompts(model, stage: str) -> RowPrompts:
+    """The model's RowPrompts for `stage`, kept on the model so each prompt is tokenized once."""
+    cache = getattr(model, "prompt_cache", None)
+    if cache is None:
+        return RowPrompts(model.tokenizer, stage)
+    if stage not in cache:
+        cache[stage] = RowPrompts(model.tokenizer, stage)
+    return cache[stage]
+
+
+def sequence_length(prompt: Prompt, row: dict, continuation: list[int]) -> int:
+    """Tokens of the row's whole text-path sequence: system and user turn with the transcript,
+    assistant header, continuation (with its end tokens)."""
+    return len(prompt.text_before) + len(prompt.transcript(row["text"] or "")) + len(prompt.after) + len(continuation)
+
+
+def continuation_ids(tokenizer, row: dict, end: list[int]) -> list[int]:
+    """The continuation's tokens, then the template's end of turn when the LLM finished it; a
+    truncated continuation (`finished` false) gets nothing after it."""
+    ids = tokenizer(row["continuation"] or "", add_special_tokens=False).input_ids
+    return ids + end if row.get("finished") else ids
+
+
 def usable(dataset, model: BLSPModel, cfg: TrainConfig) -> tuple[list[int], Counter]:
-    """Indices of rows fit to train on, and why the others are skipped (the paper drops
-    audio outside 1-30 s and text over 256 tokens)."""
+    """Indices of rows fit to train on, and why the others are skipped: audio outside 1-30 s
+    (or the encoder's window), a whole sequence over `max_length` tokens (the reference's
+    rule: prompt, transcript and continuation together), no continuation."""
     limit = min(cfg.max_audio_s, model.feature_extractor.chunk_length)
     keep, skipped = [], Counter()
     tokenizer = model.tokenizer
+    prompts, end = row_prompts(model, cfg.stage), end_of_turn(tokenizer)
     present = audio_present(dataset, cfg.audio_root)
-    for index, row in enumerate(dataset.select_columns(["duration", "text", "continuation"])):
+    columns = [c for c in ("duration", "text", "continuation", "finished", "task", "instruction", "generator",
+                           "emotion") if c in dataset.column_names]
+    for index, row in enumerate(dataset.select_columns(columns)):
         if not present[index]:
             skipped["audio_missing"] += 1
         elif row["duration"] > limit:
             skipped["audio_too_long"] += 1
         elif row["duration"] < cfg.min_audio_s:
             skipped["audio_too_short"] += 1
-        elif max(len(tokenizer(row["text"]).input_ids), len(tokenizer(row["continuation"] or "").input_ids)) > cfg.max_length:
-            skipped["text_too_long"] += 1
         elif not (row["continuation"] or "").strip():
             skipped["continuation_empty"] += 1
+        elif sequence_length(prompts(row)[0], row, continuation_ids(tokenizer, row, end)) > cfg.max_length:
+            skipped["sequence_too_long"] += 1
         else:
             keep.append(index)
     return keep, skipped
@@ -156,19 +263,16 @@ def collate(model: BLSPModel, rows: list[dict], cfg: TrainConfig, device: Any = 
         return {"rows": 0, "unreadable": unreadable}
     features = model.feature_extractor(audios, sampling_rate=16000, return_tensors="pt",
                                        device=str(device)).input_features
-    continuations = []
-    for row in rows:
-        ids = tokenizer(row["continuation"], add_special_tokens=False).input_ids[: cfg.max_length]
-        if row["finished"]:  # a truncated continuation is trained without an end-of-turn token
-            ids = ids + [tokenizer.eos_token_id]
-        continuations.append(ids)
+    end, prompts = end_of_turn(tokenizer), row_prompts(model, cfg.stage)
+    text_prompts, speech_prompts = zip(*(prompts(row) for row in rows))
+    labels = [emotion_name(row.get("emotion")) for row in rows]
     return {
         "rows": len(rows), "unreadable": unreadable,
         "features": features, "samples": torch.tensor([len(a) for a in audios]),
         "texts": [row["text"] for row in rows],
-        "tasks": [row.get("task") for row in rows],
-        "continuations": continuations,
-        "emotions": torch.tensor([-100 if row["emotion"] is None else row["emotion"] for row in rows]),
+        "text_prompts": list(text_prompts), "speech_prompts": list(speech_prompts),
+        "continuations": [continuation_ids(tokenizer, row, end) for row in rows],
+        "emotions": torch.tensor([-100 if label is None else CANONICAL.index(label) for label in labels]),
     }
 
 
@@ -181,27 +285,52 @@ def _gather(logits: torch.Tensor, predict: list[torch.Tensor]) -> torch.Tensor:
     return logits[rows, torch.cat(predict)]
 
 
-def stage1_semantic_alignment(model: BLSPModel, prompt: Prompt, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
-    """response_kl: the speech path learns to continue as the text path does."""
-    speech, lengths = model.speech_embeddings(batch["features"], batch["samples"])
-    with torch.no_grad():
-        transcripts = [prompt.transcript(text)[: cfg.max_length] for text in batch["texts"]]
-        embeds, attention, predict, _ = build_batch(model, prompt, transcripts, batch["continuations"])
-        teacher = _gather(model.lm_logits(embeds, attention, None), predict)
-    embeds, attention, predict, _ = build_batch(model, prompt, list(speech), batch["continuations"], lengths)
-    student = _gather(model.lm_logits(embeds, attention, None), predict)
-    t = cfg.temperature
-    kl = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,
+def response_kl(student: torch.Tensor, teacher: torch.Tensor, student_at: list[torch.Tensor],
+                teacher_at: list[torch.Tensor], cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stage 1's loss from the two paths' logits (B, L, V) and, per row, the positions whose
+    logits predict each continuation token (`build_batch`). Returns (loss, KL).
+
+    The reference (src/modeling_blsp2.py) takes the logits at the continuation tokens' own
+    positions, one further on (`kl_positions` "tokens"): they predict tokens 2..n and the one
+    after the last, and the first token's prediction is left out. `predictions` takes the
+    positions that predict tokens 1..n instead. KL(teacher || student) with both softened by T,
+    summed over the vocabulary and averaged over tokens ("batchmean" on the (tokens, V)
+    rows); `kl_scale_t2` multiplies it by T^2, as distillation does (the reference does not)."""
+    shift = 1 if cfg.kl_positions == "tokens" else 0
+    s = _gather(student, [p + shift for p in student_at])
+    t = _gather(teacher, [p + shift for p in teacher_at])
+    temperature = cfg.temperature
+    kl = F.kl_div(F.log_softmax(s.float() / temperature, -1), F.softmax(t.float() / temperature, -1),
                   reduction="batchmean")
-    return kl * t * t, {"response_kl": kl.item()}
+    return (kl * temperature ** 2 if cfg.kl_scale_t2 else kl), kl
 
 
-def stage2_emotion_alignment(model: BLSPModel, prompt: Prompt, batch: dict, cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
-    """response_ce on the continuation given speech + input_er of the emotion head."""
+def stage1_semantic_alignment(model: BLSPModel, prompt: Prompt | None, batch: dict,
+                              cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+    """response_kl: the speech path learns to continue as the text path does. Each row's own
+    prompts (`RowPrompts`), or `prompt` for every row when given."""
     speech, lengths = model.speech_embeddings(batch["features"], batch["samples"])
-    if isinstance(prompt, dict):  # {task: Prompt}: mixed-in semantic rows keep the stage-1 prompt
-        prompt = [prompt.get(task) or prompt["emotion"] for task in batch["tasks"]]
-    embeds, attention, predict, speech_mask = build_batch(model, prompt, list(speech), batch["continuations"], lengths)
+    n = len(batch["texts"])
+    teacher_prompts = [prompt] * n if prompt else batch["text_prompts"]
+    student_prompts = [prompt] * n if prompt else batch["speech_prompts"]
+    with torch.no_grad():
+        transcripts = [p.transcript(text) for p, text in zip(teacher_prompts, batch["texts"])]
+        embeds, attention, teacher_at, _ = build_batch(model, teacher_prompts, transcripts, batch["continuations"])
+        teacher = model.lm_logits(embeds, attention, None)
+    embeds, attention, student_at, _ = build_batch(model, student_prompts, list(speech), batch["continuations"], lengths)
+    student = model.lm_logits(embeds, attention, None)
+    loss, kl = response_kl(student, teacher, student_at, teacher_at, cfg)
+    return loss, {"response_kl": kl.item()}
+
+
+def stage2_emotion_alignment(model: BLSPModel, prompt: Prompt | None, batch: dict,
+                             cfg: TrainConfig) -> tuple[torch.Tensor, dict]:
+    """response_ce on the continuation given speech + input_er of the emotion head. Emotion
+    rows' speech path has the unlabelled instruction, mixed-in semantic rows their own
+    (`RowPrompts`); `prompt`, when given, is used for every row."""
+    speech, lengths = model.speech_embeddings(batch["features"], batch["samples"])
+    prompts = [prompt] * len(batch["texts"]) if prompt else batch["speech_prompts"]
+    embeds, attention, predict, speech_mask = build_batch(model, prompts, list(speech), batch["continuations"], lengths)
     logits = _gather(model.lm_logits(embeds, attention, speech_mask), predict)
     targets = torch.cat([torch.tensor(c, device=logits.device) for c in batch["continuations"]])
     ce = F.cross_entropy(logits, targets)
@@ -222,7 +351,7 @@ EVAL_METRICS = ("response_kl", "response_ce", "input_er", "er_accuracy")
 
 
 @torch.no_grad()
-def evaluate_losses(model: BLSPModel, prompt: Prompt, loss_fn, sources: list, cfg: TrainConfig, device,
+def evaluate_losses(model: BLSPModel, prompt: Prompt | None, loss_fn, sources: list, cfg: TrainConfig, device,
                     autocast, rank: int, world: int) -> dict:
     """The stage's metrics on held-out rows (no gradient), averaged over rows and processes:
     the number to watch, where per-step training metrics move with each batch."""
@@ -351,6 +480,30 @@ def load_weights(model: BLSPModel, checkpoint: str | Path, strict_bases: bool = 
 
 # ---------------------------------------------------------------------------- the loop
 
+def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """The learning rate of optimizer step `step` (0-based), as a fraction of `cfg.lr`.
+
+    warmup_decay is DeepSpeed's WarmupDecayLR (deepspeed/runtime/lr_schedules.py), which the
+    reference's config/dp_config_zero1.json names, with the Trainer's warmup_min_lr 0 and
+    warmup_max_lr = lr: over W = max(2, warmup_steps) steps it rises as log(step + 1) / log(W)
+    (warmup_type log, DeepSpeed's default; linear: step / W), then falls linearly to 0 at
+    total_steps: (total_steps - step) / (total_steps - W). We take the value at the step's own
+    index, so the first step's rate is 0 (log 1). DeepSpeed steps its scheduler after the
+    optimizer, so each value arrives one step later there, and in 0.10.3 (the reference's pin)
+    the very first step runs at the full lr, before the scheduler has set any: a quirk we do
+    not copy. cosine and linear: a linear warm-up to lr, then cosine or linear decay to 0 (our
+    earlier choice)."""
+    if cfg.schedule == "warmup_decay":
+        warmup = max(2, cfg.warmup_steps)
+        if step < warmup:
+            return math.log(step + 1) / math.log(warmup) if cfg.warmup_type == "log" else step / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    return 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+
+
 def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, progress: bool = True) -> dict:
     """Run one stage. Returns the final metrics."""
     cfg.check()
@@ -382,6 +535,10 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
     if cfg.init:
         load_weights(model, cfg.init)
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if rank == 0:
+        counts = model.trainable_counts()
+        print(f"trainable parameters: {sum(counts.values()):,} ("
+              + ", ".join(f"{part} {n:,}" for part, n in counts.items()) + ")", file=sys.stderr)
 
     dataset = load_rows(cfg.data)
     keep, skipped = usable(dataset, model, cfg)
@@ -408,14 +565,7 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
 
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def schedule(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress_ = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_))) if cfg.schedule == "cosine" else max(0.0, 1 - progress_)
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))
     step, micro = 0, 0
     if state is not None:
         load_weights(model, out / "last")
@@ -433,9 +583,7 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
             kept = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= step]
             metrics.write_text("".join(line + "\n" for line in kept))
 
-    prompt = (Prompt(model.tokenizer, SYSTEM, STAGE1_INSTRUCTION) if cfg.stage == "stage1"
-              else {"emotion": Prompt(model.tokenizer, SYSTEM_EMPATHY, STAGE2_INSTRUCTION),
-                    "semantic": Prompt(model.tokenizer, SYSTEM, STAGE1_INSTRUCTION)})
+    prompt = None  # each row's own (RowPrompts, in collate)
     loss_fn = stage1_semantic_alignment if cfg.stage == "stage1" else stage2_emotion_alignment
     mixed = autocast(device, dtype)
     if rank == 0:

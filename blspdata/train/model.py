@@ -5,9 +5,10 @@ emotion head (PAPER.md, "Models in the paper").
     8x fewer frames, residual FFN 512, LayerNorm) --> LLM embedding space
                                                   \\--> mean --> emotion head (5 classes)
 
-The prompt is rendered with the LLM tokenizer's own chat template; the adapter outputs go
-where the transcript would be (`Prompt`). Stage 2 adds LoRA (peft) to the LLM; by default it
-acts only at speech positions ("partial LoRA"): a hook zeroes the LoRA update elsewhere.
+The prompt is rendered with the LLM tokenizer's own chat template, or as ChatML when the
+tokenizer has none but knows ChatML's tokens (Qwen-7B-Chat); the adapter outputs go where the
+transcript would be (`Prompt`). Stage 2 adds LoRA (peft) to the LLM; by default it acts only
+at speech positions ("partial LoRA"): a hook zeroes the LoRA update elsewhere.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SPEECH_MARK = "\u2063SPEECH\u2063"  # invisible separators: never in a real instruction
+END_OF_TEXT = "<|endoftext|>"  # appended after ChatML's end of turn, as the reference does (Qwen's eod)
 
 
 @dataclass
@@ -34,9 +36,13 @@ class ModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.05
     lora_scope: str = "audio"       # audio: LoRA only at speech positions (the paper); global: everywhere
+    # Attention and MLP projections, by the names Llama-style models and Qwen(-7B-Chat) give them;
+    # only the names the LLM has are used.
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                             "gate_proj", "up_proj", "down_proj"])
+                                                             "gate_proj", "up_proj", "down_proj",
+                                                             "c_attn", "c_proj", "w1", "w2"])
     num_emotions: int = 5
+    trust_remote_code: bool = False  # run the LLM's own modelling code (Qwen-7B-Chat needs it)
 
     def __post_init__(self) -> None:
         if self.lora_scope not in ("audio", "global"):
@@ -67,15 +73,24 @@ def gguf_to_folder(gguf: str | Path, folder: str | Path) -> Path:
 
 
 class Subsampler(nn.Module):
-    """Three 1-D convolutions (kernel 5, stride 2, GLU) then a residual feed-forward block
-    and LayerNorm, from the encoder's width to the LLM's."""
+    """The reference's adapter (src/modeling_adapter.py, `Subsampler` with no hidden layers):
+    three 1-D convolutions (kernel 5, stride 2, padding 2), each halved by a GLU, from the
+    encoder's width E to the LLM's width L:
+
+        conv1 E -> 2E (GLU: E), conv2 E -> 2E (GLU: E), conv3 E -> 2L (GLU: L)   8x fewer frames
+        x + fc2(GELU(fc1(x)))   fc1 L -> 512, fc2 512 -> L, no biases
+        LayerNorm(L, eps 1e-5)
+
+    About 89 M parameters at E = 1280 (Whisper-large-v2), L = 4096 (Qwen-7B)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 512):
         super().__init__()
-        self.convs = nn.ModuleList([nn.Conv1d(in_dim if i == 0 else out_dim, 2 * out_dim, 5, stride=2, padding=2)
-                                    for i in range(3)])
-        self.ffn = nn.Sequential(nn.Linear(out_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
-        self.norm = nn.LayerNorm(out_dim)
+        self.convs = nn.ModuleList([nn.Conv1d(in_dim, 2 * in_dim, 5, stride=2, padding=2),
+                                    nn.Conv1d(in_dim, 2 * in_dim, 5, stride=2, padding=2),
+                                    nn.Conv1d(in_dim, 2 * out_dim, 5, stride=2, padding=2)])
+        self.fc1 = nn.Linear(out_dim, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, out_dim, bias=False)
+        self.norm = nn.LayerNorm(out_dim, eps=1e-5)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.transpose(1, 2)
@@ -83,7 +98,7 @@ class Subsampler(nn.Module):
             x = F.glu(conv(x), dim=1)
             lengths = (lengths - 1) // 2 + 1
         x = x.transpose(1, 2)
-        return self.norm(x + self.ffn(x)), lengths
+        return self.norm(x + self.fc2(F.gelu(self.fc1(x)))), lengths
 
 
 class _PositionMask:
@@ -132,14 +147,17 @@ class BLSPModel(nn.Module):
         # load as such, and fail on a CPU, which has no autocast in float32.
         self.encoder = WhisperForAudioClassification.from_pretrained(config.encoder, dtype=dtype).encoder
         self.encoder.requires_grad_(False).eval()
-        kwargs = {"gguf_file": config.llm_gguf} if config.llm_gguf else {}
+        kwargs: dict[str, Any] = {"gguf_file": config.llm_gguf} if config.llm_gguf else {}
+        if config.trust_remote_code:  # else transformers refuses an LLM that ships its own code
+            kwargs["trust_remote_code"] = True
         self.tokenizer = AutoTokenizer.from_pretrained(config.llm, **kwargs)
         self.llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, **kwargs)
         self.llm.requires_grad_(False)
         hidden = self.llm.config.hidden_size
         self.adapter = Subsampler(self.encoder.config.d_model, hidden, config.adapter_hidden)
-        self.emotion_head = nn.Linear(hidden, config.num_emotions)
+        self.emotion_head = nn.Linear(hidden, config.num_emotions, bias=False)  # the reference's hidden2emotion
         self.position_mask = _PositionMask()
+        self.prompt_cache: dict = {}  # loop.row_prompts: each distinct prompt tokenized once
         if config.lora:
             self._add_lora()
 
@@ -160,6 +178,15 @@ class BLSPModel(nn.Module):
         """What a checkpoint holds: adapter, emotion head, LoRA (never the frozen bases)."""
         return {name: p.detach().cpu() for name, p in self.named_parameters() if p.requires_grad}
 
+    def trainable_counts(self) -> dict[str, int]:
+        """Trainable parameters per part: adapter, emotion head, and LoRA when it is on."""
+        counts = {"adapter": 0, "emotion_head": 0, "lora": 0}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                part = "lora" if "lora_" in name else name.split(".", 1)[0]
+                counts[part] = counts.get(part, 0) + p.numel()
+        return {k: v for k, v in counts.items() if v or k != "lora"}
+
     def speech_embeddings(self, features: torch.Tensor, samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Adapter outputs (B, T, hidden) and their valid lengths, from log-mel features and
         the number of audio samples of each utterance (padding is cut away)."""
@@ -177,14 +204,20 @@ class BLSPModel(nn.Module):
         return self.llm.get_input_embeddings()(ids)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str | None = None) -> "BLSPModel":
+    def from_checkpoint(cls, checkpoint: str | Path, device: str | None = None,
+                        trust_remote_code: bool = False) -> "BLSPModel":
         """The model a checkpoint was trained as, with its weights, on `device` (default: the
-        GPU when there is one; frozen bases in bfloat16 there)."""
+        GPU when there is one; frozen bases in bfloat16 there). An LLM with its own code runs
+        only when the caller says so: a checkpoint folder's config.json cannot switch it on."""
         import json
 
         from blspdata.train.loop import load_weights
 
         saved = json.loads((Path(checkpoint) / "config.json").read_text())["model"]
+        if saved.get("trust_remote_code") and not trust_remote_code:
+            raise ValueError(f"{checkpoint} was trained with an LLM that runs its own code ({saved.get('llm')}): "
+                             "pass trust_remote_code (--trust-remote-code) to load it")
+        saved["trust_remote_code"] = trust_remote_code
         where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = cls(ModelConfig(**saved), dtype=base_dtype("auto", where))
         load_weights(model, checkpoint)
@@ -202,9 +235,13 @@ class BLSPModel(nn.Module):
                 embeds, attention, _, speech_mask = build_batch(self, prompt, [speech[0]], [[]], lengths)
                 if self.config.lora and self.config.lora_scope == "audio":
                     self.position_mask.mask = speech_mask
+                # Greedy, one beam; the rest of the LLM's own generation_config stays (as in the
+                # reference). It stops at the end of turn (<|im_end|>: Qwen-7B-Chat has no eos_token).
+                stops = stop_tokens(self.tokenizer)
+                pad = self.tokenizer.pad_token_id
                 output = self.llm.generate(inputs_embeds=embeds, attention_mask=attention,
                                            max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                           pad_token_id=self.tokenizer.eos_token_id)
+                                           eos_token_id=stops, pad_token_id=stops[0] if pad is None else pad)
         finally:
             self.position_mask.mask = None
         return self.tokenizer.decode(output[0], skip_special_tokens=True).strip()
@@ -217,14 +254,65 @@ class BLSPModel(nn.Module):
             self.position_mask.mask = None
 
 
+def render_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+    """`messages` as the LLM's chat template renders them; ChatML when the tokenizer has no
+    template but has ChatML's tokens (Qwen-7B-Chat's tokenizer: ChatML is in its model code)."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    if single_token(tokenizer, "<|im_start|>") is None or single_token(tokenizer, "<|im_end|>") is None:
+        raise ValueError("the LLM's tokenizer has neither a chat template nor ChatML's <|im_start|>/<|im_end|> "
+                         "tokens: use a chat model")
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+def single_token(tokenizer, text: str) -> int | None:
+    """The id of `text` when the tokenizer has it as one token (a special token), else None."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    return ids[0] if len(ids) == 1 else None
+
+
+def end_of_turn(tokenizer) -> list[int]:
+    """What a finished continuation ends with: the chat template's own end of an assistant
+    turn, as the template renders it (ChatML: `<|im_end|>` and a newline; Llama 3:
+    `<|eot_id|>`), then `<|endoftext|>` where the tokenizer has that token, as the reference
+    appends Qwen's end of text after `<|im_end|>\\n`. A template that renders nothing after
+    the turn gets the tokenizer's eos_token."""
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
+                {"role": "assistant", "content": SPEECH_MARK}]
+    rendered = render_chat(tokenizer, messages, add_generation_prompt=False)
+    ids = tokenizer(rendered.split(SPEECH_MARK, 1)[1], add_special_tokens=False).input_ids
+    if not ids and tokenizer.eos_token_id is not None:
+        ids = [tokenizer.eos_token_id]
+    eod = single_token(tokenizer, END_OF_TEXT)
+    if eod is not None and eod not in ids:
+        ids = ids + [eod]
+    return ids
+
+
+def stop_tokens(tokenizer) -> list[int]:
+    """Where generation stops: the end of turn's first token that is not white space
+    (`<|im_end|>`), the tokenizer's eos_token and `<|endoftext|>` where it has them."""
+    turn = [i for i in end_of_turn(tokenizer) if tokenizer.decode([i]).strip()]
+    ids = turn[:1] + [tokenizer.eos_token_id, single_token(tokenizer, END_OF_TEXT)]
+    stops = list(dict.fromkeys(i for i in ids if i is not None))
+    if not stops:
+        raise ValueError("the LLM's tokenizer has no end of turn and no eos_token to stop generating at")
+    return stops
+
+
 class Prompt:
     """The chat template rendered around a placeholder, tokenized as the text before the
     input and the text after it: the input (transcript tokens or speech embeddings) goes
-    between them, the continuation after."""
+    between them, the continuation after.
 
-    def __init__(self, tokenizer, system: str, instruction: str):
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": instruction + SPEECH_MARK}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    `user` is the user turn; the input goes where it says `{text}` (as in prompts/*.toml),
+    or at its end when it has no `{text}`."""
+
+    def __init__(self, tokenizer, system: str, user: str):
+        user = user.replace("{text}", SPEECH_MARK) if "{text}" in user else user + SPEECH_MARK
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        text = render_chat(tokenizer, messages)
         before, after = text.split(SPEECH_MARK)
         self.tokenizer, self.text = tokenizer, before
         self.before = tokenizer(before, add_special_tokens=False).input_ids
