@@ -517,21 +517,19 @@ def evaluate_ser_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where ser.json, answers.jsonl and confusion.png go [CHECKPOINT/ser-SPLIT]."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N rows."),
     head_only: bool = typer.Option(False, "--head-only", help="Score the emotion head only (no generation: fast)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Tokens the SER prompt's answer may take [128, the reference's: it answers in a sentence]."),
     audio_root: Optional[str] = typer.Option(None, "--audio-root", help="For datasets published with --audio path."),
 ) -> None:
-    """Speech emotion recognition accuracy: the emotion head, and the model prompted with the paper's SER instruction."""
+    """Speech emotion recognition: WA, UA, macro-F1, recall per label and the confusion matrix, for the emotion head
+    and for the model prompted with the paper's SER instruction (its label read from the answer's text)."""
     from blspdata.train.evaluate import evaluate_ser
 
     folder = data / "emotion"
     with user_errors(ValueError, OSError, KeyError):
         result = evaluate_ser(checkpoint, folder if folder.is_dir() else data, split=split, out=out, limit=limit,
-                              prompt_too=not head_only, audio_root=audio_root)
+                              prompt_too=not head_only, audio_root=audio_root, max_new_tokens=max_new_tokens)
     typer.echo(result["text"])
-    prompted = ("" if result["prompt_accuracy"] is None else f", SER prompt accuracy {result['prompt_accuracy']:.3f} "
-                f"({result['prompt_unparsed']} answers without a label)")
-    unreadable = f" ({result['unreadable']} with unreadable audio skipped)" if result["unreadable"] else ""
-    typer.echo(f"\n{result['rows']} rows{unreadable}: emotion head accuracy {result['head_accuracy']:.3f}{prompted} "
-               f"-> {result['out']}")
+    typer.echo(f"-> {result['out']}")
 
 
 @app.command("chat")

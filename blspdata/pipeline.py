@@ -160,7 +160,7 @@ class Evaluate(_Strict):
     split: str = "test"
     head_only: bool = False
     limit: Optional[int] = Field(None, ge=1)
-    max_new_tokens: int = Field(8, ge=1)
+    max_new_tokens: Optional[int] = Field(None, ge=1)  # [evaluate.MAX_NEW_TOKENS: the reference's 128]
 
 
 class Config(_Strict):
@@ -454,7 +454,8 @@ def _evaluate(config: Config, checkpoint: Path, dataset: Path, out: Path) -> Cal
         result = evaluate_ser(checkpoint, dataset / "emotion", split=e.split, out=out, limit=e.limit,
                               max_new_tokens=e.max_new_tokens, prompt_too=not e.head_only)
         print(result["text"], file=sys.stderr)
-        return {k: result[k] for k in ("rows", "head_accuracy", "prompt_accuracy") if k in result}
+        return {k: result[k] for k in ("split", "rows", "head_accuracy", "head_ua", "prompt_accuracy", "prompt_ua")
+                if k in result}
     return work
 
 

@@ -10,8 +10,14 @@ What it reads from RUN_DIR (any part may be missing: its section then says "not 
     train/stage{1,2}/metrics.jsonl        one row per optimizer step; rows with "eval" are held-out
     evaluate/ser.json, confusion.png      `blspdata evaluate ser`
 
+The page opens with "What you got": rows per task kept by curate, the share of echoes
+(continuations curate dropped as `echo`), five curated continuations per task, and the SER
+figures (WA, UA) of the emotion head and the SER prompt, with the split they were scored on.
+
 Plots are matplotlib PNGs and audio is the published FLAC, both inlined as base64 data URIs:
 the page references no other file, script or server, so it can be mailed or attached as is.
+Every text is HTML-escaped, and matplotlib draws every label as literal text (no mathtext:
+a split named `$x$` stays `$x$`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -34,6 +41,7 @@ from blspdata.records import atomic_path, iter_jsonl, sidecar
 
 TRAIN_KEYS = ("response_kl", "response_ce", "input_er", "er_accuracy")
 SAMPLES = (("emotion", 6), ("semantic", 4))   # published config, rows shown from it
+SUMMARY_SAMPLES = 5                            # curated continuations per task in "What you got"
 CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;
 vertical-align:top;max-width:24em;overflow-wrap:break-word}th{background:#f3f3f3}td.n{text-align:right}.note{color:#777;font-style:italic}
@@ -47,7 +55,16 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     manifests = _outputs(run_dir / "manifests")
     continuations = _outputs(run_dir / "continuations")
     curated = _outputs(run_dir / "curated")
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):  # labels are literal text
+        page = _page(run_dir, manifests, continuations, curated)
+    with atomic_path(out) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return out
+
+
+def _page(run_dir: Path, manifests: list[Path], continuations: list[Path], curated: list[Path]) -> str:
     sections = [
+        ("What you got", summary_section(run_dir, continuations, curated)),
         ("Pipeline stages", stages_section(run_dir / "run.json")),
         ("1. Hours and utterances per corpus and split", corpus_section(manifests)),
         ("2. Emotion labels before and after curation", emotion_section(manifests, curated)),
@@ -59,12 +76,9 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         ("8. Sample rows", samples_section(run_dir / "dataset")),
     ]
     body = "\n".join(f"<section><h2>{escape(title)}</h2>\n{content}</section>" for title, content in sections)
-    page = (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>blspdata run {escape(run_dir.name)}"
+    return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>blspdata run {escape(run_dir.name)}"
             f"</title><style>{CSS}</style></head><body>\n<h1>blspdata run: {escape(str(run_dir))}</h1>\n"
             f"{body}\n</body></html>\n")
-    with atomic_path(out) as tmp:
-        tmp.write_text(page, encoding="utf-8")
-    return out
 
 
 # ---------------------------------------------------------------------------- reading the run folder
@@ -145,6 +159,75 @@ def _bars(axis, labels: list[str], series: dict[str, list[float]], ylabel: str) 
 
 
 # ---------------------------------------------------------------------------- sections
+
+def summary_section(run_dir: Path, continuations: list[Path], curated: list[Path]) -> str:
+    """What a user came for: the data kept, what it reads like, and what the model learnt."""
+    return (_kept_summary(curated) + _continuation_summary(curated or continuations, bool(curated))
+            + _ser_summary(run_dir / "evaluate"))
+
+
+def _kept_summary(curated: list[Path]) -> str:
+    if not curated:
+        return _note("Curate not run yet: no rows kept per task, no echo share.")
+    kept = Counter(str(row.get("task") or "unknown") for row in _rows(curated))
+    dropped: Counter = Counter()
+    echoes: Counter = Counter()
+    for row in _rows(r for p in curated if (r := sidecar(p, "rejects.jsonl")).is_file()):
+        task = str((row.get("record") or {}).get("task") or "unknown")  # a malformed row has no record
+        dropped[task] += 1
+        echoes[task] += row.get("reason") == "echo"
+    tasks = sorted(set(kept) | set(dropped), key=lambda t: ({"semantic": 0, "emotion": 1}.get(t, 2), t))
+    if len(tasks) > 1:
+        tasks.append("all")
+        for counter in (kept, dropped, echoes):
+            counter["all"] = sum(counter.values())
+    rows = [(task, kept[task] + dropped[task], kept[task], _share(kept[task], kept[task] + dropped[task]),
+             echoes[task], _share(echoes[task], kept[task] + dropped[task])) for task in tasks]
+    return (_table(("task", "rows into curate", "kept", "kept share", "echoes", "echo share"), rows)
+            + _note("Echoes: continuations curate dropped with reason echo (mostly the transcript repeated). "
+                    "A run with the echo filter disabled has none."))
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{part / whole:.0%}" if whole else "-"
+
+
+def _continuation_summary(paths: list[Path], curated: bool) -> str:
+    if not paths:
+        return _note("Neither generate nor curate run yet: no continuations.")
+    # At most SUMMARY_SAMPLES rows per (task, corpus, emotion) are held while the files stream.
+    held: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in _rows(paths):
+        group = held[str(row.get("task") or "unknown")][(row.get("corpus"), row.get("emotion"))]
+        if len(group) < SUMMARY_SAMPLES:
+            group.append(row)
+    table = []
+    for task in sorted(held, key=lambda t: ({"semantic": 0, "emotion": 1}.get(t, 2), t)):
+        candidates = [row for group in held[task].values() for row in group]
+        picked = _spread([r.get("corpus") for r in candidates], [r.get("emotion") for r in candidates],
+                         SUMMARY_SAMPLES)
+        table += [(task, r.get("id"), r.get("emotion") or "", r.get("text"), r.get("continuation"))
+                  for r in (candidates[i] for i in picked)]
+    source = "curated rows" if curated else "generated continuations (curation not run yet)"
+    return (f"<h3>{SUMMARY_SAMPLES} continuations per task, from the {escape(source)}</h3>\n"
+            + _table(("task", "id", "emotion", "transcript", "continuation"), table))
+
+
+def _ser_summary(evaluate_dir: Path) -> str:
+    result = _load_json(evaluate_dir / "ser.json")
+    if result is None:
+        return _note("SER evaluation not run yet (no evaluate/ser.json).")
+    split = result.get("split")
+    rows = [(name, split or "(not recorded)", m["rows"], m["wa"], m["ua"]) for name, m in _ser_metrics(result).items()]
+    if split == "test":
+        where = "Scored on the test split (held out from training)."
+    else:
+        where = (f"Scored on the {split} split, not the test split: not a held-out result." if split
+                 else "ser.json does not say which split was scored.")
+    return ("<h3>Speech emotion recognition</h3>\n" + _table(("method", "split", "rows", "WA", "UA"), rows)
+            + _note(f"{where} WA: accuracy; UA: mean recall per label (a constant answer scores 1 / labels, "
+                    f"{1 / len(CANONICAL):.0%} with all {len(CANONICAL)} present). Details in section 7."))
+
 
 def stages_section(run_json: Path) -> str:
     stages = (_load_json(run_json) or {}).get("stages") or {}
@@ -277,17 +360,44 @@ def ser_section(evaluate_dir: Path) -> str:
     result = _load_json(evaluate_dir / "ser.json")
     if result is None:
         return _note("SER evaluation not run yet (no evaluate/ser.json).")
-    table = _table(("rows", "emotion head accuracy", "SER prompt accuracy", "prompt answers unparsed"),
-                   [(result.get("rows"), result.get("head_accuracy"), result.get("prompt_accuracy"),
-                     result.get("prompt_unparsed"))])
+    metrics = _ser_metrics(result)
+    tokens = result.get("max_new_tokens")
+    parts = [_note(f"{result.get('rows')} rows of the {result.get('split') or '(not recorded)'} split"
+                   + (f"; the SER prompt's answers had up to {tokens} new tokens" if tokens else "")
+                   + ". WA: accuracy; UA: mean recall over the labels present; unparsed answers count as wrong.")]
+    if result.get("parse_rule"):
+        parts.append(_note(f"The SER prompt's label is read from its answer by this rule: {result['parse_rule']}"))
+    if metrics:
+        parts.append(_table(("method", "WA", "UA", "macro-F1", "answers without a label"),
+                            [(name, m["wa"], m["ua"], m["macro_f1"], m["unparsed"]) for name, m in metrics.items()]))
+        parts.append(_table(("recall", *CANONICAL),
+                            [(name, *("-" if m["recall"].get(c) is None else m["recall"][c] for c in CANONICAL))
+                             for name, m in metrics.items()]))
     matrices = result.get("confusion") or {}
-    if matrices:
-        return table + _img(_confusion_figure(matrices), "SER confusion matrices")
     png = evaluate_dir / "confusion.png"
-    if png.is_file():
+    if matrices:
+        parts.append(_img(_confusion_figure(matrices), "SER confusion matrices"))
+    elif png.is_file():
         data = base64.b64encode(png.read_bytes()).decode("ascii")
-        return table + f'<img alt="SER confusion matrices" src="data:image/png;base64,{data}">\n'
-    return table + _note("No confusion matrix in ser.json.")
+        parts.append(f'<img alt="SER confusion matrices" src="data:image/png;base64,{data}">\n')
+    else:
+        parts.append(_note("No confusion matrix in ser.json."))
+    examples = result.get("unparsed_examples") or []
+    if examples:
+        parts.append("<h3>SER prompt answers without a label (examples)</h3>\n"
+                     + _table(("id", "true label", "answer"),
+                              [(e.get("id"), e.get("true"), e.get("answer")) for e in examples]))
+    return "".join(parts)
+
+
+def _ser_metrics(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per method: WA, UA, macro-F1, recall, unparsed; from the confusion matrices when ser.json
+    predates its "metrics"."""
+    from blspdata.train.evaluate import scores_of  # numpy only, no torch
+
+    if isinstance(result.get("metrics"), dict):
+        return result["metrics"]
+    return {name: scores_of(matrix) for name, matrix in (result.get("confusion") or {}).items()}
 
 
 def _confusion_figure(matrices: dict[str, list[list[int]]]) -> Figure:

@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 import subprocess
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +18,14 @@ import pytest
 import soundfile as sf
 from conftest import REPO, blspdata
 
+from blspdata.corpora.labels import CANONICAL
+from blspdata.records import iter_jsonl
 from blspdata.report import write_report
+from blspdata.train.evaluate import score_answers
 
 SAMPLE = REPO / "manifests" / "sample"
 CHROMIUM = "/usr/bin/chromium"
-SECTIONS = ("Pipeline stages", "1. Hours and utterances", "2. Emotion labels", "3. Transcript and continuation",
+SECTIONS = ("What you got", "Pipeline stages", "1. Hours and utterances", "2. Emotion labels", "3. Transcript and continuation",
             "4. Rejects", "5. Generation throughput", "6. Training curves", "7. Speech emotion recognition",
             "8. Sample rows")
 PLOTS = 8  # corpora, emotions, lengths, rejects, throughput, stage1, stage2, confusion
@@ -74,14 +78,20 @@ def write_training(run: Path) -> None:
         (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     evaluate = run / "evaluate"
     evaluate.mkdir()
-    head = np.diag([3, 2, 2, 1, 1]).tolist()
-    head = [row + [0] for row in head]
-    prompt = [[0, 0, 0, 0, 0, n] for n in (3, 2, 2, 1, 1)]
-    (evaluate / "ser.json").write_text(json.dumps({
-        "rows": 9, "head_accuracy": 1.0, "prompt_accuracy": 0.0, "prompt_unparsed": 9,
-        "confusion": {"emotion head": head, "SER prompt": prompt}}, indent=2) + "\n")
-    (evaluate / "answers.jsonl").write_text(json.dumps({"id": "iemocap/test/x", "true": "sad", "answer": "hm",
-                                                        "parsed": None}) + "\n")
+    # 9 rows: the head gets all but one happy row (as angry); the prompt answers 7 right, 2 without a label.
+    truth = [0, 0, 0, 1, 1, 2, 2, 3, 4]
+    head = [0, 0, 0, 1, 2, 2, 2, 3, 4]
+    prompt = [0, 0, None, 1, 1, 2, 2, 3, None]
+    answers = [{"id": f"iemocap/test/{i}", "true": CANONICAL[t], "answer": UNPARSED[i] if p is None
+                else f"The emotion tone of the speech provided is {CANONICAL[p]}.", "parsed": None if p is None
+                else CANONICAL[p]} for i, (t, p) in enumerate(zip(truth, prompt))]
+    result = score_answers(truth, head, prompt, answers)
+    result.update(split="test", unreadable=0, max_new_tokens=128)
+    (evaluate / "ser.json").write_text(json.dumps(result, indent=2) + "\n")
+    (evaluate / "answers.jsonl").write_text("".join(json.dumps(a) + "\n" for a in answers))
+
+
+UNPARSED = {2: "<b>Hmm</b> & I can't tell", 8: "Hard to say: $x$"}  # shown escaped, as typed
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +147,73 @@ def test_report_has_every_section_and_is_self_contained(run_dir: Path):
     # The transcripts in the sample table come from the published dataset, escaped.
     assert "iemocap/" in page and "meld/" in page and ("librispeech/" in page or "gigaspeech/" in page)
     assert "<script" not in page
+
+
+def section(page: str, title: str) -> str:
+    return page.split(f"<h2>{title}</h2>", 1)[1].split("</section>", 1)[0]
+
+
+def test_the_page_opens_with_what_you_got(run_dir: Path):
+    page = write_report(run_dir).read_text()
+    assert page.index("<h2>What you got</h2>") == page.index("<h2>")  # the first section
+    summary = section(page, "What you got")
+
+    # Rows per task kept by curate, and the share of curate's input it dropped as echoes.
+    curated = run_dir / "curated" / "curated.jsonl.gz"
+    kept = [row for _, row, _ in iter_jsonl(curated)]
+    rejects = [row for _, row, _ in iter_jsonl(run_dir / "curated" / "curated.rejects.jsonl")]
+    for task in ("semantic", "emotion"):
+        n = sum(r["task"] == task for r in kept)
+        into = n + sum(r["record"]["task"] == task for r in rejects)
+        echoes = sum(r["record"]["task"] == task and r["reason"] == "echo" for r in rejects)
+        assert n and into > n
+        assert (f"<tr><td>{task}</td><td class=n>{into:,}</td><td class=n>{n:,}</td><td>{n / into:.0%}</td>"
+                f"<td class=n>{echoes:,}</td><td>{echoes / into:.0%}</td></tr>") in summary, task
+
+    # Five curated continuations per task, escaped as any text on the page.
+    shown = re.findall(r"<tr><td>(semantic|emotion)</td><td>([^<]+/[^<]+)</td><td>[^<]*</td><td>([^<]*)</td>"
+                       r"<td>([^<]*)</td></tr>", summary)
+    by_id = {r["id"]: r for r in kept}
+    assert sorted(task for task, *_ in shown) == ["emotion"] * 5 + ["semantic"] * 5
+    for task, row_id, text, continuation in shown:
+        assert by_id[row_id]["task"] == task
+        assert (text, continuation) == (escape(by_id[row_id]["text"]), escape(by_id[row_id]["continuation"]))
+    assert len({row_id.split("/")[0] for _, row_id, *_ in shown}) == 4  # spread over the four corpora
+
+    # The SER result on the test split: head 8/9 (UA: happy 1/2, the rest 1), prompt 7/9 (UA: neutral 2/3,
+    # surprise 0, the rest 1).
+    assert "<tr><td>emotion head</td><td>test</td><td class=n>9</td><td class=n>0.8889</td><td class=n>0.9</td>" in summary
+    assert ("<tr><td>SER prompt</td><td>test</td><td class=n>9</td><td class=n>0.7778</td><td class=n>0.7333</td>"
+            in summary)
+    assert "Scored on the test split" in summary
+
+
+def test_the_ser_section_shows_ua_f1_recall_and_unparsed_answers(run_dir: Path):
+    ser = section(write_report(run_dir).read_text(), "7. Speech emotion recognition")
+    for header in ("WA", "UA", "macro-F1", "answers without a label"):
+        assert f"<th>{header}</th>" in ser
+    assert "<tr><td>SER prompt</td><td class=n>0.7778</td><td class=n>0.7333</td>" in ser
+    # recall per label: the prompt's surprise row was unparsed (0), the head's happy half right.
+    assert "<tr><td>emotion head</td><td class=n>1</td><td class=n>0.5</td><td class=n>1</td>" in ser
+    assert "<td class=n>0.6667</td><td class=n>1</td><td class=n>1</td><td class=n>1</td><td class=n>0</td></tr>" in ser
+    for answer in UNPARSED.values():
+        assert f"<td>{escape(answer)}</td>" in ser
+    assert "<b>Hmm" not in ser and "128 new tokens" in ser and "test split" in ser
+
+
+def test_labels_with_dollar_signs_are_drawn_as_text(tmp_path: Path):
+    """A split named like mathtext (`$\\alpha$`, or one matplotlib cannot parse) is literal text."""
+    run = tmp_path / "run"
+    (run / "manifests").mkdir(parents=True)
+    rows = [json.loads(line) for line in (SAMPLE / "librispeech.jsonl").read_text().splitlines()[:4]]
+    for row, split in zip(rows, ("$\\notacommand$", "$x$", "a<b>&c", "$")):
+        row["split"] = split
+    (run / "manifests" / "odd.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    page = write_report(run).read_text()
+    corpora = section(page, "1. Hours and utterances per corpus and split")
+    for split in ("$\\notacommand$", "$x$", "a&lt;b&gt;&amp;c"):
+        assert f"<td>{split}</td>" in corpora, split
+    assert "<b>" not in corpora and 'src="data:image/png;base64,' in corpora
 
 
 def test_chromium_renders_the_plots_and_loads_the_audio(run_dir: Path, tmp_path: Path):

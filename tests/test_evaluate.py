@@ -1,0 +1,113 @@
+"""SER evaluation as the reference's model answers: a sentence, scored as WA, UA, macro-F1.
+
+The parser and the scores are checked on hand-made answers and predictions; the command
+itself on a checkpoint trained for one step on the IEMOCAP sample (tiny random Whisper,
+SmolLM2-135M), scored on the test split as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from blspdata.train.evaluate import parse_label, scores
+
+SAMPLE = REPO / "manifests" / "sample"
+
+
+@pytest.mark.parametrize("answer, label", [
+    ("The emotion tone of the speech provided is neutral.", "neutral"),  # the reference's example output
+    ("I think the speaker sounds happy", "happy"),
+    ("Sadness.", "sad"),
+    ("ANGRY", "angry"),
+    ("The speaker seems surprised by the news.", "surprise"),
+    ("Joy.", "happy"),
+    ("The tone is one of anger, maybe sadness.", "angry"),   # the first label after the cue "is"
+    ("The speaker is unhappy.", "sad"),                       # whole words: not "happy"
+    ("Options: neutral, sad, angry, happy, or surprise. The emotion tone is sad.", "sad"),
+    ("neutral, sad, angry, happy, or surprise", None),       # the options read back: no answer
+    ("The weather is nice today and the sky is blue", None),
+    ("asdf qwerty 123", None),
+    ("", None),
+])
+def test_labels_are_read_from_free_text_answers(answer: str, label: str | None):
+    assert parse_label(answer) == label
+
+
+def test_wa_ua_macro_f1_and_confusion_on_a_hand_made_example():
+    # neutral x3, happy x2, angry x1, sad x2 (no surprise rows); one answer unparsed (None), one surprise predicted.
+    truth = [0, 0, 0, 1, 1, 2, 3, 3]
+    predicted = [0, 0, 1, 1, None, 2, 3, 4]
+    result = scores(truth, predicted)
+    assert result["confusion"] == [  # columns: neutral happy angry sad surprise unparsed
+        [2, 1, 0, 0, 0, 0],
+        [0, 1, 0, 0, 0, 1],
+        [0, 0, 1, 0, 0, 0],
+        [0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 0],
+    ]
+    assert result["rows"] == 8 and result["unparsed"] == 1
+    assert result["wa"] == pytest.approx(5 / 8)
+    assert result["recall"] == pytest.approx({"neutral": 2 / 3, "happy": 1 / 2, "angry": 1.0, "sad": 1 / 2,
+                                              "surprise": None})
+    assert result["ua"] == pytest.approx((2 / 3 + 1 / 2 + 1 + 1 / 2) / 4)  # surprise has no rows: not in UA
+    # F1 per label: neutral P 1 R 2/3 -> 0.8; happy 0.5; angry 1; sad P 1 R 1/2 -> 2/3; surprise predicted once,
+    # never right -> 0 and counted, as scikit-learn's macro average counts a label that is only predicted.
+    assert result["f1"] == pytest.approx({"neutral": 0.8, "happy": 0.5, "angry": 1.0, "sad": 2 / 3, "surprise": 0.0})
+    assert result["macro_f1"] == pytest.approx((0.8 + 0.5 + 1 + 2 / 3 + 0) / 5)
+
+
+def cli(*args, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "blspdata", *map(str, args)], cwd=REPO, capture_output=True,
+                            text=True, timeout=timeout)
+    assert result.returncode == 0, f"blspdata {' '.join(map(str, args))}:\n{result.stdout}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[Path, Path]:
+    """(checkpoint, dataset): stage 2 trained one step on the IEMOCAP sample."""
+    from blspdata.train.demo_models import smollm2, tiny_whisper
+
+    work = tmp_path_factory.mktemp("ser")
+    encoder, llm = tiny_whisper(work / "tiny-whisper"), smollm2(work / "smollm2")
+    continuations = work / "iemocap.emotion.jsonl"
+    cli("generate", SAMPLE / "iemocap.jsonl", "-o", continuations, "--task", "emotion", "--backend", "dry-run",
+        "--max-new-tokens", "8", "--no-progress")
+    cli("publish", continuations, "-o", work / "ds", "--no-progress")
+    cli("train", "stage2", work / "ds", "-o", work / "run", "--encoder", encoder, "--llm", llm, "--batch-size", "2",
+        "--grad-accum", "1", "--max-steps", "1", "--warmup-steps", "1", "--eval-split", "none", "--no-progress")
+    return work / "run" / "final", work / "ds"
+
+
+def test_evaluate_scores_the_test_split_with_the_references_answer_length(checkpoint, tmp_path: Path):
+    final, dataset = checkpoint
+    out = tmp_path / "ser"
+    shown = cli("evaluate", "ser", final, dataset, "--limit", "2", "-o", out).stdout
+    saved = json.loads((out / "ser.json").read_text())
+    assert saved["split"] == "test" and saved["rows"] == 2
+    assert saved["max_new_tokens"] == 128  # the reference's, not 8
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 2 and all(a["id"].startswith("iemocap/") for a in answers)
+    for method in ("emotion head", "SER prompt"):
+        figures = saved["metrics"][method]
+        assert {"wa", "ua", "macro_f1", "recall", "confusion", "unparsed"} <= set(figures)
+        assert sum(map(sum, figures["confusion"])) == 2 and 0 <= figures["wa"] <= 1 and 0 <= figures["ua"] <= 1
+    assert [a["parsed"] for a in answers] == [parse_label(a["answer"]) for a in answers]
+    unparsed = [a for a in answers if a["parsed"] is None]
+    assert saved["metrics"]["SER prompt"]["unparsed"] == len(unparsed)
+    assert [e["answer"] for e in saved["unparsed_examples"]] == [a["answer"] for a in unparsed]
+    for word in ("WA", "UA", "F1", "emotion head", "SER prompt", "test split"):
+        assert word in shown, word
+
+    # --max-new-tokens caps the answer: two tokens are at most two words.
+    short = tmp_path / "short"
+    cli("evaluate", "ser", final, dataset, "--limit", "1", "--max-new-tokens", "2", "-o", short)
+    saved = json.loads((short / "ser.json").read_text())
+    answers = [json.loads(line)["answer"] for line in (short / "answers.jsonl").read_text().splitlines()]
+    assert saved["max_new_tokens"] == 2 and len(answers) == 1 and len(answers[0].split()) <= 2, answers
+    assert [e["answer"] for e in saved["unparsed_examples"]] == [a for a in answers if parse_label(a) is None]
