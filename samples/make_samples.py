@@ -13,6 +13,7 @@ Deterministic for a given espeak-ng version. Needs the `espeak-ng` program (Debi
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import random
@@ -48,14 +49,84 @@ SENTENCES = [
     "The letter arrived three days after she left",
 ]
 
-# Emotion -> espeak-ng (pitch 0-99, words per minute, amplitude 0-200). Far apart on purpose.
+# The emotion corpora's sentences: short (1-3 s clips; the trainer drops audio under 1 s), and
+# each one is spoken once with every emotion, so the words say nothing about the label and no
+# two emotion rows share both a sentence and a label (greedy generation would give them the same
+# continuation). EMOTION_PLAN below hands out disjoint runs of them to the splits.
+EMOTION_SENTENCES = [
+    "The kettle is on the stove",
+    "He left his coat in the car",
+    "We are having fish for dinner",
+    "The window in the hall is open",
+    "She called me after the film",
+    "There is a letter on the mat",
+    "The printer is out of paper",
+    "They moved the piano upstairs",
+    "My sister bought a new lamp",
+    "The last train has already gone",
+    "I found your glasses in the drawer",
+    "The garden needs water again",
+    "He is painting the fence blue",
+    "We will meet at the station",
+    "The meeting was moved to Friday",
+    "Your parcel came this morning",
+    "The cat is asleep on the bed",
+    "She sold her bike last week",
+    "The soup is still too hot",
+    "They are building a new bridge",
+    "I left the keys with our neighbour",
+    "The lights went out at midnight",
+    "He plays the drums every evening",
+    "We ran out of milk today",
+    "The doctor will see you now",
+    "My phone is on the kitchen table",
+    "The shop has closed for good",
+    "She changed the colour of the door",
+    "The boat leaves at half past four",
+    "They found a puppy in the park",
+    "I have read that book twice",
+    "The road is closed until Monday",
+    "He forgot to lock the back door",
+    "We watched the whole match at home",
+    "The bread is in the oven",
+    "Your brother is waiting outside",
+    "The concert starts in ten minutes",
+    "She got the job at the bank",
+    "The river rose during the night",
+    "They cancelled the picnic again",
+    "I moved my desk to the window",
+    "The bus stops right by the school",
+    "He lost his wallet on the train",
+    "We painted the bedroom on Sunday",
+    "The plates are in the top cupboard",
+    "My uncle is coming for lunch",
+    "The tickets were sold out by noon",
+    "She keeps her plants on the balcony",
+    "The clock in the hall has stopped",
+    "They sent the wrong size again",
+    "I saw your cousin at the market",
+    "The heating is broken upstairs",
+    "He wrote his name on the wall",
+    "We are leaving first thing tomorrow",
+    "The baby slept through the night",
+    "Your car is parked in my spot",
+    "The museum is free on Sundays",
+    "She cut her hair really short",
+    "The lift is out of order",
+    "They bought the house next door",
+]
+
+# Emotion -> espeak-ng (pitch 0-99, words per minute, amplitude 0-200). Far apart on purpose:
+# the demo's random tiny Whisper encoder has to carry them to the emotion head. Each clip
+# varies them a little (emotional()).
 PROSODY = {
     "neutral": (45, 160, 80),
     "happy": (78, 200, 120),
     "angry": (30, 235, 190),
-    "sad": (15, 110, 40),
+    "sad": (15, 125, 40),
     "surprise": (96, 175, 150),
 }
+MIN_CLIP_S = 1.2  # the trainer drops audio under 1 s: pad short clips with trailing silence
 
 
 def speak(text: str, voice: str, pitch: int, speed: int, amplitude: int) -> np.ndarray:
@@ -85,7 +156,31 @@ def silence(seconds: float) -> np.ndarray:
 
 def emotional(text: str, voice: str, emotion: str, rng: random.Random) -> np.ndarray:
     pitch, speed, amplitude = PROSODY[emotion]
-    return speak(text, voice, pitch + rng.randint(-4, 4), speed + rng.randint(-10, 10), amplitude + rng.randint(-8, 8))
+    audio = speak(text, voice, pitch + rng.randint(-4, 4), speed + rng.randint(-10, 10), amplitude + rng.randint(-8, 8))
+    return np.concatenate([audio, silence(max(0.0, MIN_CLIP_S - len(audio) / RATE))])
+
+
+def emotion_rows(sentences: list[str], rng: random.Random) -> list[tuple[str, str]]:
+    """(sentence, emotion) for every sentence spoken with every emotion, shuffled."""
+    rows = [(text, emotion) for text in sentences for emotion in PROSODY]
+    rng.shuffle(rows)
+    return rows
+
+
+def _plan() -> dict[str, list[str]]:
+    """Disjoint runs of EMOTION_SENTENCES per split: n sentences give 5 n rows, n per label."""
+    sizes = {"iemocap/1": 2, "iemocap/2": 2, "iemocap/3": 2, "iemocap/4": 2, "iemocap/5": 9,  # session 5: test
+             "meld/train": 20, "meld/dev": 2, "meld/test": 10,  # MELD's clips are compressed: more of them
+             "extra": 6}  # one-off rows with a label outside the five (exc, disgust): own sentences
+    plan, start = {}, 0
+    for name, n in sizes.items():
+        plan[name] = EMOTION_SENTENCES[start:start + n]
+        start += n
+    assert start <= len(EMOTION_SENTENCES)
+    return plan
+
+
+EMOTION_PLAN = _plan()
 
 
 # ---------------------------------------------------------------------------- LibriSpeech
@@ -168,7 +263,7 @@ def iemocap(out: Path, rng: random.Random) -> None:
     root = out / "IEMOCAP_full_release"
     voices = {1: ("en-us+f2", "en-us+m3"), 2: ("en-gb+f3", "en-gb+m2"), 3: ("en-us+f4", "en-us+m1"),
               4: ("en-gb+f1", "en-gb+m4"), 5: ("en-us+f3", "en-us+m6")}
-    emotions = list(PROSODY)
+    extra = iter(EMOTION_PLAN["extra"])
     for session, (female, male) in voices.items():
         mocap = "F" if session % 2 else "M"
         dialog = f"Ses{session:02d}{mocap}_impro0{session}"
@@ -177,16 +272,17 @@ def iemocap(out: Path, rng: random.Random) -> None:
         wav_dir.mkdir(parents=True, exist_ok=True)
         (base / "dialog" / "EmoEvaluation").mkdir(parents=True, exist_ok=True)
         (base / "dialog" / "transcriptions").mkdir(parents=True, exist_ok=True)
-        # 2 turns per emotion, plus one 'exc' (-> happy) and one 'fru' (rejected by default).
-        labels = [e for e in emotions for _ in range(2)]
-        rng.shuffle(labels)
-        labels += ["exc", "fru"]
+        # Every sentence of the session with every emotion, plus one 'exc' (-> happy) and one
+        # 'fru' (rejected by default) turn.
+        turns = emotion_rows(EMOTION_PLAN[f"iemocap/{session}"], rng)
+        turns += [(next(extra), "exc"), (turns[0][0], "fru")]
         evals, trans, t = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""], [], 2.0
-        for n, label in enumerate(labels):
+        numbers = {"F": 0, "M": 0}
+        for n, (text, label) in enumerate(turns):
             gender = "F" if n % 2 == 0 else "M"
-            utt = f"{dialog}_{gender}{n:03d}"
+            utt = f"{dialog}_{gender}{numbers[gender]:03d}"
+            numbers[gender] += 1
             emotion = {"exc": "happy", "fru": "angry"}.get(label, label)
-            text = rng.choice(SENTENCES)
             audio = emotional(text, female if gender == "F" else male, emotion, rng)
             sf.write(wav_dir / f"{utt}.wav", audio, RATE, subtype="PCM_16")
             end = t + len(audio) / RATE
@@ -216,6 +312,7 @@ def write_mp4(path: Path, audio: np.ndarray) -> None:
         video.width, video.height, video.pix_fmt = 32, 32, "yuv420p"
         sound = container.add_stream("aac", rate=48000)
         sound.layout = "stereo"
+        sound.bit_rate = 32000  # keeps the sample small; MELD's own clips are larger
         seconds = len(audio) / RATE
         for i in range(max(1, int(seconds * 5))):
             frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 40 * (i % 5), dtype=np.uint8), format="rgb24")
@@ -237,35 +334,30 @@ def write_mp4(path: Path, audio: np.ndarray) -> None:
 
 def meld(out: Path, rng: random.Random) -> None:
     root = out / "MELD.Raw"
-    plan = {"train": ("train_sent_emo.csv", "train_splits", 4, 5), "dev": ("dev_sent_emo.csv", "dev_splits_complete", 2, 3),
-            "test": ("test_sent_emo.csv", "output_repeated_splits_test", 2, 3)}
+    plan = {"train": ("train_sent_emo.csv", "train_splits"), "dev": ("dev_sent_emo.csv", "dev_splits_complete"),
+            "test": ("test_sent_emo.csv", "output_repeated_splits_test")}
     header = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID", "Season",
               "Episode", "StartTime", "EndTime"]
     sentiment = {"neutral": "neutral", "joy": "positive", "surprise": "positive", "anger": "negative",
                  "sadness": "negative", "fear": "negative", "disgust": "negative"}
-    emotions = list(PROSODY)
-    for split, (csv_name, folder, dialogues, turns) in plan.items():
-        rows, number = [], 1
-        for dia in range(dialogues):
-            for utt in range(turns):
-                emotion = emotions[(dia * turns + utt) % len(emotions)]
-                code = MELD_CODES[emotion]
-                if split == "train" and (dia, utt) == (1, 4):
-                    code, emotion = "fear", "sad"  # rejected by default: not in the recipe's label set
-                if split == "train" and (dia, utt) == (3, 4):
-                    code, emotion = "disgust", "angry"
-                speaker, voice = FRIENDS[(dia + utt) % len(FRIENDS)]
-                text = rng.choice(SENTENCES)
-                audio = emotional(text, voice, emotion, rng)
-                write_mp4(root / folder / f"dia{dia}_utt{utt}.mp4", audio)
-                shown = text.replace("I read", "I\u2019ve read") if "I read" in text else text
-                # MELD's CSVs hold UTF-8 punctuation mis-decoded as Windows-1252 (mojibake).
-                shown = shown.encode("utf-8").decode("cp1252", errors="replace") + "."
-                start = 60 + 7 * (dia * turns + utt)
-                rows.append([number, shown, speaker, code, sentiment[code], dia, utt, 3, 7,
-                             f"00:{start // 60:02d}:{start % 60:02d},120", f"00:{(start + 3) // 60:02d}:{(start + 3) % 60:02d},480"])
-                number += 1
-        import csv
+    turns_per_dialogue = 5
+    for split, (csv_name, folder) in plan.items():
+        utterances = [(text, MELD_CODES[emotion]) for text, emotion in emotion_rows(EMOTION_PLAN[f"meld/{split}"], rng)]
+        if split == "train":  # labels outside the recipe's set, rejected by default (--label-map maps them)
+            utterances.insert(9, (utterances[0][0], "fear"))
+            utterances.insert(19, (EMOTION_PLAN["extra"][-1], "disgust"))
+        rows = []
+        for number, (text, code) in enumerate(utterances, start=1):
+            dia, utt = divmod(number - 1, turns_per_dialogue)
+            emotion = {"fear": "sad", "disgust": "angry"}.get(code) or next(e for e, c in MELD_CODES.items() if c == code)
+            speaker, voice = FRIENDS[(dia + utt) % len(FRIENDS)]
+            write_mp4(root / folder / f"dia{dia}_utt{utt}.mp4", emotional(text, voice, emotion, rng))
+            shown = text.replace("I have read", "I\u2019ve read") if "I have read" in text else text
+            # MELD's CSVs hold UTF-8 punctuation mis-decoded as Windows-1252 (mojibake).
+            shown = shown.encode("utf-8").decode("cp1252", errors="replace") + "."
+            start = 60 + 7 * (number - 1)
+            rows.append([number, shown, speaker, code, sentiment[code], dia, utt, 3, 7,
+                         f"00:{start // 60:02d}:{start % 60:02d},120", f"00:{(start + 3) // 60:02d}:{(start + 3) % 60:02d},480"])
         with open(root / csv_name, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)

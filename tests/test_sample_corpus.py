@@ -40,9 +40,33 @@ def test_committed_manifests_match_a_fresh_ingest(fresh: Path, corpus: str):
         assert row["duration"] > 0.5
 
 
-def test_sample_emotion_corpora_cover_every_label(fresh: Path):
-    counts = Counter(row["emotion"] for corpus in ("iemocap", "meld") for row in read_jsonl(fresh / f"{corpus}.jsonl"))
-    assert set(counts) == {"neutral", "happy", "angry", "sad", "surprise"}
-    assert min(counts.values()) >= 10
-    splits = Counter(row["split"] for row in read_jsonl(fresh / "iemocap.jsonl"))
-    assert splits["test"] > 0 and splits["train"] > splits["test"]
+LABELS = {"neutral", "happy", "angry", "sad", "surprise"}
+
+
+def test_every_split_has_emotion_rows_of_every_label(fresh: Path):
+    """Enough rows per label for the demo to train on and to score its test split (IEMOCAP
+    session 5 and MELD test) with some meaning."""
+    for corpus in ("iemocap", "meld"):
+        counts = Counter((row["split"], row["emotion"]) for row in read_jsonl(fresh / f"{corpus}.jsonl"))
+        for split in {split for split, _ in counts}:
+            assert {label for s, label in counts if s == split} == LABELS, (corpus, split)
+        assert min(counts["test", label] for label in LABELS) >= 8, (corpus, counts)
+        assert min(counts["train", label] for label in LABELS) >= 8, (corpus, counts)
+
+
+def test_the_emotion_is_in_the_voice_not_the_words(fresh: Path):
+    """Every sentence of an emotion corpus is spoken once with every emotion, so only the
+    prosody tells the labels apart; and every clip is long enough for the trainer (>= 1 s)."""
+    for corpus in ("iemocap", "meld"):
+        rows = read_jsonl(fresh / f"{corpus}.jsonl")
+        labels_of = {}
+        for row in rows:
+            labels_of.setdefault(row["text"], []).append(row["emotion"])
+        balanced = [row for row in rows if sorted(labels_of[row["text"]]) == sorted(LABELS)]
+        assert len(balanced) >= 0.9 * len(rows), corpus  # one-off turns aside (IEMOCAP's 'exc', mapped to happy)
+        assert min(row["duration"] for row in rows) >= 1.0
+
+
+def test_the_sample_corpus_stays_small():
+    size = sum(p.stat().st_size for p in (REPO / "samples" / "corpora").rglob("*") if p.is_file())
+    assert size < 10e6
