@@ -57,7 +57,9 @@ def bench_ours(records: list[Record], workdir: Path) -> tuple[int, float]:
     manifest = workdir / "manifest.jsonl"
     # Ids made unique so repeated records are generated again, as distinct utterances would be.
     manifest.write_text("".join(json.dumps(r.replace(id=f"{r.id}#{i}").to_dict()) + "\n" for i, r in enumerate(records)))
-    summary = generate(manifest, workdir / "ours.jsonl", task="semantic", max_new_tokens=MAX_NEW_TOKENS, progress=False)
+    # SmolLM2 named: every contender runs the same model (the embedded default is now a 1.5B one)
+    summary = generate(manifest, workdir / "ours.jsonl", task="semantic", model="smollm2", max_new_tokens=MAX_NEW_TOKENS,
+                       progress=False)
     return summary.output_tokens, summary.seconds
 
 
@@ -84,7 +86,7 @@ def bench_servers(records: list[Record], servers: int, threads: int) -> tuple[in
         return tokens
 
     with contextlib.ExitStack() as stack:
-        urls = [stack.enter_context(embedded_llama(threads=threads)).base_url for _ in range(servers)]
+        urls = [stack.enter_context(embedded_llama("smollm2", threads=threads)).base_url for _ in range(servers)]
         started = time.perf_counter()
         loops = 2 * servers
         with ThreadPoolExecutor(loops) as pool:
