@@ -338,6 +338,10 @@ def curate_command(
                                                            "repeated 3-grams above which a text is repetition [0.3]."),
     echo_overlap: Optional[float] = typer.Option(None, "--echo-overlap", help="Share of the continuation's words that "
                                                  "are the transcript's, from which it is an echo [0.8]."),
+    recipe_sorry_but_i: Optional[bool] = typer.Option(None, "--recipe-sorry-but-i/--no-recipe-sorry-but-i",
+                                                      help="The reference's refusal pattern \"i'm sorry, but i\" "
+                                                      "anywhere (also drops \"I'm sorry, but I think you're wrong\") "
+                                                      "[on]; off: an apology counts only when a refusal follows it."),
     exact_dedup: Optional[bool] = typer.Option(None, "--exact-dedup/--no-exact-dedup", help="Drop exact duplicates of "
                                                "normalised continuations [on]."),
     near_dedup: Optional[bool] = typer.Option(None, "--near-dedup/--no-near-dedup", help="Drop near-duplicates "
@@ -353,8 +357,8 @@ def curate_command(
 
     flags = {"disable": disable, "enable": enable, "drop_unfinished": drop_unfinished or None, "min_words": min_words,
              "max_words": max_words, "max_dup_ngram_fraction": max_dup_ngram_fraction, "echo_overlap": echo_overlap,
-             "exact_dedup": exact_dedup, "near_dedup": near_dedup, "near_dup_threshold": near_dup_threshold,
-             "num_perm": num_perm, "ngram": ngram}  # named as the flags are, so errors name them too
+             "recipe_sorry_but_i": recipe_sorry_but_i, "exact_dedup": exact_dedup, "near_dedup": near_dedup,
+             "near_dup_threshold": near_dup_threshold, "num_perm": num_perm, "ngram": ngram}  # named as the flags are, so errors name them too
     with user_errors(CurateError, ValueError, OSError):
         filters, dedup = settings_from(config, flags)
         stats = curate(inputs, out, filters=filters, dedup=dedup, progress=progress)

@@ -200,6 +200,10 @@ def test_apology_without_refusal_kept_unless_the_recipe_pattern_matches(tmp_path
     assert [row["id"] for row in read_jsonl(out)] == ["c/train/1"]
     assert [(row["id"], row["reason"]) for row in read_jsonl(tmp_path / "out.rejects.jsonl")] == [
         ("c/train/2", "refusal")]
+    blspdata("curate", inputs, "-o", out, "--config", config, "--recipe-sorry-but-i")  # the flag wins
+    assert read_jsonl(out) == []
+    blspdata("curate", inputs, "-o", out, "--no-recipe-sorry-but-i")
+    assert [row["id"] for row in read_jsonl(out)] == ["c/train/1"]
 
 
 def story(n: int) -> str:
