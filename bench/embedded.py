@@ -96,6 +96,11 @@ TRANSCRIPTS = [
 CANDIDATES = ("smollm2", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b")
 
 
+def subset(n: int) -> list[str]:
+    """`n` of the transcripts, spread over the list (conversational and ASR-like alike)."""
+    return [TRANSCRIPTS[i * len(TRANSCRIPTS) // n] for i in range(n)]
+
+
 # ---------------------------------------------------------------------------- one contender (a subprocess)
 
 class PeakRSS:
@@ -131,7 +136,7 @@ def contender(model: str, prefill: bool, transcripts: int, threads: int, workdir
     from blspdata.generate.run import generate
     from blspdata.records import Record, read_records
 
-    texts = TRANSCRIPTS[:transcripts]
+    texts = subset(transcripts)
     semantic, emotion = workdir / "semantic.jsonl", workdir / "emotion.jsonl"
 
     def row(record_id: str, text: str, label: str | None) -> str:
@@ -167,7 +172,8 @@ def contender(model: str, prefill: bool, transcripts: int, threads: int, workdir
         for a, b in combinations(texts_of, 2):
             wa, wb = set(a.lower().split()), set(b.lower().split())
             distances.append(1 - len(wa & wb) / len(wa | wb) if wa | wb else 0.0)
-    sample = {r.id: r.continuation for r in rows if r.id in ("t0", "t24", "t0/happy", "t0/sad")}
+    last = f"t{len(texts) - 1}"  # an ASR-like one
+    sample = {r.id: r.continuation for r in rows if r.id in ("t0", last, "t0/happy", "t0/sad", f"{last}/angry")}
     return {"model": model, "prefill": prefill, "rows": len(rows), "echo": echoed / len(rows),
             "kept": stats.kept / stats.inputs, "label_distinct": distinct / max(1, len(by_text)),
             "label_distance": sum(distances) / max(1, len(distances)), "tok_s": tokens / seconds if seconds else 0.0,
@@ -207,7 +213,8 @@ def run_one(command: list[str], label: str, timeout: float) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--transcripts", type=int, default=40, help="how many of the 40 transcripts")
+    parser.add_argument("--transcripts", type=int, default=40, help="how many of the 40 transcripts (spread over "
+                        "them; fewer is faster)")
     parser.add_argument("--models", default=",".join(CANDIDATES), help="comma-separated packaged model names, "
                         "measured in this order")
     parser.add_argument("--prefill", default="qwen2.5-coder-1.5b",
@@ -248,15 +255,17 @@ def main() -> None:
                 results.append(result)
                 print(f"  {label}: done in {result['wall_s']:.0f} s", flush=True)
 
+    from blspdata.generate.models import PACKAGED
+
     if results:
         print(f"\nsampling: {json.dumps({k: v for k, v in results[0]['sampling'].items() if k != 'seed'})}")
         print("\n| model (package) | echo | kept by curate | label: distinct / distance | output tok/s | RSS |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for r in results:
-            name = r["served_as"] + (" + prefill" if r["prefill"] else "")
+            name = f"{r['served_as']} (`{PACKAGED[r['model']].packages()}`)" + (" + prefill" if r["prefill"] else "")
             print(f"| {name} | {r['echo']:.0%} | {r['kept']:.0%} | {r['label_distinct']:.0%} / "
                   f"{r['label_distance']:.2f} | {r['tok_s']:.1f} | {r['rss_gb']:.2f} GB |")
-        print("\nsamples (t0 = first transcript, t24 = the first ASR-like one):")
+        print("\nsamples (t0: the first transcript, conversational; the last one: ASR-like):")
         for r in results:
             print(f"  {r['served_as']}{' + prefill' if r['prefill'] else ''}:")
             for record_id, text in sorted(r["sample"].items()):
