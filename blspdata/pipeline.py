@@ -330,6 +330,12 @@ def plan(config: Config, progress: bool = True, trust_remote_code: bool = False)
                           _ingest(corpus, manifest, progress)))
         out = run / "continuations" / f"{corpus.name}.{corpus.task}.jsonl"
         settings = config.generate.model_dump(exclude={"prompts", "executor", "ray_actors", "concurrency"})
+        if settings.get("model") is None and config.generate.backend == "embedded":
+            # `model: null` means the packaged default, which a new version may change: the
+            # fingerprint names it, so rows made by an older default are not reused.
+            from blspdata.generate.models import served_name
+
+            settings["model"] = served_name(None)
         prompt = config.generate.prompts.get(corpus.task)
         prompt_fp = tree_fingerprint(prompt) if prompt and prompt.endswith(".toml") else prompt
         generate_fp = fingerprint("generate", settings, corpus.task, prompt_fp, ingest_fp)
