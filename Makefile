@@ -58,9 +58,10 @@ endef
 
 # The whole pipeline on the sample corpus, from one config (examples/demo.yaml): ingest,
 # generate with the embedded CPU LLM, curate, publish, train stage 1 and 2 with small models,
-# evaluate SER, report.html. A rerun skips what is up to date and resumes what was interrupted.
+# evaluate SER on the test split, report.html. A rerun skips what is up to date and resumes
+# what was interrupted. Most of the time goes to generation (~280 rows with the 1.5B model).
 demo: $(STAMP)
-	@echo "== blspdata demo: blspdata run examples/demo.yaml (about 3 minutes on 2 CPU cores)"
+	@echo "== blspdata demo: blspdata run examples/demo.yaml (about 15 minutes on 2 idle CPU cores)"
 	$(BIN)/blspdata run examples/demo.yaml
 
 # The committed example manifests (manifests/sample/), from the sample corpus.

@@ -102,7 +102,7 @@ def test_a_rerun_skips_what_is_up_to_date_and_redoes_what_changed(project: Path,
 def test_an_interrupted_generation_resumes(project: Path, first_run, tmp_path: Path):
     config = write_config(tmp_path, run_dir=str(tmp_path / "run"),
                           corpora=[{"kind": "iemocap", "root": str(project / "corpora" / "IEMOCAP_full_release")}],
-                          generate={"max_new_tokens": 48, "model": TINY_LLM})
+                          generate={"max_new_tokens": 48, "model": TINY_LLM, "limit": 55})
     config_dict = yaml.safe_load(config.read_text())
     config_dict.pop("train"), config_dict.pop("evaluate")
     config.write_text(yaml.safe_dump(config_dict))
@@ -117,7 +117,7 @@ def test_an_interrupted_generation_resumes(project: Path, first_run, tmp_path: P
     process.send_signal(signal.SIGKILL)
     process.wait()
     done_before = len(output.read_text().splitlines())
-    assert 5 <= done_before < 55
+    assert 5 <= done_before < 55  # of the first 55 rows (generate.limit)
     state = json.loads((tmp_path / "run" / "run.json").read_text())
     assert state["units"]["generate/iemocap"]["status"] == "running"
     result = blspdata("run", config, "--no-progress", "--no-report", cwd=tmp_path)
@@ -181,3 +181,24 @@ def test_an_interrupted_training_stage_resumes_from_its_checkpoint(tmp_path: Pat
     assert actions(result)["stage1"] == "resume" and actions(result)["publish"] == "skip"
     rows = [json.loads(line) for line in (tmp_path / "run" / "train" / "stage1" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]  # each step once: nothing redone, nothing lost
+
+
+def test_the_demo_training_recipe_hears_the_emotion_on_the_test_split(tmp_path: Path):
+    """examples/demo.yaml's train section, on the sample emotion corpora: the emotion head
+    scores the test split (IEMOCAP session 5 and MELD test: about 95 rows of sentences it never
+    trained on, in IEMOCAP's case in voices it never heard) clearly above chance (0.2 over five
+    labels). The labels are in the prosody only. Generation is not the point: the dry-run backend writes
+    short placeholder continuations, and `make demo` runs the same recipe on real ones."""
+    demo = yaml.safe_load((REPO / "examples" / "demo.yaml").read_text())
+    corpora = [{"kind": "librispeech", "root": str(SAMPLES / "LibriSpeech")},  # stage 1's semantic rows
+               {"kind": "iemocap", "root": str(SAMPLES / "IEMOCAP_full_release"), "options": {"test_sessions": [5]}},
+               {"kind": "meld", "root": str(SAMPLES / "MELD.Raw")}]
+    config = write_config(tmp_path, run_dir=str(tmp_path / "run"), corpora=corpora,
+                          generate={"backend": "dry-run", "max_new_tokens": 8},
+                          curate={"disable": ["echo", "length", "language", "unfinished", "repetition"]},
+                          train=demo["train"], evaluate={"split": "test", "head_only": True})
+    blspdata("run", config, "--no-progress", "--no-report", cwd=tmp_path)
+    ser = json.loads((tmp_path / "run" / "evaluate" / "ser.json").read_text())
+    assert ser["rows"] >= 90
+    # Measured: UA 0.61, WA 0.61 (seed 42); twice chance leaves room for numerical drift.
+    assert ser["head_ua"] >= 0.4 and ser["head_accuracy"] >= 0.4, ser
