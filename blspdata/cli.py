@@ -217,6 +217,8 @@ class BackendName(str, Enum):
 TrustRemoteCodeOpt = typer.Option(False, "--trust-remote-code", help="Let vLLM run the model folder's own Python "
                                   "code (Qwen-7B-Chat needs it). Only this flag turns it on: engine_args in a config "
                                   "or -E asking for it are refused.")
+LoadRemoteCodeOpt = typer.Option(False, "--trust-remote-code", help="Run the checkpoint's LLM's own modelling code "
+                                 "(Qwen-7B-Chat needs it). A checkpoint's config cannot turn this on by itself.")
 
 
 @app.command("generate")
@@ -523,6 +525,7 @@ def evaluate_ser_command(
     head_only: bool = typer.Option(False, "--head-only", help="Score the emotion head only (no generation: fast)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Tokens the SER prompt's answer may take [128, the reference's: it answers in a sentence]."),
     audio_root: Optional[str] = typer.Option(None, "--audio-root", help="For datasets published with --audio path."),
+    trust_remote_code: bool = LoadRemoteCodeOpt,
 ) -> None:
     """Speech emotion recognition: WA, UA, macro-F1, recall per label and the confusion matrix, for the emotion head
     and for the model prompted with the paper's SER instruction (its label read from the answer's text)."""
@@ -531,7 +534,8 @@ def evaluate_ser_command(
     folder = data / "emotion"
     with user_errors(ValueError, OSError, KeyError):
         result = evaluate_ser(checkpoint, folder if folder.is_dir() else data, split=split, out=out, limit=limit,
-                              prompt_too=not head_only, audio_root=audio_root, max_new_tokens=max_new_tokens)
+                              prompt_too=not head_only, audio_root=audio_root, max_new_tokens=max_new_tokens,
+                              trust_remote_code=trust_remote_code)
     typer.echo(result["text"])
     typer.echo(f"-> {result['out']}")
 
@@ -543,12 +547,13 @@ def chat_command(
     instruction: Optional[str] = typer.Option(None, "--instruction", help="Text before the speech [the stage-2 "
                                               "instruction: continue in the conveyed emotion tone]."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens"),
+    trust_remote_code: bool = LoadRemoteCodeOpt,
 ) -> None:
     """Generate a response to a speech file."""
     from blspdata.train.evaluate import chat
 
     with user_errors(ValueError, OSError, KeyError):
-        typer.echo(chat(checkpoint, audio, instruction, max_new_tokens))
+        typer.echo(chat(checkpoint, audio, instruction, max_new_tokens, trust_remote_code=trust_remote_code))
 
 
 @app.command("run")
@@ -561,7 +566,9 @@ def run_command(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override the config's run_dir."),
     plan_only: bool = typer.Option(False, "--plan", help="Validate the config and say what would run, run nothing."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write RUN_DIR/report.html at the end."),
-    trust_remote_code: bool = TrustRemoteCodeOpt,
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the models' own Python code: "
+                                           "vLLM's for generation and the LLM's for training and evaluation (Qwen-7B-Chat "
+                                           "needs it). Only this flag turns it on; a config asking for it is refused."),
     progress: bool = ProgressOpt,
 ) -> None:
     """The whole pipeline from one config: ingest -> generate -> curate -> publish -> stage1 -> stage2

@@ -359,14 +359,14 @@ def plan(config: Config, progress: bool = True, trust_remote_code: bool = False)
     stage1 = run / "train" / "stage1"
     stage1_fp = fingerprint("stage1", model_fp, train.stage1.model_dump(), publish_fp)
     units.append(Unit("stage1", "stage1", stage1_fp, [stage1 / "final"],
-                      _train(config, "stage1", dataset, stage1, None, progress), resumable=True))
+                      _train(config, "stage1", dataset, stage1, None, progress, trust_remote_code), resumable=True))
     stage2 = run / "train" / "stage2"
     stage2_fp = fingerprint("stage2", model_fp, train.stage2.model_dump(), stage1_fp)
     units.append(Unit("stage2", "stage2", stage2_fp, [stage2 / "final"],
-                      _train(config, "stage2", dataset, stage2, stage1 / "final", progress), resumable=True))
+                      _train(config, "stage2", dataset, stage2, stage1 / "final", progress, trust_remote_code), resumable=True))
     evaluation = run / "evaluate"
     units.append(Unit("evaluate", "evaluate", fingerprint("evaluate", config.evaluate.model_dump(), stage2_fp),
-                      [evaluation / "ser.json"], _evaluate(config, stage2 / "final", dataset, evaluation)))
+                      [evaluation / "ser.json"], _evaluate(config, stage2 / "final", dataset, evaluation, trust_remote_code)))
     return sorted(units, key=lambda u: STAGES.index(u.stage))  # stable: corpora keep their order
 
 
@@ -432,7 +432,7 @@ def _publish(config: Config, curated: Path, dataset: Path, progress: bool) -> Ca
 
 
 def _train(config: Config, stage: str, dataset: Path, out: Path, init: Optional[Path],
-           progress: bool) -> Callable[[bool], dict]:
+           progress: bool, trust_remote_code: bool = False) -> Callable[[bool], dict]:
     def work(resume: bool) -> dict:
         from blspdata.train.loop import TrainConfig, train
         from blspdata.train.model import ModelConfig
@@ -447,18 +447,20 @@ def _train(config: Config, stage: str, dataset: Path, out: Path, init: Optional[
                                     out=str(out), init=str(init) if init else None, **options)
         lora = {k: getattr(t, k) for k in ("lora_scope", "lora_r", "lora_alpha", "lora_dropout")
                 if getattr(t, k) is not None}
-        model = ModelConfig(encoder=encoder, llm=llm, llm_gguf=t.llm_gguf, **lora)
+        model = ModelConfig(encoder=encoder, llm=llm, llm_gguf=t.llm_gguf, trust_remote_code=trust_remote_code, **lora)
         return train(cfg, model, resume=resume, progress=progress)
     return work
 
 
-def _evaluate(config: Config, checkpoint: Path, dataset: Path, out: Path) -> Callable[[bool], dict]:
+def _evaluate(config: Config, checkpoint: Path, dataset: Path, out: Path,
+              trust_remote_code: bool = False) -> Callable[[bool], dict]:
     def work(resume: bool) -> dict:
         from blspdata.train.evaluate import evaluate_ser
 
         e = config.evaluate
         result = evaluate_ser(checkpoint, dataset / "emotion", split=e.split, out=out, limit=e.limit,
-                              max_new_tokens=e.max_new_tokens, prompt_too=not e.head_only)
+                              max_new_tokens=e.max_new_tokens, prompt_too=not e.head_only,
+                              trust_remote_code=trust_remote_code)
         print(result["text"], file=sys.stderr)
         return {k: result[k] for k in ("split", "rows", "head_accuracy", "head_ua", "prompt_accuracy", "prompt_ua")
                 if k in result}

@@ -64,6 +64,7 @@ class Template:
     description: str = ""
     generation: dict[str, Any] = field(default_factory=dict)
     speech_user: str = ""  # emotion: the trainer's speech-path user turn (no label), `{text}` where the speech goes
+    ser_user: str = ""     # emotion: `evaluate ser`'s question, `{text}` where the speech goes
 
     def render(self, record: Record) -> list[dict[str, str]]:
         """Chat messages for `record`: system turn, then the instruction with the transcript."""
@@ -116,6 +117,7 @@ def parse(data: bytes, template_id: str, where: str = "<template>") -> Template:
         id=template_id, task=spec["task"], system=spec["system"], user=spec["user"],
         sha256=hashlib.sha256(data).hexdigest()[:16], description=spec.get("description", ""),
         generation=dict(spec.get("generation", {})), speech_user=spec.get("speech_user", ""),
+        ser_user=spec.get("ser_user", ""),
     )
 
 

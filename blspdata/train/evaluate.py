@@ -166,7 +166,7 @@ def plot(matrices: dict[str, np.ndarray], path: Path) -> None:
 
 def evaluate_ser(checkpoint: str | Path, data: str | Path, split: str = "test", out: str | Path | None = None,
                  max_new_tokens: int | None = None, limit: int | None = None, prompt_too: bool = True,
-                 audio_root: str | None = None) -> dict[str, Any]:
+                 audio_root: str | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
     """Score `split` of a published emotion dataset; write ser.json, answers.jsonl and
     confusion.png to `out` [CHECKPOINT/ser-SPLIT]. `max_new_tokens` None: the reference's 128."""
     import torch
@@ -184,7 +184,7 @@ def evaluate_ser(checkpoint: str | Path, data: str | Path, split: str = "test", 
     rows = rows.select(labelled)
     if limit:
         rows = rows.select(range(min(limit, len(rows))))
-    model = BLSPModel.from_checkpoint(checkpoint)
+    model = BLSPModel.from_checkpoint(checkpoint, trust_remote_code=trust_remote_code)
     prompt = Prompt(model.tokenizer, SYSTEM, SER_INSTRUCTION)
     truth, by_head, by_prompt, answers = [], [], [], []
     device = next(model.adapter.parameters()).device
@@ -242,12 +242,12 @@ def score_answers(truth: list[int], by_head: list[int], by_prompt: list[int | No
 
 
 def chat(checkpoint: str | Path, audio_path: str | Path, instruction: str | None = None,
-         max_new_tokens: int = 64) -> str:
+         max_new_tokens: int = 64, trust_remote_code: bool = False) -> str:
     from blspdata.publish import read_segment
     from blspdata.train.loop import STAGE2_INSTRUCTION, SYSTEM_EMPATHY
     from blspdata.train.model import BLSPModel, Prompt
 
-    model = BLSPModel.from_checkpoint(checkpoint)
+    model = BLSPModel.from_checkpoint(checkpoint, trust_remote_code=trust_remote_code)
     audio = read_segment(str(audio_path), 0.0, 0.0)
     prompt = Prompt(model.tokenizer, SYSTEM_EMPATHY, instruction if instruction is not None else STAGE2_INSTRUCTION)
     return model.respond(audio, prompt, max_new_tokens)

@@ -54,8 +54,7 @@ SYSTEM_EMPATHY = _EMOTION.system
 # The instructions, up to where the input goes; stage 2's is the speech path's, with no label.
 STAGE1_INSTRUCTION = _SEMANTIC.user.split("{text}")[0]
 STAGE2_INSTRUCTION = _EMOTION.speech_user.split("{text}")[0]
-SER_INSTRUCTION = ("Please identify the emotion tone of the speech provided below. Select from the following "
-                   "options: neutral, sad, angry, happy, or surprise.\n\nSpeech: ")
+SER_INSTRUCTION = _EMOTION.ser_user.split("{text}")[0]
 
 
 class CheckpointError(ValueError):
