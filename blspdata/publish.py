@@ -568,8 +568,9 @@ def push_to_hub(directory: str | Path, repo_id: str, private: bool = False, dry_
         raise PublishError(f"the Hub refused the upload to {repo_id}: HTTP {status}{hint}; the local dataset "
                            "is intact") from None
     except (*_transport_errors(), OSError) as exc:
-        endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-        raise PublishError(f"cannot reach the Hub at {endpoint} ({type(exc).__name__}); nothing was uploaded; "
+        from huggingface_hub import constants
+
+        raise PublishError(f"cannot reach the Hub at {constants.ENDPOINT} ({type(exc).__name__}); nothing was uploaded; "
                            "the local dataset is intact") from None
     return files
 

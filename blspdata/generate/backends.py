@@ -27,7 +27,7 @@ from typing import Any
 # generation_config stops only at <|endoftext|> (151643), so a server that stops at the model's
 # own end token alone runs past <|im_end|> into a made-up next turn; the reference stops at
 # <|im_end|> itself (`get_stop_words_ids("chatml")`). Other templates' models never write these.
-CHATML_STOPS = ("<|im_end|>", "<|endoftext|>")
+from blspdata.generate.prompts import CHATML_STOPS  # noqa: E402  (the template defaults' own list)
 
 
 @dataclass(slots=True)

@@ -283,7 +283,7 @@ def hub_path(model: str) -> Path:
             from huggingface_hub import constants
 
             cause = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
-                     f"the Hub ({_endpoint()}) cannot be reached") + " and the file is not in the local cache"
+                     f"the Hub ({constants.ENDPOINT}) cannot be reached") + " and the file is not in the local cache"
         else:
             cause = f"the repo has no file {filename}"
     except errors.HfHubHTTPError as exc:
@@ -293,8 +293,6 @@ def hub_path(model: str) -> Path:
     raise ModelError(f"--model {model}: cannot fetch {filename} from {repo}: {cause}")
 
 
-def _endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
 
 
 # ---------------------------------------------------------------------------- the chat template

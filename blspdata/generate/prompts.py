@@ -42,11 +42,12 @@ FIELDS = {"text", "emotion"}  # what a user template may refer to
 # "chatml", ..., "top_p": 0.8, "repetition_penalty": 1.1`, as its GenerationConfig loads; the first
 # revisions of 2023-08, e.g. blob/cbf815e0, had no penalty). 1.0 (none) is the option.
 # `stop`: ChatML's end of turn and Qwen's end of text (the reference stops at <|im_end|>;
-# Qwen-7B-Chat has no eos_token), see backends.CHATML_STOPS.
+# Qwen-7B-Chat has no eos_token). A ChatML model's own end token alone runs past <|im_end|>.
+CHATML_STOPS = ("<|im_end|>", "<|endoftext|>")
 RECIPE_REPETITION_PENALTY = 1.1
 DEFAULT_GENERATION: dict[str, Any] = {"max_new_tokens": 48, "min_new_tokens": 1, "temperature": 0.0,
                                       "repetition_penalty": RECIPE_REPETITION_PENALTY,
-                                      "stop": ["<|im_end|>", "<|endoftext|>"]}
+                                      "stop": list(CHATML_STOPS)}
 _GENERATION_KEYS = {**{key: type(value) for key, value in DEFAULT_GENERATION.items()}, "max_prompt_tokens": int}
 
 
