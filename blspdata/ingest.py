@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from blspdata.errors import BlspdataError
 from blspdata.corpora.audio import AudioError, extract_to_flac, probe
 from blspdata.corpora.text import get_normalizer
 from blspdata.parallel import ordered_map
@@ -47,7 +48,7 @@ def segment_problem(offset: float, duration: float) -> str | None:
     return None
 
 
-class IngestError(Exception):
+class IngestError(BlspdataError):
     """Raised for a problem that stops the run (`--strict`, a missing corpus root)."""
 
 

@@ -32,6 +32,7 @@ from typing import Any, Callable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from blspdata.errors import BlspdataError
 from blspdata import __version__
 from blspdata.parallel import cores
 from blspdata.records import sidecar, write_json
@@ -41,7 +42,7 @@ DEFAULT_TASK = {"librispeech": "semantic", "gigaspeech": "semantic", "iemocap": 
 DEMO_MODELS = ("demo:tiny-whisper", "demo:smollm2")  # made in RUN_DIR/models, no download
 
 
-class ConfigError(ValueError):
+class ConfigError(BlspdataError, ValueError):
     """A config the pipeline cannot run; the message names the key."""
 
 

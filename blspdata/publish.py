@@ -31,6 +31,7 @@ import numpy as np
 import orjson
 import soundfile as sf
 
+from blspdata.errors import BlspdataError
 from blspdata.corpora.labels import CANONICAL
 from blspdata.parallel import ordered_map
 from blspdata.records import JsonlWriter, Record, Reject, iter_jsonl
@@ -47,7 +48,7 @@ CITATION = """@inproceedings{wang2024blspemo,
 }"""
 
 
-class PublishError(RuntimeError):
+class PublishError(BlspdataError, RuntimeError):
     pass
 
 

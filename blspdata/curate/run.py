@@ -32,6 +32,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from blspdata.errors import BlspdataError
 from blspdata.corpora.labels import CANONICAL
 from blspdata.curate.dedup import ExactDuplicates, NearDuplicates, exact_key_of_words, transcript_group
 from blspdata.curate.filters import FILTERS, SETTINGS, FilterSettings, cached_words, first_reason
@@ -42,7 +43,7 @@ LABEL_SHARE_GAP = 0.2   # 60% of sad rows kept against 90% of the rest is a warn
 LABEL_MIN_ROWS = 10
 
 
-class CurateError(RuntimeError):
+class CurateError(BlspdataError, RuntimeError):
     pass
 
 

@@ -27,6 +27,7 @@ from typing import Any
 # generation_config stops only at <|endoftext|> (151643), so a server that stops at the model's
 # own end token alone runs past <|im_end|> into a made-up next turn; the reference stops at
 # <|im_end|> itself (`get_stop_words_ids("chatml")`). Other templates' models never write these.
+from blspdata.errors import BlspdataError
 from blspdata.generate.prompts import CHATML_STOPS  # noqa: E402  (the template defaults' own list)
 
 
@@ -54,11 +55,11 @@ class Result:
     detail: str = ""
 
 
-class ServerDown(RuntimeError):
+class ServerDown(BlspdataError, RuntimeError):
     """The server stopped answering for longer than the configured timeout."""
 
 
-class BackendError(RuntimeError):
+class BackendError(BlspdataError, RuntimeError):
     """A configuration problem every request would hit (unknown model, bad key, ...)."""
 
 

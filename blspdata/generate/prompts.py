@@ -30,6 +30,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from blspdata.errors import BlspdataError
 from blspdata.records import Record
 
 TASKS = ("semantic", "emotion")
@@ -51,7 +52,7 @@ DEFAULT_GENERATION: dict[str, Any] = {"max_new_tokens": 48, "min_new_tokens": 1,
 _GENERATION_KEYS = {**{key: type(value) for key, value in DEFAULT_GENERATION.items()}, "max_prompt_tokens": int}
 
 
-class PromptError(ValueError):
+class PromptError(BlspdataError, ValueError):
     pass
 
 

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
+from blspdata.errors import BlspdataError
 from blspdata.records import JsonlWriter, iter_jsonl, sidecar
 
 
@@ -111,7 +112,7 @@ class AppendWriter:
         self.handle.close()
 
 
-class MergeError(ValueError):
+class MergeError(BlspdataError, ValueError):
     pass
 
 

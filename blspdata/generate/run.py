@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
+from blspdata.errors import BlspdataError
 from blspdata.generate import prompts
 from blspdata.generate.backends import DryRunBackend, OpenAIBackend, Request, Result, VLLMBackend
 from blspdata.generate.resume import AppendWriter, exclusive, parse_shard, recover, shard_of
@@ -32,7 +33,7 @@ BACKENDS = ("embedded", "openai", "vllm", "dry-run")
 EXECUTORS = ("local", "ray")
 
 
-class GenerateError(RuntimeError):
+class GenerateError(BlspdataError, RuntimeError):
     pass
 
 

@@ -41,6 +41,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from blspdata.errors import BlspdataError
 from blspdata.corpora.labels import CANONICAL
 from blspdata.generate import prompts as templates
 from blspdata.train.config import TrainConfig
@@ -57,7 +58,7 @@ STAGE2_INSTRUCTION = _EMOTION.speech_user.split("{text}")[0]
 SER_INSTRUCTION = _EMOTION.ser_user.split("{text}")[0]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BlspdataError, ValueError):
     """A checkpoint that cannot be used (the CLI prints it as one line)."""
 
 

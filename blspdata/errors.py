@@ -1,0 +1,18 @@
+"""The one error family: every error a user can act on derives from `BlspdataError`.
+
+The CLI catches `BlspdataError` (and `OSError`, for files the user named) in one place and
+prints its message as one line; anything else is a bug and keeps its traceback. Stage
+errors (`IngestError`, `GenerateError`, ...) subclass it next to the code that raises them;
+some also keep an older builtin base (`ValueError`, `RuntimeError`) so callers that catch
+that still do.
+"""
+
+from __future__ import annotations
+
+
+class BlspdataError(Exception):
+    """A problem with the user's input, config or environment, said in one clear line."""
+
+
+class RowError(BlspdataError, ValueError):
+    """A row that does not fit the record schema (wrong type, impossible value)."""
