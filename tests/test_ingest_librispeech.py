@@ -125,7 +125,7 @@ def test_truncated_flac_is_rejected_not_taken_at_its_header_word(tmp_path: Path)
     blspdata("ingest", "librispeech", root, "-o", out)
     assert [r["id"] for r in read_jsonl(out)] == ["librispeech/train-clean-100/103-1240-0000"]
     rejects = read_jsonl(tmp_path / "libri.rejects.jsonl")
-    assert {r["reason"] for r in rejects} == {"audio_unreadable"} and len(rejects) == 3
+    assert {r["reason"] for r in rejects} == {"audio_truncated"} and len(rejects) == 3
     assert all("truncated FLAC" in r["detail"] for r in rejects)
 
 

@@ -51,16 +51,17 @@ def _flac_streaminfo(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     if problem:
-        raise AudioError("audio_unreadable", f"{path}: truncated FLAC: {problem}")
+        raise AudioError("audio_truncated", f"{path}: truncated FLAC: {problem}")
     return frames, rate
 
 
 def _flac_truncation(handle, head: bytes, samples: int) -> str | None:
     """Why the open FLAC file cannot hold the `samples` (per channel) its STREAMINFO promises, or None.
 
-    Cheap (the metadata block headers and two bytes, all in the first read buffer as a rule):
-    the audio must start right after the last metadata block with a frame sync code
-    (0xFFF8/0xFFF9), and the file must be big enough for the FLAC frames those samples need.
+    Cheap (the metadata block headers, two bytes, and the file's last frame or so; no audio is
+    decoded): the audio must start right after the last metadata block with a frame sync code
+    (0xFFF8/0xFFF9), the file must be big enough for the FLAC frames those samples need, and
+    its last frame must end at sample `samples` (`_flac_last_frame`).
     """
     size = os.fstat(handle.fileno()).st_size
     start, last = 4, False
@@ -82,7 +83,112 @@ def _flac_truncation(handle, head: bytes, samples: int) -> str | None:
     needed = start + flac_frames * max(min_frame, MIN_FLAC_FRAME_BYTES)
     if size < needed:
         return f"{size} bytes, but {samples} samples need at least {needed}"
-    return None
+    return _flac_last_frame(handle, head, audio_start=start, size=size, sync=sync[1], samples=samples)
+
+
+# FLAC frame header fields (RFC 9639 section 9.1): sample rate codes 1-11 in Hz, sample size
+# codes in bits (0 = "see STREAMINFO"; 3 is reserved).
+_FLAC_RATES = {1: 88200, 2: 176400, 3: 192000, 4: 8000, 5: 16000, 6: 22050, 7: 24000, 8: 32000,
+               9: 44100, 10: 48000, 11: 96000}
+_FLAC_BITS = {1: 8, 2: 12, 4: 16, 5: 20, 6: 24, 7: 32}
+# The largest frame header: 4 fixed bytes, a 7-byte coded number, 2 + 2 optional bytes, CRC-8.
+_FLAC_MAX_HEADER = 16
+
+
+def _crc8_table() -> bytes:
+    table = []
+    for byte in range(256):  # CRC-8, polynomial x^8 + x^2 + x + 1 (0x07), initial 0
+        crc = byte
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+        table.append(crc)
+    return bytes(table)
+
+
+_CRC8 = _crc8_table()
+
+
+def _flac_last_frame(handle, head: bytes, *, audio_start: int, size: int, sync: int, samples: int) -> str | None:
+    """Why the file's last frame does not end at sample `samples`, or None.
+
+    Reads only the tail: one frame's worth of bytes (STREAMINFO's largest frame, or the most an
+    uncompressed frame can take), where the last frame header must be. A header is the sync
+    code (0xFFF8 fixed / 0xFFF9 variable block size, as in the first frame), its fields, and a
+    CRC-8 over them; its UTF-8-style coded number is the frame number (fixed) or the first
+    sample (variable). The file is whole when such a header's frame ends exactly at `samples`;
+    any header is tried, not only the last, so a sync-like byte pair in the audio data (with a
+    CRC-8 that happens to check) cannot reject an intact file.
+    """
+    packed = int.from_bytes(head[18:26], "big")
+    rate, channels, bits = packed >> 44, ((packed >> 41) & 7) + 1, ((packed >> 36) & 31) + 1
+    max_block, max_frame = int.from_bytes(head[10:12], "big"), int.from_bytes(head[15:18], "big")
+    largest = max_frame or (max_block or 65535) * channels * (bits + 1) // 8 + 64
+    begin = max(audio_start, size - largest - _FLAC_MAX_HEADER)
+    handle.seek(begin)
+    tail = handle.read(size - begin)
+    pattern = bytes((0xFF, sync))
+    found: list[tuple[int, int, int]] = []  # (byte, first sample, block size) of each header
+    at = len(tail)
+    while (at := tail.rfind(pattern, 0, at)) >= 0:
+        header = _flac_frame_header(tail, at, rate=rate, channels=channels, bits=bits)
+        if header is not None:
+            number, block = header
+            first = number if sync & 1 else number * max_block
+            if first + block == samples:
+                return None
+            found.append((begin + at, first, block))
+    if not found:
+        return f"no frame header in its last {len(tail)} bytes (of {size})"
+    byte, first, block = found[0]
+    return (f"its last frame (at byte {byte} of {size}) holds samples {first}-{first + block}, "
+            f"but STREAMINFO says {samples}")
+
+
+def _flac_frame_header(buf: bytes, at: int, *, rate: int, channels: int, bits: int) -> tuple[int, int] | None:
+    """`(coded number, block size)` of a frame header at `buf[at]` (after its sync code) that fits
+    the stream's STREAMINFO and whose CRC-8 checks, or None."""
+    if at + 6 > len(buf):
+        return None
+    size_code, rate_code = buf[at + 2] >> 4, buf[at + 2] & 0x0F
+    channel_code, bits_code = buf[at + 3] >> 4, (buf[at + 3] >> 1) & 7
+    if size_code == 0 or rate_code == 15 or channel_code > 10 or buf[at + 3] & 1 or bits_code == 3:
+        return None
+    if (channel_code + 1 if channel_code < 8 else 2) != channels:
+        return None
+    if bits_code and _FLAC_BITS[bits_code] != bits or rate_code in _FLAC_RATES and _FLAC_RATES[rate_code] != rate:
+        return None
+    # The coded number, like UTF-8: 0xxxxxxx, or n leading 1 bits then n-1 bytes 10xxxxxx.
+    lead = buf[at + 4]
+    ones = 8 - (~lead & 0xFF).bit_length()
+    if ones == 1 or ones == 8:
+        return None
+    number, pos = lead & (0x7F >> ones), at + 5
+    for _ in range(max(ones - 1, 0)):
+        if pos >= len(buf) or buf[pos] & 0xC0 != 0x80:
+            return None
+        number, pos = number << 6 | buf[pos] & 0x3F, pos + 1
+    extra = (1 if size_code == 6 else 2 if size_code == 7 else 0)
+    if pos + extra + (1 if rate_code == 12 else 2 if rate_code in (13, 14) else 0) >= len(buf):
+        return None
+    if size_code == 1:
+        block = 192
+    elif size_code <= 5:
+        block = 576 << (size_code - 2)
+    elif size_code <= 7:
+        block = int.from_bytes(buf[pos:pos + extra], "big") + 1
+    else:
+        block = 256 << (size_code - 8)
+    pos += extra
+    if rate_code >= 12:
+        width = 1 if rate_code == 12 else 2
+        value = int.from_bytes(buf[pos:pos + width], "big") * (1000 if rate_code == 12 else 10 if rate_code == 14 else 1)
+        if value != rate:
+            return None
+        pos += width
+    crc = 0
+    for byte in buf[at:pos]:
+        crc = _CRC8[crc ^ byte]
+    return (number, block) if crc == buf[pos] else None
 
 
 def probe(path: str) -> tuple[int, int]:
