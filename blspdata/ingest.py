@@ -16,6 +16,7 @@ Output order is the importer's order (sorted), so identical input gives identica
 
 from __future__ import annotations
 
+import csv
 import itertools
 import os
 import sys
@@ -35,6 +36,12 @@ from blspdata.records import JsonlWriter, Record, Reject, sidecar, write_json
 END_TOLERANCE_S = 0.05
 # `duration` of a record whose utterance is its whole audio file (filled in from the header).
 WHOLE_FILE = 0.0
+# The longest reject detail written: details quote the input (a line, a label), which may be huge.
+MAX_DETAIL = 500
+
+
+def _cut(detail: str) -> str:
+    return detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL] + f"... ({len(detail):,} characters)"
 
 
 def segment_problem(offset: float, duration: float) -> str | None:
@@ -178,6 +185,7 @@ def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: in
                 bar.update(1)
                 for result in results:
                     if isinstance(result, Reject):
+                        result.detail = _cut(result.detail)
                         if strict:
                             raise IngestError(result.message())
                         summary.rejects[result.reason] += 1
@@ -204,6 +212,70 @@ def undecodable_fields(row: dict[str, Any]) -> list[str]:
         except UnicodeEncodeError:
             bad.append(key)
     return bad
+
+
+# A CSV field may be as long as a Python string can be: csv's default limit (128 KiB) made one
+# long field a `_csv.Error` traceback. 2**31 - 1 because the limit is a C long (32 bit on Windows).
+CSV_FIELD_LIMIT = 2**31 - 1
+# Line numbers listed in an `unclosed_quote` reject's detail (the others are counted).
+_LISTED_LINES = 20
+
+
+def csv_header(path: str) -> list[str] | None:
+    """The column names of CSV file `path` (a leading BOM dropped), None when it is empty."""
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        return next(csv.reader(handle), None)
+
+
+def csv_rows(path: str) -> Iterator[tuple[int, dict[str, str] | None, str, str]]:
+    """Yield `(line_number, row, reason, detail)` for each row of CSV file `path` after its header.
+
+    A row that fits the header is a dict with `reason` "". Otherwise `row` is None and
+    `reason`/`detail` say why: `malformed_row` (wrong field count), or `unclosed_quote`, once
+    for the row whose quote never closes and once for each row it read into its field, so the
+    rejects and the summary count every row lost and name its line. That is a row spanning
+    several lines whose field count is wrong, or one of whose later lines is a whole row by
+    itself; a quoted field with a line break of its own (a multi-line transcript) is kept.
+    Bytes that are not UTF-8 are kept as surrogates (errors="surrogateescape") for the caller
+    to reject (`undecodable_fields`).
+    """
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+        lines: list[str] = []  # the physical lines of the row being read
+
+        def feed() -> Iterator[str]:
+            for line in handle:
+                lines.append(line)
+                yield line
+
+        reader = csv.reader(feed())
+        header = next(reader, None)
+        if header is None:
+            return
+        lines.clear()
+        for fields in reader:
+            end = reader.line_num
+            first, span = end - len(lines) + 1, lines[:]
+            lines.clear()
+            if not fields:
+                continue  # a blank line
+            if len(span) > 1:
+                row_like = [n for n, line in enumerate(span[1:], start=first + 1)
+                            if len(next(csv.reader([line]), [])) == len(header)]
+                if len(fields) != len(header) or row_like:
+                    swallowed = [n for n, line in enumerate(span[1:], start=first + 1) if line.strip()]
+                    listed = ", ".join(map(str, swallowed[:_LISTED_LINES])) + (", ..." if len(swallowed) > _LISTED_LINES else "")
+                    yield first, None, "unclosed_quote", (
+                        f"a quote opened on line {first} runs to line {end}: the {len(swallowed)} row(s) on "
+                        f"line(s) {listed} were read into this row's field; close the quote and rerun")
+                    for number in swallowed:
+                        yield number, None, "unclosed_quote", f"read into the row on line {first} by its unclosed quote"
+                    continue
+            if len(fields) != len(header):
+                yield first, None, "malformed_row", f"expected {len(header)} fields, found {len(fields)}"
+                continue
+            yield first, dict(zip(header, fields)), "", ""
 
 
 def read_text_lines(path: str) -> Iterator[tuple[int, str, str]]:

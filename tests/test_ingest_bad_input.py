@@ -3,6 +3,7 @@ error, never a traceback, and nothing lost (issue 13, "Bad input")."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from conftest import blspdata, read_jsonl, write_audio
@@ -55,3 +56,88 @@ def test_flac_files_of_every_common_kind_are_still_accepted(tmp_path: Path):
     blspdata("ingest", "librispeech", root, "-o", out)
     assert len(read_jsonl(out)) == len(kinds)
     assert read_jsonl(tmp_path / "libri.rejects.jsonl") == []
+
+
+# ---------------------------------------------------------------------------- CSV
+
+MELD_HEADER = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime"
+
+
+def meld_row(n: int, text: str, utt: int, end_time: str = '"00:16:21,731"') -> str:
+    return f'{n},{text},Joey,neutral,neutral,0,{utt},8,21,"00:16:16,059",{end_time}'
+
+
+def meld_corpus(root: Path, lines: list[str], clips: int) -> Path:
+    from conftest import write_mp4
+
+    root.mkdir(parents=True)
+    (root / "train_sent_emo.csv").write_text("\n".join([MELD_HEADER, *lines]) + "\n", encoding="utf-8")
+    for utt in range(clips):
+        write_mp4(root / "train_splits" / f"dia0_utt{utt}.mp4", 1.0)
+    return root
+
+
+def test_a_meld_field_over_128_kib_is_read_not_a_traceback(tmp_path: Path):
+    """csv's default field limit is 128 KiB; past it every row after was lost to a `_csv.Error`."""
+    long_text = "and then " * 20000  # 180 KB
+    root = meld_corpus(tmp_path / "MELD.Raw", [meld_row(1, f'"{long_text}"', 0), meld_row(2, "Fine.", 1)], clips=2)
+    out = tmp_path / "meld.jsonl"
+    result = blspdata("ingest", "meld", root, "-o", out, check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    rows = read_jsonl(out)
+    assert [r["id"] for r in rows] == ["meld/train/dia0_utt0", "meld/train/dia0_utt1"]
+    assert rows[0]["raw_text"] == long_text
+
+
+def test_a_meld_row_with_an_unclosed_quote_names_the_rows_it_swallowed(tmp_path: Path):
+    """Row 2 lacks the closing quote of its EndTime: csv reads row 3 into that field. Both are
+    rejected as `unclosed_quote`, by line, and the rows after are kept."""
+    lines = [meld_row(1, "Fine.", 0), meld_row(2, "Oh my God", 1, end_time='"00:16:21,731'),
+             meld_row(3, "Row three.", 2), meld_row(4, "Row four.", 3), meld_row(5, '"Row ""five""."', 4)]
+    root = meld_corpus(tmp_path / "MELD.Raw", lines, clips=5)
+    out = tmp_path / "meld.jsonl"
+    result = blspdata("ingest", "meld", root, "-o", out)
+    assert [r["id"] for r in read_jsonl(out)] == ["meld/train/dia0_utt0", "meld/train/dia0_utt3", "meld/train/dia0_utt4"]
+    assert read_jsonl(out)[2]["raw_text"] == 'Row "five".'
+    csv_path = root / "train_sent_emo.csv"
+    rejects = {r["source"]: r for r in read_jsonl(tmp_path / "meld.rejects.jsonl")}
+    assert {source: r["reason"] for source, r in rejects.items()} == {
+        f"{csv_path}:3": "unclosed_quote", f"{csv_path}:4": "unclosed_quote",
+        # and their clips, which no row names now
+        str(root / "train_splits" / "dia0_utt1.mp4"): "transcript_missing",
+        str(root / "train_splits" / "dia0_utt2.mp4"): "transcript_missing"}
+    assert "a quote opened on line 3 runs to line 4: the 1 row(s) on line(s) 4 were read" in rejects[f"{csv_path}:3"]["detail"]
+    assert "read into the row on line 3" in rejects[f"{csv_path}:4"]["detail"]
+    assert json.loads((tmp_path / "meld.summary.json").read_text())["rejects"] == {"unclosed_quote": 2, "transcript_missing": 2}
+    assert "unclosed_quote" in result.stdout
+
+
+def test_a_csv_table_with_an_unclosed_quote_and_a_long_field(tmp_path: Path):
+    """The generic importer: a quote never closed swallows every row to the end of the file
+    (the field count still fits: the swallowed lines are whole rows); a 300 KB text is read."""
+    for name in "abcde":
+        write_audio(tmp_path / f"{name}.wav", 1.0)
+    table = tmp_path / "table.csv"
+    long_text = "la " * 100000
+    table.write_text(f'audio,text\na.wav,fine\nb.wav,{long_text}\nc.wav,"unclosed\nd.wav,four\n\ne.wav,five\n')
+    out = tmp_path / "table.jsonl"
+    result = blspdata("ingest", "csv", table, "-o", out, check=False)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert [r["id"] for r in read_jsonl(out)] == ["table/train/a", "table/train/b"]
+    assert read_jsonl(out)[1]["raw_text"] == long_text
+    rejects = read_jsonl(tmp_path / "table.rejects.jsonl")
+    assert [(r["source"], r["reason"]) for r in rejects] == [
+        (f"{table}:4", "unclosed_quote"), (f"{table}:5", "unclosed_quote"), (f"{table}:7", "unclosed_quote")]
+    assert "the 2 row(s) on line(s) 5, 7 were read into this row's field" in rejects[0]["detail"]
+
+
+def test_a_quoted_field_with_its_own_line_break_is_kept(tmp_path: Path):
+    """A multi-line transcript, quoted as CSV wants it, is not mistaken for an unclosed quote."""
+    write_audio(tmp_path / "a.wav", 1.0)
+    write_audio(tmp_path / "b.wav", 1.0)
+    table = tmp_path / "table.csv"
+    table.write_text('audio,text\na.wav,"first line\nsecond line"\nb.wav,fine\n')
+    out = tmp_path / "table.jsonl"
+    blspdata("ingest", "csv", table, "-o", out)
+    assert [r["raw_text"] for r in read_jsonl(out)] == ["first line\nsecond line", "fine"]
+    assert read_jsonl(tmp_path / "table.rejects.jsonl") == []

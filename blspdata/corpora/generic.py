@@ -12,33 +12,31 @@ relative to the file's folder. Emotion values must be canonical labels or be map
 
 from __future__ import annotations
 
-import csv
 import os
 from typing import Any, Iterator
 
 from blspdata.corpora import labels
-from blspdata.ingest import AudioItem, IngestError, segment_problem, undecodable_fields
+from blspdata.ingest import AudioItem, IngestError, csv_header, csv_rows, segment_problem, undecodable_fields
 from blspdata.records import Record, Reject, iter_jsonl
 
 
-def _rows(fmt: str, path: str) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
-    """`(location, row or None, error)` for each row."""
+def _rows(fmt: str, path: str) -> Iterator[tuple[str, dict[str, Any] | None, str, str]]:
+    """`(location, row or None, reason, detail)` for each row (reason "" for a row)."""
     if fmt == "jsonl":
         for number, row, error in iter_jsonl(path):
-            yield f"{path}:{number}", row, error
+            reason = "" if row is not None else "undecodable_text" if "undecodable" in error else "malformed_row"
+            yield f"{path}:{number}", row, reason, error
         return
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        reader = csv.DictReader(handle)
-        for row in reader:
-            location = f"{path}:{reader.line_num}"
-            if None in row or any(v is None for v in row.values()):
-                yield location, None, f"expected {len(reader.fieldnames or ())} fields"
-                continue
-            bad = undecodable_fields(row)
-            if bad:
-                yield location, None, f"undecodable bytes in {', '.join(bad)}"
-                continue
-            yield location, row, ""
+    for number, row, reason, detail in csv_rows(path):
+        location = f"{path}:{number}"
+        if row is None:
+            yield location, None, reason, detail
+            continue
+        bad = undecodable_fields(row)
+        if bad:
+            yield location, None, "undecodable_text", f"undecodable bytes in {', '.join(bad)}"
+            continue
+        yield location, row, "", ""
 
 
 def scan(root: str, fmt: str, audio_col: str = "audio", text_col: str = "text", emotion_col: str | None = None,
@@ -56,9 +54,9 @@ def scan(root: str, fmt: str, audio_col: str = "audio", text_col: str = "text", 
                                "--id-col": id_col, "--speaker-col": speaker_col, "--split-col": split_col,
                                "--offset-col": offset_col, "--duration-col": duration_col})
     seen: set[str] = set()
-    for location, row, error in _rows(fmt, path):
+    for location, row, reason, detail in _rows(fmt, path):
         if row is None:
-            yield Reject("undecodable_text" if "undecodable" in error else "malformed_row", location, error)
+            yield Reject(reason, location, detail)
             continue
         try:
             audio = _text(row, audio_col)
@@ -119,8 +117,7 @@ def _check_columns(fmt: str, path: str, named: dict[str, str | None]) -> None:
 def _first_columns(fmt: str, path: str) -> list[str] | None:
     if fmt == "jsonl":
         return next((list(row) for _, row, _ in iter_jsonl(path) if row is not None), None)
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        return csv.DictReader(handle).fieldnames
+    return csv_header(path)
 
 
 def _text(row: dict[str, Any], column: str) -> str:

@@ -16,7 +16,6 @@ ftfy repairs. The audio of each clip is extracted to 16 kHz mono FLAC under `aud
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from typing import Iterator, Sequence
@@ -24,7 +23,7 @@ from typing import Iterator, Sequence
 import ftfy
 
 from blspdata.corpora import labels
-from blspdata.ingest import AudioItem, IngestError, undecodable_fields
+from blspdata.ingest import AudioItem, IngestError, csv_header, csv_rows, undecodable_fields
 from blspdata.records import Record, Reject
 
 SPLITS = {  # split -> (CSV, video folder)
@@ -69,53 +68,51 @@ def _scan_split(split: str, csv_path: str, video_dir: str | None, audio_dir: str
     if video_dir is not None:
         clips = {name for name in os.listdir(video_dir) if _CLIP.match(name)}
     referenced: set[str] = set()
-    # surrogateescape keeps undecodable bytes visible, so only that row is rejected.
-    with open(csv_path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        reader = csv.DictReader(handle)
-        absent = [c for c in REQUIRED if c not in (reader.fieldnames or ())]
-        if absent:
-            yield Reject("malformed_row", f"{csv_path}:1", f"header lacks column(s) {', '.join(absent)}")
-            return
-        for row in reader:
-            location = f"{csv_path}:{reader.line_num}"
-            try:
-                if None in row or any(v is None for v in row.values()):
-                    raise ValueError(f"expected {len(reader.fieldnames)} fields")
-                dialogue, utterance = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
-            except ValueError as exc:
-                yield Reject("malformed_row", location, f"bad row: {exc}")
-                continue
-            native = f"dia{dialogue}_utt{utterance}"
-            record_id = f"meld/{split}/{native}"
-            clip = f"{native}.mp4"
-            if clip in referenced:
-                yield Reject("duplicate_id", location, f"{native} has two rows", id=record_id)
-                continue
-            referenced.add(clip)
-            raw_text = row["Utterance"]
-            bad = undecodable_fields(row)
-            if bad:
-                yield Reject("undecodable_text", location, f"undecodable bytes in {', '.join(bad)}", id=record_id)
-                continue
-            raw_label = row["Emotion"].strip()
-            emotion, problem = labels.map_label(raw_label, mapping)
-            if problem:
-                yield Reject(problem, location, f"label {raw_label!r}" + (" is not used by the recipe (map it with --label-map)"
-                             if problem == "label_excluded" else " is not a MELD label (map it with --label-map)"), id=record_id)
-                continue
-            if clip not in clips:
-                where = video_dir or f"{SPLITS[split][1]}/ (folder not found)"
-                yield Reject("audio_missing", location, f"no such file: {os.path.join(where, clip)}", id=record_id)
-                continue
-            text = ftfy.fix_text(raw_text)
-            record = Record(
-                id=record_id, corpus="meld", split=split, audio=os.path.join(audio_dir, f"{native}.flac"),
-                text=text, raw_text=raw_text, speaker=row["Speaker"].strip() or None,
-                emotion=emotion, raw_emotion=raw_label,
-                extra={"video": os.path.join(video_dir, clip), "dialogue_id": dialogue, "utterance_id": utterance,
-                       **{key.lower(): row[key] for key in ("Sentiment", "Season", "Episode", "StartTime", "EndTime") if key in row}},
-            )
-            yield AudioItem(record.audio, [record], [location], source=record.extra["video"])
+    absent = [c for c in REQUIRED if c not in (csv_header(csv_path) or ())]
+    if absent:
+        yield Reject("malformed_row", f"{csv_path}:1", f"header lacks column(s) {', '.join(absent)}")
+        return
+    for line, row, reason, detail in csv_rows(csv_path):
+        location = f"{csv_path}:{line}"
+        if row is None:  # wrong field count, an unclosed quote
+            yield Reject(reason, location, f"bad row: {detail}")
+            continue
+        try:
+            dialogue, utterance = int(row["Dialogue_ID"]), int(row["Utterance_ID"])
+        except ValueError as exc:
+            yield Reject("malformed_row", location, f"bad row: {exc}")
+            continue
+        native = f"dia{dialogue}_utt{utterance}"
+        record_id = f"meld/{split}/{native}"
+        clip = f"{native}.mp4"
+        if clip in referenced:
+            yield Reject("duplicate_id", location, f"{native} has two rows", id=record_id)
+            continue
+        referenced.add(clip)
+        raw_text = row["Utterance"]
+        bad = undecodable_fields(row)
+        if bad:
+            yield Reject("undecodable_text", location, f"undecodable bytes in {', '.join(bad)}", id=record_id)
+            continue
+        raw_label = row["Emotion"].strip()
+        emotion, problem = labels.map_label(raw_label, mapping)
+        if problem:
+            yield Reject(problem, location, f"label {raw_label!r}" + (" is not used by the recipe (map it with --label-map)"
+                         if problem == "label_excluded" else " is not a MELD label (map it with --label-map)"), id=record_id)
+            continue
+        if clip not in clips:
+            where = video_dir or f"{SPLITS[split][1]}/ (folder not found)"
+            yield Reject("audio_missing", location, f"no such file: {os.path.join(where, clip)}", id=record_id)
+            continue
+        text = ftfy.fix_text(raw_text)
+        record = Record(
+            id=record_id, corpus="meld", split=split, audio=os.path.join(audio_dir, f"{native}.flac"),
+            text=text, raw_text=raw_text, speaker=row["Speaker"].strip() or None,
+            emotion=emotion, raw_emotion=raw_label,
+            extra={"video": os.path.join(video_dir, clip), "dialogue_id": dialogue, "utterance_id": utterance,
+                   **{key.lower(): row[key] for key in ("Sentiment", "Season", "Episode", "StartTime", "EndTime") if key in row}},
+        )
+        yield AudioItem(record.audio, [record], [location], source=record.extra["video"])
     for clip in sorted(clips - referenced):
         yield Reject("transcript_missing", os.path.join(video_dir, clip), f"no row for {clip} in {csv_path}",
                      id=f"meld/{split}/{clip[:-4]}")
