@@ -5,29 +5,68 @@ from __future__ import annotations
 import contextlib
 from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import typer
 from typer.core import TyperGroup
 
 from blspdata import __version__
+from blspdata.errors import BlspdataError
+
+
+# The one place user errors become one line: `BlspdataError` (blspdata/errors.py) and OSError
+# (a file the user named) print `error: MESSAGE` and exit 1; anything else is a bug and keeps
+# its traceback. A command adds what to do next with `error_note`.
+USER_ERRORS: tuple[type[BaseException], ...] = (BlspdataError, OSError)
+# Raise sites in other modules that still raise a plain ValueError for a user's mistake
+# (records.read_jsonl, generate/resume.py's --shard parsing, corpora/labels.py's label maps):
+# only the commands that reach them catch it, through `_unconverted()`, until they raise a
+# BlspdataError; then this goes.
+UNCONVERTED: tuple[type[BaseException], ...] = (ValueError,)
+
+
+def _say(exc: BaseException) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    for note in getattr(exc, "__notes__", ()):
+        typer.echo(note, err=True)
 
 
 @contextlib.contextmanager
-def user_errors(*kinds: type[BaseException], note: str = ""):
-    """Errors a user can act on: one line on stderr and exit 1, no traceback."""
+def error_note(note: str) -> Iterator[None]:
+    """A user error raised within gets `note` printed under it (e.g. how to resume)."""
     try:
         yield
-    except kinds as exc:
-        typer.echo(f"error: {exc}", err=True)
-        if note:
-            typer.echo(note, err=True)
+    except USER_ERRORS + UNCONVERTED as exc:
+        exc.add_note(note)
+        raise
+
+
+@contextlib.contextmanager
+def _unconverted() -> Iterator[None]:
+    try:
+        yield
+    except UNCONVERTED as exc:
+        _say(exc)
         raise typer.Exit(1) from None
 
+
 class _PipelineOrder(TyperGroup):
-    """`blspdata --help` lists the commands in pipeline order, not registration order."""
+    """`blspdata --help` lists the commands in pipeline order, not registration order. Every
+    command runs through `invoke`: user errors are one line there, and SIGTERM (scancel,
+    `timeout`, `kill`) exits through the same path as Ctrl-C, so `finally` blocks remove
+    temporary folders and stop workers and servers."""
 
     ORDER = ("run", "report", "ingest", "generate", "merge", "curate", "publish", "verify", "train", "evaluate", "chat")
+
+    def invoke(self, ctx):
+        from blspdata.parallel import sigterm_exits
+
+        try:
+            with sigterm_exits():
+                return super().invoke(ctx)
+        except USER_ERRORS as exc:
+            _say(exc)
+            raise typer.Exit(1) from None
 
     def list_commands(self, ctx) -> list[str]:
         names = super().list_commands(ctx)
@@ -99,10 +138,9 @@ def _int_list(value: str, name: str) -> list[int]:
 
 def _run(corpus: str, root: Path, out: Path, jobs: Optional[int], strict: bool, normalizer: Normalizer,
          progress: bool, **options) -> None:
-    from blspdata.ingest import IngestError, ingest_corpus
-    from blspdata.parallel import sigterm_exits
+    from blspdata.ingest import ingest_corpus
 
-    with sigterm_exits(), user_errors(IngestError, OSError, ValueError):
+    with _unconverted():  # corpora/labels.py: a bad --label-map file
         summary = ingest_corpus(corpus, str(root), out, jobs=jobs or _default_jobs(), strict=strict,
                                 normalizer=normalizer.value, progress=progress, **options)
     typer.echo(f"{corpus}: {summary.render()}")
@@ -271,12 +309,9 @@ def generate_command(
     strict: bool = StrictOpt, progress: bool = ProgressOpt,
 ) -> None:
     """Write semantic or emotion-aware continuations of a manifest's transcripts with an LLM."""
-    from blspdata.generate.backends import BackendError, ServerDown
-    from blspdata.generate.prompts import PromptError
-    from blspdata.generate.run import GenerateError, generate
+    from blspdata.generate.run import generate
 
-    with user_errors(GenerateError, BackendError, ServerDown, PromptError, ValueError, OSError,
-                     note=f"(what was done is kept in {out}; rerun the same command to resume)"):
+    with _unconverted(), error_note(f"(what was done is kept in {out}; rerun the same command to resume)"):
         summary = generate(manifest, out, task=task.value, prompt=prompt, backend=backend.value, base_url=base_url,
                            model=model, api_key=api_key, serve=serve, concurrency=concurrency,
                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, shard=shard,
@@ -311,9 +346,9 @@ def merge_command(
     allow_gaps: bool = typer.Option(False, "--allow-gaps", help="Merge even if some manifest ids are in no shard."),
 ) -> None:
     """Join sharded generation outputs, checking for overlaps and gaps."""
-    from blspdata.generate.resume import MergeError, merge
+    from blspdata.generate.resume import merge
 
-    with user_errors(MergeError, ValueError):
+    with _unconverted():  # records.read_jsonl
         counts = merge(inputs, out, manifest=manifest, allow_gaps=allow_gaps)
     typer.echo(f"merged {counts['shards']} shards: {counts['rows']} rows, {counts['rejects']} rejects -> {out}"
                + (f" ({counts['missing']} manifest ids missing)" if counts["missing"] else ""))
@@ -355,13 +390,13 @@ def curate_command(
     progress: bool = ProgressOpt,
 ) -> None:
     """Filter generated continuations (each drop with its reason) and remove exact and near duplicates."""
-    from blspdata.curate.run import CurateError, curate, settings_from
+    from blspdata.curate.run import curate, settings_from
 
     flags = {"disable": disable, "enable": enable, "drop_unfinished": drop_unfinished or None, "min_words": min_words,
              "max_words": max_words, "max_dup_ngram_fraction": max_dup_ngram_fraction, "echo_overlap": echo_overlap,
              "recipe_sorry_but_i": recipe_sorry_but_i, "exact_dedup": exact_dedup, "near_dedup": near_dedup,
              "near_dup_threshold": near_dup_threshold, "num_perm": num_perm, "ngram": ngram}  # named as the flags are, so errors name them too
-    with user_errors(CurateError, ValueError, OSError):
+    with _unconverted():  # records.read_jsonl
         filters, dedup = settings_from(config, flags)
         stats = curate(inputs, out, filters=filters, dedup=dedup, progress=progress)
     typer.echo(f"curate: {stats.render()}")
@@ -390,9 +425,9 @@ def publish_command(
     jobs: Optional[int] = JobsOpt, progress: bool = ProgressOpt,
 ) -> None:
     """Publish curated records as Hugging Face Arrow/Parquet shards with a dataset card."""
-    from blspdata.publish import PublishError, publish, push_to_hub as push
+    from blspdata.publish import publish, push_to_hub as push
 
-    with user_errors(PublishError, ValueError, OSError):
+    with _unconverted():  # records.read_jsonl
         result = publish(inputs, out, fmt=fmt, audio=audio, audio_root=audio_root, max_shard_size=max_shard_size,
                          validation=validation, test=test, jobs=jobs or _default_jobs(), license=license,
                          overwrite=overwrite, progress=progress)
@@ -427,15 +462,14 @@ def verify_command(
 def _train(stage: str, data: Path, out: Path, encoder: Optional[str], llm: Optional[str], llm_gguf: Optional[str],
            init: Optional[Path], resume: bool, progress: bool, model_overrides: dict, trust_remote_code: bool = False,
            **overrides) -> None:
-    import json
-
+    from blspdata.train.config import checkpoint_config
     from blspdata.train.loop import TrainConfig, train
     from blspdata.train.model import ModelConfig
 
     folder = data / ("semantic" if stage == "stage1" else "emotion")
     data = folder if folder.is_dir() else data
+    saved = checkpoint_config(init)["model"] if init is not None else {}  # a wrong --init is said before any model loads
     if init is not None and (encoder is None or llm is None):  # stage 2 inherits the bases of stage 1
-        saved = json.loads((init / "config.json").read_text())["model"]
         encoder, llm, llm_gguf = encoder or saved["encoder"], llm or saved["llm"], llm_gguf or saved.get("llm_gguf")
     if not encoder or not llm:
         raise typer.BadParameter("--encoder and --llm are required (stage2 takes them from --init)")
@@ -446,11 +480,11 @@ def _train(stage: str, data: Path, out: Path, encoder: Optional[str], llm: Optio
     encoder, llm = (str(Path(p).resolve()) if Path(p).exists() else p for p in (encoder, llm))
     if (overrides.get("eval_split") or "").lower() == "none":
         overrides["eval_split"] = ""
-    with user_errors(ValueError, OSError, KeyError):  # the configs check their own choices
-        cfg = TrainConfig.for_stage(stage, data=str(data), out=str(out), init=str(init) if init else None, **overrides)
-        model_config = ModelConfig(encoder=encoder, llm=llm, llm_gguf=llm_gguf, trust_remote_code=trust_remote_code,
-                                   **{k: v for k, v in model_overrides.items() if v is not None})
-        result = train(cfg, model_config, resume=resume, progress=progress)
+    # The configs check their own choices (TrainError, CheckpointError: one line from the CLI).
+    cfg = TrainConfig.for_stage(stage, data=str(data), out=str(out), init=str(init) if init else None, **overrides)
+    model_config = ModelConfig(encoder=encoder, llm=llm, llm_gguf=llm_gguf, trust_remote_code=trust_remote_code,
+                               **{k: v for k, v in model_overrides.items() if v is not None})
+    result = train(cfg, model_config, resume=resume, progress=progress)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         typer.echo(f"{stage}: {result['steps']} steps -> {out}/final (trainable weights), {out}/last (resumable), "
                    f"{out}/metrics.jsonl" + (f"; skipped {result['skipped']}" if result["skipped"] else ""))
@@ -532,10 +566,9 @@ def evaluate_ser_command(
     from blspdata.train.evaluate import evaluate_ser
 
     folder = data / "emotion"
-    with user_errors(ValueError, OSError, KeyError):
-        result = evaluate_ser(checkpoint, folder if folder.is_dir() else data, split=split, out=out, limit=limit,
-                              prompt_too=not head_only, audio_root=audio_root, max_new_tokens=max_new_tokens,
-                              trust_remote_code=trust_remote_code)
+    result = evaluate_ser(checkpoint, folder if folder.is_dir() else data, split=split, out=out, limit=limit,
+                          prompt_too=not head_only, audio_root=audio_root, max_new_tokens=max_new_tokens,
+                          trust_remote_code=trust_remote_code)
     typer.echo(result["text"])
     typer.echo(f"-> {result['out']}")
 
@@ -552,8 +585,7 @@ def chat_command(
     """Generate a response to a speech file."""
     from blspdata.train.evaluate import chat
 
-    with user_errors(ValueError, OSError, KeyError):
-        typer.echo(chat(checkpoint, audio, instruction, max_new_tokens, trust_remote_code=trust_remote_code))
+    typer.echo(chat(checkpoint, audio, instruction, max_new_tokens, trust_remote_code=trust_remote_code))
 
 
 @app.command("run")
@@ -574,20 +606,11 @@ def run_command(
     """The whole pipeline from one config: ingest -> generate -> curate -> publish -> stage1 -> stage2
     -> evaluate. A rerun skips what is up to date (recorded hashes of inputs and settings in
     RUN_DIR/run.json) and resumes what was interrupted."""
-    from blspdata.pipeline import ConfigError, load_config, run
+    from blspdata.pipeline import load_config, run
 
-    with user_errors(ConfigError):
-        cfg = load_config(config, run_dir)
+    cfg = load_config(config, run_dir)
     out = Path(cfg.run_dir)
-    from blspdata.curate.run import CurateError
-    from blspdata.generate.backends import BackendError, ServerDown
-    from blspdata.generate.run import GenerateError
-    from blspdata.ingest import IngestError
-    from blspdata.publish import PublishError
-
-    errors = (ConfigError, IngestError, GenerateError, BackendError, ServerDown, CurateError, PublishError,
-              ValueError, OSError, RuntimeError)
-    with user_errors(*errors, note=f"(finished stages are kept in {out}; rerun the same command to resume)"):
+    with _unconverted(), error_note(f"(finished stages are kept in {out}; rerun the same command to resume)"):
         run(cfg, start=start, until=until, dry_run=plan_only, progress=progress, echo=typer.echo,
             trust_remote_code=trust_remote_code)
     if plan_only:
@@ -613,8 +636,7 @@ def report_command(
     sample rows with audio players."""
     from blspdata.report import write_report
 
-    with user_errors(OSError, ValueError):
-        typer.echo(f"report: {write_report(run_dir, out)}")
+    typer.echo(f"report: {write_report(run_dir, out)}")
 
 
 def _version(value: bool) -> None:

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from blspdata.errors import BlspdataError
 from blspdata import __version__
+from blspdata.locks import exclusive
 from blspdata.parallel import cores
 from blspdata.records import sidecar, write_json
 
@@ -44,6 +45,16 @@ DEMO_MODELS = ("demo:tiny-whisper", "demo:smollm2")  # made in RUN_DIR/models, n
 
 class ConfigError(BlspdataError, ValueError):
     """A config the pipeline cannot run; the message names the key."""
+
+
+class RunError(BlspdataError):
+    """A run folder the pipeline cannot use or finish (its run.json, a dataset that does not verify)."""
+
+
+def cut(value: Any, limit: int = 200) -> str:
+    """`value` as text, at most `limit` characters: a huge value is not echoed whole into a message."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
 
 
 # ---------------------------------------------------------------------------- the config
@@ -193,8 +204,11 @@ def load_config(path: str | Path, run_dir: str | Path | None = None) -> Config:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte offset {exc.start}: {exc.object[exc.start:exc.start + 4]!r}); "
+                          "save the config as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {cut(str(exc), 600)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (run_dir, corpora, generate, ...)")
     if run_dir is not None:
@@ -227,8 +241,8 @@ def _describe(error: dict) -> str:
     if error["type"] == "extra_forbidden":
         message = "unknown key (a typo?)"
     elif error["type"] not in ("value_error", "missing"):
-        message += f", got {error['input']!r}"
-    return f"{where}: {message}"
+        message += f", got {cut(repr(error['input']))}"
+    return cut(f"{where}: {message}", 600)
 
 
 # ---------------------------------------------------------------------------- units and state
@@ -274,8 +288,14 @@ class State:
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "run.json"
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
-        self.data.setdefault("units", {})
+        try:
+            self.data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
+        except ValueError as exc:  # not JSON, or not UTF-8
+            raise RunError(f"{self.path}: not readable JSON ({cut(str(exc))}); move it away to start the run afresh") from None
+        if not isinstance(self.data, dict) or not isinstance(self.data.setdefault("units", {}), dict) \
+                or not all(isinstance(u, dict) for u in self.data["units"].values()):
+            raise RunError(f"{self.path}: not a run record written by blspdata (expected an object with \"units\"); "
+                           "move it away to start the run afresh")
 
     def get(self, key: str) -> dict:
         return self.data["units"].get(key, {})
@@ -423,7 +443,7 @@ def _publish(config: Config, curated: Path, dataset: Path, progress: bool) -> Ca
                          overwrite=True, progress=progress)
         problems = verify(dataset)
         if problems:
-            raise RuntimeError(f"{dataset} does not verify: " + "; ".join(problems))
+            raise RunError(f"{dataset} does not verify: " + "; ".join(problems))
         print(f"  {dataset}: " + "; ".join(f"{c} " + ", ".join(f"{s} {n}" for s, n in splits.items())
                                           for c, splits in result["rows"].items()), file=sys.stderr)
         if p.push_to_hub:
@@ -503,6 +523,17 @@ def run(config: Config, start: Optional[str] = None, until: Optional[str] = None
         import transformers.utils.logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    if dry_run:
+        return _run(config, start, until, True, progress, echo, trust_remote_code)
+    # One run per run folder: a second one (a requeued job, a second terminal) would write the
+    # same metrics.jsonl and checkpoints. The kernel drops the lock when this process ends.
+    with exclusive(run_dir / ".lock", what=f"run folder {run_dir}"):
+        return _run(config, start, until, False, progress, echo, trust_remote_code)
+
+
+def _run(config: Config, start: Optional[str], until: Optional[str], dry_run: bool, progress: bool,
+         echo: Callable[[str], None], trust_remote_code: bool) -> list[tuple[Unit, str, str]]:
+    run_dir = Path(config.run_dir)
     units = plan(config, progress, trust_remote_code)
     stages = [u.stage for u in units]
     first = STAGES.index(start) if start else 0

@@ -98,10 +98,20 @@ def _rows(paths: Iterable[Path]) -> Iterable[dict[str, Any]]:
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path`; None when it is absent, unreadable or not an object (a list, a
+    number): that part of the report is left out with `_missing`'s note, not a crash."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
+
+
+def _missing(path: Path, name: str, what: str) -> str:
+    """The note for a JSON file `_load_json` returned None for: absent, or there but unusable."""
+    if path.exists():
+        return _note(f"{name} is not a readable JSON object (written by another tool, or damaged): {what}.")
+    return _note(f"No {name}: {what}.")
 
 
 def _words(text: Any) -> int:
@@ -216,9 +226,10 @@ def _continuation_summary(paths: list[Path], curated: bool) -> str:
 def _ser_summary(evaluate_dir: Path) -> str:
     result = _load_json(evaluate_dir / "ser.json")
     if result is None:
-        return _note("SER evaluation not run yet (no evaluate/ser.json).")
+        return _missing(evaluate_dir / "ser.json", "evaluate/ser.json", "SER evaluation not run yet, or not shown")
     split = result.get("split")
-    rows = [(name, split or "(not recorded)", m["rows"], m["wa"], m["ua"]) for name, m in _ser_metrics(result).items()]
+    rows = [(name, split or "(not recorded)", m.get("rows"), m.get("wa"), m.get("ua"))
+            for name, m in _ser_metrics(result).items()]
     if split == "test":
         where = "Scored on the test split (held out from training)."
     else:
@@ -230,9 +241,12 @@ def _ser_summary(evaluate_dir: Path) -> str:
 
 
 def stages_section(run_json: Path) -> str:
-    stages = (_load_json(run_json) or {}).get("stages") or {}
-    if not stages:
-        return _note("No run.json: stage status unknown.")
+    state = _load_json(run_json)
+    if state is None:
+        return _missing(run_json, "run.json", "stage status unknown")
+    stages = state.get("stages") or {}
+    if not isinstance(stages, dict) or not stages:
+        return _note("run.json records no stages: stage status unknown.")
     from blspdata.pipeline import STAGES
 
     order = sorted(stages, key=lambda name: STAGES.index(name) if name in STAGES else len(STAGES))
@@ -318,8 +332,11 @@ def rejects_section(run_dir: Path) -> str:
 
 def throughput_section(continuations: list[Path]) -> str:
     summaries = [(p, s) for p in continuations if (s := _load_json(sidecar(p, "summary.json")))]
+    unusable = [sidecar(p, "summary.json").name for p in continuations
+                if sidecar(p, "summary.json").exists() and p not in dict(summaries)]
+    skipped = _note("Left out, not a readable JSON object: " + ", ".join(unusable) + ".") if unusable else ""
     if not summaries:
-        return _note("Generate not run yet (no continuations/*.summary.json).")
+        return skipped or _note("Generate not run yet (no continuations/*.summary.json).")
     rows = [(p.name, s.get("written"), s.get("already_done"), s.get("finished"), s.get("output_tokens"),
              s.get("seconds"), s.get("output_tokens_per_s"), s.get("rejected")) for p, s in summaries]
     table = _table(("file", "written", "already done", "finished", "output tokens", "seconds", "tokens/s",
@@ -328,7 +345,7 @@ def throughput_section(continuations: list[Path]) -> str:
     _bars(axis, [p.name for p, _ in summaries], {"tokens/s": [s.get("output_tokens_per_s") or 0 for _, s in summaries]},
           "output tokens/s")
     return (table + _note("Written, seconds and tokens/s are those of the last invocation (a resumed run "
-                          "counts the earlier rows as already done).") + _img(figure, "generation throughput"))
+                          "counts the earlier rows as already done).") + skipped + _img(figure, "generation throughput"))
 
 
 def training_section(train_dir: Path) -> str:
@@ -359,7 +376,7 @@ def training_section(train_dir: Path) -> str:
 def ser_section(evaluate_dir: Path) -> str:
     result = _load_json(evaluate_dir / "ser.json")
     if result is None:
-        return _note("SER evaluation not run yet (no evaluate/ser.json).")
+        return _missing(evaluate_dir / "ser.json", "evaluate/ser.json", "SER evaluation not run yet, or not shown")
     metrics = _ser_metrics(result)
     tokens = result.get("max_new_tokens")
     parts = [_note(f"{result.get('rows')} rows of the {result.get('split') or '(not recorded)'} split"
@@ -396,7 +413,7 @@ def _ser_metrics(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     from blspdata.train.evaluate import scores_of  # numpy only, no torch
 
     if isinstance(result.get("metrics"), dict):
-        return result["metrics"]
+        return {name: m for name, m in result["metrics"].items() if isinstance(m, dict)}
     return {name: scores_of(matrix) for name, matrix in (result.get("confusion") or {}).items()}
 
 

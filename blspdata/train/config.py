@@ -3,8 +3,37 @@ these fields (and `--plan` stays quick)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from blspdata.errors import BlspdataError
+
+
+class TrainError(BlspdataError, ValueError):
+    """Options, data or a model the trainer cannot use (the CLI prints it as one line)."""
+
+
+class CheckpointError(TrainError):
+    """A checkpoint that cannot be used (the CLI prints it as one line)."""
+
+
+def checkpoint_config(folder: str | Path) -> dict:
+    """A checkpoint folder's config.json ({"model": ..., "train": ...}), or CheckpointError
+    naming the folder (missing, not a checkpoint, unreadable)."""
+    path = Path(folder) / "config.json"
+    if not Path(folder).is_dir():
+        raise CheckpointError(f"{folder}: no such checkpoint folder")
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: not a checkpoint folder (no config.json)") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint config ({str(exc)[:200]})") from None
+    if not isinstance(saved, dict) or not isinstance(saved.get("model"), dict):
+        raise CheckpointError(f"{path}: not a checkpoint config written by blspdata (no \"model\" section)")
+    return saved
 
 
 @dataclass
@@ -53,11 +82,11 @@ class TrainConfig:
         return base
 
     def check(self) -> None:
-        """A ValueError for an option outside its choices (train() checks too, for configs
+        """A TrainError for an option outside its choices (train() checks too, for configs
         built by hand)."""
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
-                raise ValueError(f"{key} {getattr(self, key)!r}: expected one of {', '.join(allowed)}")
+                raise TrainError(f"{key} {getattr(self, key)!r}: expected one of {', '.join(allowed)}")
 
 
 CHOICES = {"schedule": ("warmup_decay", "cosine", "linear"), "warmup_type": ("log", "linear"),

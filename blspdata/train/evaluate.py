@@ -172,6 +172,7 @@ def evaluate_ser(checkpoint: str | Path, data: str | Path, split: str = "test", 
     import torch
 
     from blspdata.train.loop import SER_INSTRUCTION, SYSTEM, audio_present, decode_audio, load_rows
+    from blspdata.train.config import TrainError
     from blspdata.train.model import BLSPModel, Prompt, autocast
 
     max_new_tokens = max_new_tokens or MAX_NEW_TOKENS
@@ -179,7 +180,7 @@ def evaluate_ser(checkpoint: str | Path, data: str | Path, split: str = "test", 
     labelled = [i for i, (emotion, present) in enumerate(zip(rows["emotion"], audio_present(rows, audio_root)))
                 if emotion is not None and emotion >= 0 and present]  # the audio bytes are not read for this
     if not labelled:
-        raise ValueError(f"{data}: the {split!r} split has no rows with an emotion label and audio to score "
+        raise TrainError(f"{data}: the {split!r} split has no rows with an emotion label and audio to score "
                          f"(of {len(rows)} rows)")
     rows = rows.select(labelled)
     if limit:
@@ -243,11 +244,18 @@ def score_answers(truth: list[int], by_head: list[int], by_prompt: list[int | No
 
 def chat(checkpoint: str | Path, audio_path: str | Path, instruction: str | None = None,
          max_new_tokens: int = 64, trust_remote_code: bool = False) -> str:
+    import soundfile as sf
+
     from blspdata.publish import read_segment
+    from blspdata.train.config import TrainError, checkpoint_config
     from blspdata.train.loop import STAGE2_INSTRUCTION, SYSTEM_EMPATHY
     from blspdata.train.model import BLSPModel, Prompt
 
+    checkpoint_config(checkpoint)  # a wrong folder is said before the audio is read or a model built
+    try:  # read before the model loads: a file that is not audio is said at once
+        audio = read_segment(str(audio_path), 0.0, 0.0)
+    except sf.SoundFileError as exc:
+        raise TrainError(f"{audio_path}: not an audio file soundfile can read ({str(exc)[:200]})") from None
     model = BLSPModel.from_checkpoint(checkpoint, trust_remote_code=trust_remote_code)
-    audio = read_segment(str(audio_path), 0.0, 0.0)
     prompt = Prompt(model.tokenizer, SYSTEM_EMPATHY, instruction if instruction is not None else STAGE2_INSTRUCTION)
     return model.respond(audio, prompt, max_new_tokens)

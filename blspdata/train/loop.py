@@ -41,10 +41,10 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from blspdata.errors import BlspdataError
 from blspdata.corpora.labels import CANONICAL
 from blspdata.generate import prompts as templates
-from blspdata.train.config import TrainConfig
+from blspdata.locks import exclusive
+from blspdata.train.config import CheckpointError, TrainConfig, TrainError, checkpoint_config
 from blspdata.train.model import BLSPModel, ModelConfig, Prompt, autocast, base_dtype, build_batch, end_of_turn
 
 # The built-in templates (prompts/semantic.toml, prompts/emotion.toml) are the one place for
@@ -58,10 +58,6 @@ STAGE2_INSTRUCTION = _EMOTION.speech_user.split("{text}")[0]
 SER_INSTRUCTION = _EMOTION.ser_user.split("{text}")[0]
 
 
-class CheckpointError(BlspdataError, ValueError):
-    """A checkpoint that cannot be used (the CLI prints it as one line)."""
-
-
 # ---------------------------------------------------------------------------- data
 
 def load_rows(path: str, split: str = "train"):
@@ -71,7 +67,7 @@ def load_rows(path: str, split: str = "train"):
     dataset = datasets.load_from_disk(str(folder))
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
-            raise ValueError(f"{folder} has no {split!r} split (it has: {', '.join(dataset)})")
+            raise TrainError(f"{folder} has no {split!r} split (it has: {', '.join(dataset)})")
         dataset = dataset[split]
     if isinstance(dataset.features.get("audio"), datasets.Audio):
         dataset = dataset.cast_column("audio", datasets.Audio(decode=False))  # we decode the FLAC ourselves
@@ -130,7 +126,7 @@ class RowPrompts:
         else:
             speech = template.speech_user or _EMOTION.speech_user
             if "{text}" not in speech or "{emotion}" in speech:
-                raise ValueError(f"prompt template {template.id!r}: speech_user must use {{text}} and no {{emotion}}")
+                raise TrainError(f"prompt template {template.id!r}: speech_user must use {{text}} and no {{emotion}}")
         return self._prompt(template.system, user), self._prompt(template.system, speech)
 
     def _template(self, generator: Any, task: str) -> "templates.Template":
@@ -462,16 +458,16 @@ def load_weights(model: BLSPModel, checkpoint: str | Path, strict_bases: bool = 
     from safetensors.torch import load_file
 
     checkpoint = Path(checkpoint)
-    saved = json.loads((checkpoint / "config.json").read_text())["model"]
+    saved = checkpoint_config(checkpoint)["model"]
     for key in ("encoder", "llm", "llm_gguf"):
         if strict_bases and saved.get(key) != getattr(model.config, key):
-            raise ValueError(f"{checkpoint} was trained with {key} {saved.get(key)!r}, this model uses "
+            raise CheckpointError(f"{checkpoint} was trained with {key} {saved.get(key)!r}, this model uses "
                              f"{getattr(model.config, key)!r}")
     weights = load_file(str(checkpoint / "model.safetensors"))
     own = dict(model.named_parameters())
     unknown = [k for k in weights if k not in own]
     if unknown:
-        raise ValueError(f"{checkpoint} holds weights this model lacks, e.g. {unknown[:3]}")
+        raise CheckpointError(f"{checkpoint} holds weights this model lacks, e.g. {unknown[:3]}")
     with torch.no_grad():
         for name, value in weights.items():
             own[name].copy_(value)
@@ -505,8 +501,16 @@ def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:
 
 
 def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, progress: bool = True) -> dict:
-    """Run one stage. Returns the final metrics."""
+    """Run one stage. Returns the final metrics. The run folder is locked (OUT/.lock, by rank 0):
+    a second run writing the same checkpoints and metrics.jsonl is refused at once."""
     cfg.check()
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(cfg, model_config, resume, progress)
+    with exclusive(Path(cfg.out) / ".lock", what=f"run folder {cfg.out}"):
+        return _train(cfg, model_config, resume, progress)
+
+
+def _train(cfg: TrainConfig, model_config: ModelConfig, resume: bool, progress: bool) -> dict:
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         import torch.distributed as dist
@@ -524,6 +528,8 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
     out = Path(cfg.out)
     # Read before anything is built: a state that cannot be loaded safely stops the run at once.
     state = load_trainer_state(out / "last") if resume and (out / "last" / "trainer_state.pt").exists() else None
+    if cfg.init:
+        checkpoint_config(cfg.init)  # likewise a wrong --init, before the models load
 
     if not progress:  # transformers' own bars (loading weights) too
         from transformers.utils import logging as hf_logging
@@ -553,14 +559,14 @@ def train(cfg: TrainConfig, model_config: ModelConfig, resume: bool = False, pro
     if cfg.eval_split:
         try:
             held = load_rows(cfg.data, cfg.eval_split)
-        except ValueError:
+        except TrainError:
             if cfg.eval_split != TrainConfig.eval_split:
                 raise
             held = None  # a dataset without a validation split trains without evaluation
         if held is not None:
             held_out = [(held, usable(held, model, cfg)[0])]
     if batches.per_epoch() == 0:
-        raise ValueError(f"{cfg.data}: {len(keep)} usable rows, fewer than one batch of {cfg.batch_size} x {world}")
+        raise TrainError(f"{cfg.data}: {len(keep)} usable rows, fewer than one batch of {cfg.batch_size} x {world}")
     steps_per_epoch = max(1, batches.per_epoch() // cfg.grad_accum)
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
 

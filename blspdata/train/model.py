@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blspdata.train.config import CheckpointError, TrainError, checkpoint_config
+
 SPEECH_MARK = "\u2063SPEECH\u2063"  # invisible separators: never in a real instruction
 END_OF_TEXT = "<|endoftext|>"  # appended after ChatML's end of turn, as the reference does (Qwen's eod)
 
@@ -46,7 +48,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.lora_scope not in ("audio", "global"):
-            raise ValueError(f"lora_scope {self.lora_scope!r}: expected one of audio, global")
+            raise TrainError(f"lora_scope {self.lora_scope!r}: expected one of audio, global")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -209,13 +211,11 @@ class BLSPModel(nn.Module):
         """The model a checkpoint was trained as, with its weights, on `device` (default: the
         GPU when there is one; frozen bases in bfloat16 there). An LLM with its own code runs
         only when the caller says so: a checkpoint folder's config.json cannot switch it on."""
-        import json
-
         from blspdata.train.loop import load_weights
 
-        saved = json.loads((Path(checkpoint) / "config.json").read_text())["model"]
+        saved = checkpoint_config(checkpoint)["model"]
         if saved.get("trust_remote_code") and not trust_remote_code:
-            raise ValueError(f"{checkpoint} was trained with an LLM that runs its own code ({saved.get('llm')}): "
+            raise CheckpointError(f"{checkpoint} was trained with an LLM that runs its own code ({saved.get('llm')}): "
                              "pass trust_remote_code (--trust-remote-code) to load it")
         saved["trust_remote_code"] = trust_remote_code
         where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -260,7 +260,7 @@ def render_chat(tokenizer, messages: list[dict[str, str]], add_generation_prompt
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     if single_token(tokenizer, "<|im_start|>") is None or single_token(tokenizer, "<|im_end|>") is None:
-        raise ValueError("the LLM's tokenizer has neither a chat template nor ChatML's <|im_start|>/<|im_end|> "
+        raise TrainError("the LLM's tokenizer has neither a chat template nor ChatML's <|im_start|>/<|im_end|> "
                          "tokens: use a chat model")
     text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
     return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
@@ -297,7 +297,7 @@ def stop_tokens(tokenizer) -> list[int]:
     ids = turn[:1] + [tokenizer.eos_token_id, single_token(tokenizer, END_OF_TEXT)]
     stops = list(dict.fromkeys(i for i in ids if i is not None))
     if not stops:
-        raise ValueError("the LLM's tokenizer has no end of turn and no eos_token to stop generating at")
+        raise TrainError("the LLM's tokenizer has no end of turn and no eos_token to stop generating at")
     return stops
 
 

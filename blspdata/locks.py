@@ -1,0 +1,50 @@
+"""One writer per output: an exclusive, non-blocking `flock` on a lock file beside it.
+
+The kernel drops the lock when its holder exits, even by SIGKILL, so a stale lock file never
+blocks a rerun; a second live writer (a requeued Slurm job beside the old one, a second
+`blspdata run` on the same run folder) is refused at once with the holder's PID.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from typing import Iterator
+
+from blspdata.errors import BlspdataError
+
+
+class LockedError(BlspdataError):
+    """Another live process holds the lock."""
+
+
+def holder(path: str | Path) -> str:
+    """The PID the lock file records ('?' when it cannot be read)."""
+    try:
+        return Path(path).read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
+@contextlib.contextmanager
+def exclusive(path: str | Path, what: str | Path | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if absent) for the duration, and write this
+    PID into it. Raises LockedError naming `what` (default: `path`) and the holder's PID."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockedError(f"{what or path} is in use by another process (PID {holder(path)}); "
+                              f"wait for it to end, or stop it") from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
