@@ -305,7 +305,7 @@ def ingest_corpus(corpus: str, root: str | os.PathLike, out: str | os.PathLike, 
     from blspdata.corpora import CORPORA
 
     if corpus not in CORPORA:
-        raise ValueError(f"unknown corpus {corpus!r}; choose from {', '.join(CORPORA)}")
+        raise IngestError(f"unknown corpus {str(corpus)[:200]!r}; choose from {', '.join(CORPORA)}")
     module = importlib.import_module(f"blspdata.corpora.{'generic' if corpus in ('jsonl', 'csv') else corpus}")
     if corpus in ("jsonl", "csv"):
         options["fmt"] = corpus

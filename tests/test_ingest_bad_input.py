@@ -4,7 +4,10 @@ error, never a traceback, and nothing lost (issue 13, "Bad input")."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from conftest import blspdata, read_jsonl, write_audio
 
@@ -141,3 +144,84 @@ def test_a_quoted_field_with_its_own_line_break_is_kept(tmp_path: Path):
     blspdata("ingest", "csv", table, "-o", out)
     assert [r["raw_text"] for r in read_jsonl(out)] == ["first line\nsecond line", "fine"]
     assert read_jsonl(tmp_path / "table.rejects.jsonl") == []
+
+
+# ---------------------------------------------------------------------------- a full disk
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    """A 64 KiB tmpfs (room for three of the clips below), made bigger with `grow()`."""
+    disk = tmp_path / "tiny"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                             capture_output=True, text=True, timeout=60)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {mounted.stderr.strip()[:200]}")
+
+    def grow() -> None:
+        subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True, timeout=60)
+
+    try:
+        yield disk, grow
+    finally:
+        subprocess.run(["umount", str(disk)], timeout=60)
+
+
+def test_meld_extraction_on_a_full_disk_stops_with_one_line_and_resumes(tmp_path: Path, tiny_disk):
+    """libsndfile's "System error." was a traceback; now: exit 1, one line naming the file and
+    the full disk, no partial file, the clips done kept, and the rerun after freeing space
+    extracts only the rest."""
+    import os
+
+    import soundfile as sf
+
+    disk, grow = tiny_disk
+    lines = [meld_row(n, f"Line {n}.", n) for n in range(6)]
+    root = meld_corpus(tmp_path / "MELD.Raw", lines, clips=0)
+    from conftest import write_mp4
+    for utt in range(6):
+        write_mp4(root / "train_splits" / f"dia0_utt{utt}.mp4", 3.0)
+    out = tmp_path / "meld.jsonl"
+    result = blspdata("ingest", "meld", root, "-o", out, "--audio-dir", disk, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert f"cannot write extracted audio {disk / 'train'}" in line and "no space left on the device" in line
+    assert not out.exists()
+    written = sorted((disk / "train").iterdir())
+    assert written and all(p.suffix == ".flac" for p in written)  # no .flac.tmp left behind
+    for path in written:  # what was kept is whole
+        assert sf.info(path).frames == sf.read(path)[0].shape[0] > 2.9 * 16000
+    done = {p.name: p.stat().st_ctime_ns for p in written}
+
+    grow()
+    blspdata("ingest", "meld", root, "-o", out, "--audio-dir", disk)
+    assert len(read_jsonl(out)) == 6 and read_jsonl(tmp_path / "meld.rejects.jsonl") == []
+    assert {name: (disk / "train" / name).stat().st_ctime_ns for name in done} == done  # not extracted again
+
+
+# ---------------------------------------------------------------------------- one error family
+
+@pytest.mark.parametrize("content", [b'["joy", "happy"]', b'{"joy": "happy",', b'joy happy\ncaf\xe9 -\n', b"joy happy extra\n"])
+def test_a_bad_label_map_is_one_line_naming_the_file(tmp_path: Path, content: bytes):
+    """A JSON list was an AttributeError traceback; bad JSON and bytes that are not UTF-8 did
+    not say which file."""
+    write_audio(tmp_path / "a.wav", 1.0)
+    table = tmp_path / "table.csv"
+    table.write_text("audio,text,mood\na.wav,fine,joy\n")
+    label_map = tmp_path / "map.json"
+    label_map.write_bytes(content)
+    result = blspdata("ingest", "csv", table, "-o", tmp_path / "out.jsonl", "--emotion-col", "mood",
+                      "--label-map", label_map, check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    [line] = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert str(label_map) in line
+
+
+def test_ingest_errors_a_notebook_can_catch_are_blspdata_errors(tmp_path: Path):
+    from blspdata.errors import BlspdataError
+    from blspdata.ingest import ingest_corpus
+
+    with pytest.raises(BlspdataError, match="unknown corpus 'timit'"):
+        ingest_corpus("timit", tmp_path, tmp_path / "out.jsonl")
+    with pytest.raises(BlspdataError, match="unknown normalizer 'loud'"):
+        ingest_corpus("librispeech", tmp_path, tmp_path / "out.jsonl", normalizer="loud")

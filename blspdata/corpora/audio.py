@@ -14,14 +14,23 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from blspdata.errors import BlspdataError
+
 TARGET_RATE = 16000
 
 
 class AudioError(Exception):
+    """One input's audio cannot be used: becomes a reject with `reason` (not a user error)."""
+
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+
+
+class AudioWriteError(BlspdataError):
+    """Extracted audio cannot be written (a full disk, no permission): the run stops, as every
+    clip after would fail the same way. The clips written before it are kept for a rerun."""
 
 
 # The smallest a FLAC frame can be (header, a constant subframe, CRC-16): the size check's
@@ -235,18 +244,42 @@ def extract_to_flac(source: str, target: str, rate: int = TARGET_RATE) -> bool:
     samples = _decode(source, rate)
     if samples.size == 0:
         raise AudioError("audio_empty", f"no audio samples in {source}")
-    Path(target).parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".flac.tmp", dir=os.path.dirname(target) or ".")
+    folder = os.path.dirname(target) or "."
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".flac.tmp", dir=folder)
+    except OSError as exc:
+        raise AudioWriteError(_write_problem(target, exc, samples.nbytes)) from None
     os.close(fd)
     try:
         sf.write(tmp, samples, rate, format="FLAC", subtype="PCM_16")
         os.utime(tmp, ns=(src_stat.st_atime_ns, src_stat.st_mtime_ns))
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; readable like every other output (atomic_path)
         os.replace(tmp, target)
+    except (sf.LibsndfileError, OSError) as exc:  # libsndfile says only "System error." for ENOSPC
+        Path(tmp).unlink(missing_ok=True)
+        raise AudioWriteError(_write_problem(target, exc, samples.nbytes)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return True
+
+
+def _write_problem(target: str, exc: BaseException, needed: int) -> str:
+    """One line for a failed write of `target`: a full disk says so (libsndfile does not)."""
+    import errno
+    import shutil
+
+    try:
+        free = shutil.disk_usage(os.path.dirname(target) or ".").free
+    except OSError:
+        free = None
+    if getattr(exc, "errno", None) == errno.ENOSPC or free is not None and free < needed:
+        why = f"no space left on the device ({free:,} bytes free)" if free is not None else "no space left on the device"
+    else:
+        why = str(getattr(exc, "strerror", None) or exc)
+    return (f"cannot write extracted audio {target}: {why}. The partial file is removed; the clips "
+            "extracted before it are kept, and a rerun (with space freed, or another --audio-dir) skips them")
 
 
 def _stat_or_missing(path: str) -> os.stat_result:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import orjson
 
+from blspdata.errors import BlspdataError
+
 # Order matters: it is the class index of the emotion head and of the ClassLabel feature.
 CANONICAL = ("neutral", "happy", "angry", "sad", "surprise")
 
@@ -31,16 +33,28 @@ MELD = {
 GENERIC = {label: label for label in CANONICAL}
 
 
+class LabelMapError(BlspdataError, ValueError):
+    """A `--label-map` file that cannot be read as one; the message names the file (and line)."""
+
+
 def load_label_map(path: str | os.PathLike) -> dict[str, str | None]:
     """Read a user's label map: a JSON object `{"fru": "angry", "oth": null}`, or text lines
     `raw canonical` / `raw -` (`-` excludes the label). Targets must be canonical labels."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"label map not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LabelMapError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     mapping: dict[str, str | None] = {}
     if text.lstrip().startswith("{"):
-        loaded = orjson.loads(text)
+        try:
+            loaded = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise LabelMapError(f"{path}: not valid JSON: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise LabelMapError(f"{path}: expected one JSON object {{\"raw\": \"canonical\", ...}}")
         for raw, target in loaded.items():
             mapping[str(raw)] = None if target in (None, "-", "") else str(target)
     else:
@@ -50,15 +64,19 @@ def load_label_map(path: str | os.PathLike) -> dict[str, str | None]:
                 continue
             parts = line.replace("=", " ").replace("\t", " ").split()
             if len(parts) != 2:
-                raise ValueError(f"{path}:{number}: expected 'RAW CANONICAL', got {line!r}")
+                raise LabelMapError(f"{path}:{number}: expected 'RAW CANONICAL', got {_cut(line)!r}")
             mapping[parts[0]] = None if parts[1] == "-" else parts[1]
     bad = sorted({t for t in mapping.values() if t is not None and t not in CANONICAL})
     if bad:
-        raise ValueError(
-            f"{path}: label(s) {', '.join(bad)} are not canonical; use one of {', '.join(CANONICAL)} "
+        raise LabelMapError(
+            f"{path}: label(s) {_cut(', '.join(bad))} are not canonical; use one of {', '.join(CANONICAL)} "
             "(or null/- to exclude)"
         )
     return mapping
+
+
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def merged(base: dict[str, str | None], overrides: dict[str, str | None] | None) -> dict[str, str | None]:

@@ -20,6 +20,8 @@ import re
 from functools import lru_cache
 from typing import Callable
 
+from blspdata.errors import BlspdataError
+
 NORMALIZERS = ("light", "whisper", "none")
 
 # GigaSpeech text_tn: "AS THEY'RE LEAVING <COMMA> CAN KASH PULL ZAHRA ASIDE <QUESTIONMARK>"
@@ -56,6 +58,10 @@ def gigaspeech_text(text_tn: str) -> str:
     return "" if not any(ch.isalnum() for ch in out) else out
 
 
+class NormalizerError(BlspdataError, ValueError):
+    """A normaliser name that is not one of NORMALIZERS (a run config's `normalizer`)."""
+
+
 @lru_cache(maxsize=None)
 def get_normalizer(name: str) -> Callable[[str], str]:
     if name == "light":
@@ -67,4 +73,4 @@ def get_normalizer(name: str) -> Callable[[str], str]:
         return lambda text: whisper(text).strip()
     if name == "none":
         return lambda text: _SPACE.sub(" ", text).strip()
-    raise ValueError(f"unknown normalizer {name!r}; choose from {', '.join(NORMALIZERS)}")
+    raise NormalizerError(f"unknown normalizer {str(name)[:200]!r}; choose from {', '.join(NORMALIZERS)}")
