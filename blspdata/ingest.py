@@ -156,8 +156,8 @@ def process_item(item: AudioItem | Reject) -> list[Record | Reject]:
             ))
             continue
         record.text = _normalize(record.text)
-        if not record.text:
-            out.append(Reject("text_empty", location, f"transcript is empty after normalisation: {record.raw_text!r}", id=record.id))
+        if not any(ch.isalnum() for ch in record.text):  # "" or only punctuation: "[LAUGHTER]." -> "."
+            out.append(Reject("text_empty", location, f"no letter or digit left after normalisation: {record.raw_text!r}", id=record.id))
             continue
         out.append(record)
     return out
@@ -289,6 +289,8 @@ def read_text_lines(path: str) -> Iterator[tuple[int, str, str]]:
             except UnicodeDecodeError as exc:
                 text = raw.decode("utf-8", errors="replace")
                 error = f"undecodable bytes ({exc.reason} at byte {exc.start})"
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a UTF-8 BOM (Windows editors) is no part of the first line
             yield number, text.rstrip("\r\n"), error
 
 

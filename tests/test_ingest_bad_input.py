@@ -225,3 +225,44 @@ def test_ingest_errors_a_notebook_can_catch_are_blspdata_errors(tmp_path: Path):
         ingest_corpus("timit", tmp_path, tmp_path / "out.jsonl")
     with pytest.raises(BlspdataError, match="unknown normalizer 'loud'"):
         ingest_corpus("librispeech", tmp_path, tmp_path / "out.jsonl", normalizer="loud")
+
+
+# ---------------------------------------------------------------------------- BOM, tags only (issue 15)
+
+def test_a_utf8_bom_does_not_spoil_the_first_line(tmp_path: Path):
+    """Saved by a Windows editor, a transcript file starts with a BOM: the first LibriSpeech
+    line was `malformed_row`, the first IEMOCAP turn `transcript_missing`."""
+    from test_ingest_iemocap import session
+
+    libri = tmp_path / "LibriSpeech"
+    folder = librispeech_chapter(libri, ["103-1240-0000 FIRST LINE", "103-1240-0001 SECOND LINE"])
+    for n in range(2):
+        write_audio(folder / f"103-1240-000{n}.flac", 1.0)
+    trans = folder / "103-1240.trans.txt"
+    trans.write_bytes(b"\xef\xbb\xbf" + trans.read_bytes())
+    iemocap = tmp_path / "IEMOCAP_full_release"
+    session(iemocap, 1, [("F000", "neu", "Excuse me."), ("M001", "ang", "No.")])
+    for path in (iemocap / "Session1/dialog/transcriptions/Ses01F_impro01.txt",
+                 iemocap / "Session1/dialog/EmoEvaluation/Ses01F_impro01.txt"):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    # The transcription's first line is a turn: with the BOM before "Ses", it was not seen.
+    blspdata("ingest", "librispeech", libri, "-o", tmp_path / "libri.jsonl")
+    assert [r["text"] for r in read_jsonl(tmp_path / "libri.jsonl")] == ["first line", "second line"]
+    assert read_jsonl(tmp_path / "libri.rejects.jsonl") == []
+    blspdata("ingest", "iemocap", iemocap, "-o", tmp_path / "iemocap.jsonl", "--test-sessions", "1")
+    assert [r["text"] for r in read_jsonl(tmp_path / "iemocap.jsonl")] == ["Excuse me.", "No."]
+    assert read_jsonl(tmp_path / "iemocap.rejects.jsonl") == []
+
+
+def test_a_transcript_of_tags_and_punctuation_only_is_text_empty(tmp_path: Path):
+    """`[LAUGHTER].` normalises to "." : no word for the LLM to continue, so `text_empty`."""
+    for name in "abc":
+        write_audio(tmp_path / f"{name}.wav", 1.0)
+    table = tmp_path / "table.csv"
+    table.write_text("audio,text\na.wav,[LAUGHTER].\nb.wav,<NOISE> ?!\nc.wav,[LAUGHTER] Oh.\n")
+    out = tmp_path / "table.jsonl"
+    blspdata("ingest", "csv", table, "-o", out)
+    assert [r["text"] for r in read_jsonl(out)] == ["Oh."]
+    rejects = read_jsonl(tmp_path / "table.rejects.jsonl")
+    assert [(r["id"], r["reason"]) for r in rejects] == [("table/train/a", "text_empty"), ("table/train/b", "text_empty")]
+    assert "no letter or digit left after normalisation: '[LAUGHTER].'" in rejects[0]["detail"]

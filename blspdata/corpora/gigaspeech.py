@@ -27,7 +27,6 @@ to `<sid>.*` files when a long recording is missing.
 
 from __future__ import annotations
 
-import csv
 import os
 import sys
 from typing import Iterator, Sequence
@@ -35,7 +34,7 @@ from typing import Iterator, Sequence
 import ijson
 
 from blspdata.corpora.text import gigaspeech_text
-from blspdata.ingest import AudioItem, IngestError, segment_problem, undecodable_fields
+from blspdata.ingest import AudioItem, IngestError, csv_rows, segment_problem, undecodable_fields
 from blspdata.records import Record, Reject
 
 SUBSETS = ("XS", "S", "M", "L", "XL")
@@ -171,31 +170,32 @@ def _scan_segmented(root: str, metadata: list[str], wanted: Sequence[str]) -> It
         split = "dev" if name.startswith("dev") else "test" if name.startswith("test") else "train"
         if split not in wanted:
             continue
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-            reader = csv.DictReader(handle)
-            for row in reader:
-                location = f"{path}:{reader.line_num}"
-                sid = (row.get("sid") or "").strip()
-                try:
-                    if not sid or None in row or any(v is None for v in row.values()):
-                        raise ValueError("wrong number of fields")
-                    begin, end = float(row["begin_time"]), float(row["end_time"])
-                    text_tn = row["text_tn"]
-                except (KeyError, ValueError) as exc:
-                    yield Reject("malformed_row", location, f"bad metadata row: {exc}")
-                    continue
-                bad = undecodable_fields(row)
-                if bad:
-                    yield Reject("undecodable_text", location, f"undecodable bytes in {', '.join(bad)}")
-                    continue
-                record = _record(split, sid, "", 0.0, 0.0, text_tn, None,
-                                 {k: row[k] for k in ("audio_id", "source", "category") if row.get(k)})
-                record.extra.update(begin_time=begin, end_time=end)
-                if not record.text:
-                    yield Reject("garbage_only", location, f"only non-speech tags: {text_tn!r}", id=record.id)
-                    continue
-                if sid not in segment_files:
-                    yield Reject("audio_missing", location, f"no audio file {sid}.* below {root}", id=record.id)
-                    continue
-                record.audio = segment_files[sid]
-                yield AudioItem(record.audio, [record], [location])
+        for number, row, reason, detail in csv_rows(path):
+            location = f"{path}:{number}"
+            if row is None:  # wrong field count, an unclosed quote
+                yield Reject(reason, location, f"bad metadata row: {detail}")
+                continue
+            sid = (row.get("sid") or "").strip()
+            try:
+                if not sid:
+                    raise ValueError("no sid")
+                begin, end = float(row["begin_time"]), float(row["end_time"])
+                text_tn = row["text_tn"]
+            except (KeyError, ValueError) as exc:
+                yield Reject("malformed_row", location, f"bad metadata row: {exc}")
+                continue
+            bad = undecodable_fields(row)
+            if bad:
+                yield Reject("undecodable_text", location, f"undecodable bytes in {', '.join(bad)}")
+                continue
+            record = _record(split, sid, "", 0.0, 0.0, text_tn, None,
+                             {k: row[k] for k in ("audio_id", "source", "category") if row.get(k)})
+            record.extra.update(begin_time=begin, end_time=end)
+            if not record.text:
+                yield Reject("garbage_only", location, f"only non-speech tags: {text_tn!r}", id=record.id)
+                continue
+            if sid not in segment_files:
+                yield Reject("audio_missing", location, f"no audio file {sid}.* below {root}", id=record.id)
+                continue
+            record.audio = segment_files[sid]
+            yield AudioItem(record.audio, [record], [location])
