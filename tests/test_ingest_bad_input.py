@@ -43,7 +43,8 @@ def test_a_flac_cut_to_a_third_is_rejected_by_its_last_frame(tmp_path: Path):
 
 def test_flac_files_of_every_common_kind_are_still_accepted(tmp_path: Path):
     """The last-frame check reads headers of every shape: stereo, 24 bit, 44.1/48/8 kHz
-    (sample rate codes), odd lengths (a short last block), noise (sync-like bytes in the data)."""
+    (sample rate codes), odd lengths (a short last block), noise (sync-like bytes in the data),
+    a tag after the last frame."""
     import numpy as np
     import soundfile as sf
 
@@ -55,6 +56,8 @@ def test_flac_files_of_every_common_kind_are_still_accepted(tmp_path: Path):
     for n, (rate, channels, subtype, seconds) in enumerate(kinds):
         samples = (noise.standard_normal((int(rate * seconds), channels)) * 0.3).clip(-1, 1)
         sf.write(folder / f"103-1240-000{n}.flac", samples, rate, subtype=subtype)
+    with open(folder / "103-1240-0000.flac", "ab") as handle:  # an ID3v1 tag some taggers append
+        handle.write(b"TAG" + b"title".ljust(125, b"\0"))
     out = tmp_path / "libri.jsonl"
     blspdata("ingest", "librispeech", root, "-o", out)
     assert len(read_jsonl(out)) == len(kinds)

@@ -102,6 +102,8 @@ _FLAC_RATES = {1: 88200, 2: 176400, 3: 192000, 4: 8000, 5: 16000, 6: 22050, 7: 2
 _FLAC_BITS = {1: 8, 2: 12, 4: 16, 5: 20, 6: 24, 7: 32}
 # The largest frame header: 4 fixed bytes, a 7-byte coded number, 2 + 2 optional bytes, CRC-8.
 _FLAC_MAX_HEADER = 16
+# Room for bytes some taggers append after the last frame (an ID3v1 tag is 128).
+_FLAC_TRAILER = 4096
 
 
 def _crc8_table() -> bytes:
@@ -132,7 +134,7 @@ def _flac_last_frame(handle, head: bytes, *, audio_start: int, size: int, sync: 
     rate, channels, bits = packed >> 44, ((packed >> 41) & 7) + 1, ((packed >> 36) & 31) + 1
     max_block, max_frame = int.from_bytes(head[10:12], "big"), int.from_bytes(head[15:18], "big")
     largest = max_frame or (max_block or 65535) * channels * (bits + 1) // 8 + 64
-    begin = max(audio_start, size - largest - _FLAC_MAX_HEADER)
+    begin = max(audio_start, size - largest - _FLAC_MAX_HEADER - _FLAC_TRAILER)
     handle.seek(begin)
     tail = handle.read(size - begin)
     pattern = bytes((0xFF, sync))
