@@ -295,6 +295,12 @@ def generate_command(
                                         "(for Slurm-style arrays; join with `blspdata merge`)."),
     server_timeout: float = typer.Option(120.0, "--server-timeout", help="Give up (non-zero exit, work kept) when the "
                                          "server has not answered for this many seconds."),
+    request_timeout: float = typer.Option(300.0, "--request-timeout", min=0.001, help="Seconds one request may take "
+                                          "before it is a `timeout` reject (retried by the next run)."),
+    retry_rejects: bool = typer.Option(True, "--retry-rejects/--no-retry-rejects", help="Rerunning on an OUT: "
+                                       "generate again the rows an earlier run rejected for a transient reason "
+                                       "(server_error, bad_response, timeout), taking them out of its rejects file. "
+                                       "Other rejects (prompt_too_long, ...) are never retried."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Stop after this many records (done ones included)."),
     engine_arg: List[str] = typer.Option([], "--engine-arg", "-E", help="KEY=VALUE for the vLLM engine (vllm backend: "
                                          "vllm.LLM(KEY=VALUE); --serve vllm: --KEY VALUE), e.g. -E tensor_parallel_size=4 "
@@ -317,7 +323,8 @@ def generate_command(
                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, shard=shard,
                            server_timeout=server_timeout, limit=limit, strict=strict, progress=progress,
                            executor=executor, ray_actors=ray_actors, engine_args=_engine_args(engine_arg),
-                           repetition_penalty=repetition_penalty, trust_remote_code=trust_remote_code)
+                           repetition_penalty=repetition_penalty, trust_remote_code=trust_remote_code,
+                           request_timeout=request_timeout, retry_rejects=retry_rejects)
     typer.echo(f"generate {task.value}: {summary.render()}")
 
 
@@ -494,7 +501,8 @@ def _train_options(stage: str):
     def command(
         data: Path = typer.Argument(..., help="A dataset from `blspdata publish` (arrow); its "
                                     + ("semantic" if stage == "stage1" else "emotion") + " config is used."),
-        out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints and metrics.jsonl."),
+        out: Path = typer.Option(..., "--out", "-o", help="Run folder: checkpoints and metrics.jsonl "
+                                 "(locked while training: a second run on it stops at once)."),
         encoder: Optional[str] = typer.Option(None, "--encoder", help="Whisper checkpoint (name or folder) whose encoder is used."),
         llm: Optional[str] = typer.Option(None, "--llm", help="Causal LM with a chat template, or a ChatML tokenizer without one (Qwen-7B-Chat) (name or folder)."),
         llm_gguf: Optional[str] = typer.Option(None, "--llm-gguf", help="GGUF file inside the --llm folder, if the LLM ships as GGUF."),
@@ -605,7 +613,8 @@ def run_command(
 ) -> None:
     """The whole pipeline from one config: ingest -> generate -> curate -> publish -> stage1 -> stage2
     -> evaluate. A rerun skips what is up to date (recorded hashes of inputs and settings in
-    RUN_DIR/run.json) and resumes what was interrupted."""
+    RUN_DIR/run.json) and resumes what was interrupted. One run at a time: RUN_DIR is locked
+    while it runs, and a second run on it stops at once, naming the PID that holds it."""
     from blspdata.pipeline import load_config, run
 
     cfg = load_config(config, run_dir)
