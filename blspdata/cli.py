@@ -295,6 +295,12 @@ def generate_command(
                                         "(for Slurm-style arrays; join with `blspdata merge`)."),
     server_timeout: float = typer.Option(120.0, "--server-timeout", help="Give up (non-zero exit, work kept) when the "
                                          "server has not answered for this many seconds."),
+    request_timeout: float = typer.Option(300.0, "--request-timeout", min=0.001, help="Seconds one request may take "
+                                          "before it is a `timeout` reject (retried by the next run)."),
+    retry_rejects: bool = typer.Option(True, "--retry-rejects/--no-retry-rejects", help="Rerunning on an OUT: "
+                                       "generate again the rows an earlier run rejected for a transient reason "
+                                       "(server_error, bad_response, timeout), taking them out of its rejects file. "
+                                       "Other rejects (prompt_too_long, ...) are never retried."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Stop after this many records (done ones included)."),
     engine_arg: List[str] = typer.Option([], "--engine-arg", "-E", help="KEY=VALUE for the vLLM engine (vllm backend: "
                                          "vllm.LLM(KEY=VALUE); --serve vllm: --KEY VALUE), e.g. -E tensor_parallel_size=4 "
@@ -317,7 +323,8 @@ def generate_command(
                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, shard=shard,
                            server_timeout=server_timeout, limit=limit, strict=strict, progress=progress,
                            executor=executor, ray_actors=ray_actors, engine_args=_engine_args(engine_arg),
-                           repetition_penalty=repetition_penalty, trust_remote_code=trust_remote_code)
+                           repetition_penalty=repetition_penalty, trust_remote_code=trust_remote_code,
+                           request_timeout=request_timeout, retry_rejects=retry_rejects)
     typer.echo(f"generate {task.value}: {summary.render()}")
 
 

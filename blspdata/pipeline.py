@@ -99,6 +99,8 @@ class Generate(_Strict):
     repetition_penalty: Optional[float] = Field(None, gt=0)  # [the template's: 1.1, the recipe's]
     seed: int = 0
     server_timeout: float = Field(120.0, gt=0)
+    request_timeout: float = Field(300.0, gt=0)  # seconds one request may take (then a `timeout` reject)
+    retry_rejects: bool = True  # a resumed generate retries transient rejects (server_error, bad_response, timeout)
     limit: Optional[int] = Field(None, ge=1)
     prompts: dict[Literal["semantic", "emotion"], str] = {}  # task -> template name or .toml file
     engine_args: dict[str, Any] = {}
@@ -350,7 +352,8 @@ def plan(config: Config, progress: bool = True, trust_remote_code: bool = False)
         units.append(Unit("ingest", f"ingest/{corpus.name}", ingest_fp, [manifest],
                           _ingest(corpus, manifest, progress)))
         out = run / "continuations" / f"{corpus.name}.{corpus.task}.jsonl"
-        settings = config.generate.model_dump(exclude={"prompts", "executor", "ray_actors", "concurrency"})
+        settings = config.generate.model_dump(exclude={"prompts", "executor", "ray_actors", "concurrency",
+                                                       "request_timeout", "retry_rejects"})
         if settings.get("model") is None and config.generate.backend == "embedded":
             # `model: null` means the packaged default, which a new version may change: the
             # fingerprint names it, so rows made by an older default are not reused.
@@ -416,7 +419,8 @@ def _generate(config: Config, task: str, prompt: Optional[str], manifest: Path, 
                            concurrency=g.concurrency, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
                            seed=g.seed, server_timeout=g.server_timeout, limit=g.limit, progress=progress,
                            executor=g.executor, ray_actors=g.ray_actors, engine_args=dict(g.engine_args),
-                           repetition_penalty=g.repetition_penalty, trust_remote_code=trust_remote_code)
+                           repetition_penalty=g.repetition_penalty, trust_remote_code=trust_remote_code,
+                           request_timeout=g.request_timeout, retry_rejects=g.retry_rejects)
         print(f"  {summary.render()}", file=sys.stderr)
         return summary.to_dict()
     return work

@@ -6,8 +6,11 @@ refused). Three engines:
 
 - `OpenAIBackend`: any OpenAI-compatible chat-completions server (`vllm serve`, SGLang, TGI,
   llama.cpp). Many requests in flight; the server's continuous batching does the rest.
-  Retries timeouts, connection errors, 429 and 5xx with backoff; gives up with
-  `ServerDown` when the server has not answered for `server_timeout` seconds.
+  Retries connection errors, 429 and 5xx with backoff (or after the server's `Retry-After`);
+  gives up with `ServerDown` when the server has not answered for `server_timeout` seconds.
+  A request with no answer after `request_timeout` seconds is a `timeout` reject; an answer
+  that is not a well-formed completion (no JSON, no choices, empty or null content, a field
+  of the wrong type) is a `bad_response` reject naming what was wrong.
 - `VLLMBackend`: in-process `vllm.LLM` offline batch generation (the `vllm` extra).
 - `DryRunBackend`: a deterministic fake for testing plumbing only. Never a default.
 """
@@ -15,6 +18,7 @@ refused). Three engines:
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import os
 import random
@@ -127,7 +131,7 @@ class OpenAIBackend:
     model: str | None = None
     api_key: str | None = None
     concurrency: int = 64
-    request_timeout: float = 600.0
+    request_timeout: float = 300.0  # seconds one request may take (`--request-timeout`)
     server_timeout: float = 120.0
     extra_body: dict[str, Any] = field(default_factory=dict)  # engine-specific request fields
     transport: Any = None  # an httpx transport, for tests
@@ -186,23 +190,35 @@ class OpenAIBackend:
         except (KeyError, IndexError, TypeError):
             raise BackendError(f"{self.base_url}/models lists no model; pass --model") from None
 
-    async def _with_retries(self, send, what: str):
+    async def _with_retries(self, send, what: str, timeout_rejects: bool = False):
         """Send until the server answers something other than 429/5xx. Raises ServerDown when
         the server as a whole has not answered for `server_timeout`, and _GaveUp when only this
-        request keeps failing that long while others succeed."""
+        request keeps failing that long while others succeed. With `timeout_rejects`, a
+        request with no answer after `request_timeout` raises _TimedOut (resending it would
+        only wait as long again), unless the server answers nothing else either."""
         import httpx
 
         delay, started = 0.5, time.monotonic()
         while True:
+            wait = None
             try:
                 response = await send()
             except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
                 raise BackendError(f"bad server URL {self.base_url}: {exc}") from None
+            except (httpx.ReadTimeout, httpx.WriteTimeout, asyncio.TimeoutError) as exc:
+                problem = f"no answer in {self.request_timeout:g} s ({type(exc).__name__})"
+                if timeout_rejects:
+                    if time.monotonic() - self._last_ok <= self.server_timeout or await self._healthy():
+                        raise _TimedOut(problem) from None
+                    raise ServerDown(f"{self.base_url} has not answered for {self.server_timeout:.0f} s "
+                                     f"({what}; last error: {problem})") from None
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
             else:
                 if response.status_code == 429 or response.status_code >= 500:
                     problem = f"HTTP {response.status_code}: {_error_message(response)[:200]}"
+                    if response.status_code in (429, 503):
+                        wait = retry_after(response.headers.get("retry-after"))
                 else:
                     self._last_ok = time.monotonic()
                     return response
@@ -214,8 +230,12 @@ class OpenAIBackend:
                     raise _GaveUp(problem)
                 raise ServerDown(f"{self.base_url} has not answered for {self.server_timeout:.0f} s "
                                  f"({what}; last error: {problem})")
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 10.0)
+            if wait is None:
+                wait = delay * (0.5 + random.random())
+                delay = min(delay * 2, 10.0)
+            # The server said when to come back: as long as it said, but never past the point
+            # where this request gives up (it then tries once more, and is judged).
+            await asyncio.sleep(min(wait, max(0.0, started + self.server_timeout - now) + 0.01))
 
     async def _healthy(self) -> bool:
         import httpx
@@ -239,10 +259,15 @@ class OpenAIBackend:
         if request.prefill is not None and self.render is not None:
             endpoint, body["prompt"] = "/completions", self.render(body.pop("messages")) + request.prefill
         try:
-            response = await self._with_retries(lambda: self._client.post(endpoint, json=body), request.id)
+            # The whole answer within request_timeout (httpx's read timeout alone is per chunk).
+            response = await self._with_retries(
+                lambda: asyncio.wait_for(self._client.post(endpoint, json=body), self.request_timeout + 1.0),
+                request.id, timeout_rejects=True)
         except _GaveUp as failure:
             return Result(request.id, reject="server_error",
                           detail=f"failed for {self.server_timeout:.0f} s while other requests succeeded: {failure}")
+        except _TimedOut as failure:
+            return Result(request.id, reject="timeout", detail=f"{failure} (--request-timeout)")
         status = response.status_code
         if status in (401, 403, 404):  # every request would fail the same way: a setup problem
             raise BackendError(f"{self.base_url}{endpoint} answered HTTP {status}: {_error_message(response)}"
@@ -252,19 +277,93 @@ class OpenAIBackend:
             reason = "prompt_too_long" if _context_error(message) else "request_rejected"
             return Result(request.id, reject=reason, detail=f"HTTP {status}: {message}")
         try:
-            payload = response.json()
-            choice = payload["choices"][0]
-            text = (choice["text"] if endpoint == "/completions" else choice["message"]["content"]) or ""
-            usage = payload.get("usage") or {}
-            tokens = int(usage.get("completion_tokens") or 0)
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+            answer = parse_completion(response, chat=endpoint == "/chat/completions")
+        except _Malformed as problem:
             return Result(request.id, reject="bad_response",
-                          detail=f"HTTP {status}, unexpected body ({type(exc).__name__}: {exc}): {response.text[:200]!r}")
-        text = text.encode("utf-8", "replace").decode("utf-8")  # lone surrogates cannot be written as JSON
+                          detail=f"HTTP {status}: {problem}; body: {response.text[:200]!r}")
+        text = answer["text"].encode("utf-8", "replace").decode("utf-8")  # lone surrogates cannot be JSON
         text, stopped = cut_at_stop(text, request.stop)
+        if not text.strip():
+            return Result(request.id, reject="bad_response",
+                          detail=f"HTTP {status}: the continuation is empty (finish_reason "
+                                 f"{answer['finish_reason']!r}); body: {response.text[:200]!r}")
         result = Result(request.id, continuation=text.strip(),
-                        finished=stopped or choice.get("finish_reason") == "stop", output_tokens=tokens)
-        return _check_prompt_length(request, usage.get("prompt_tokens"), result)
+                        finished=stopped or answer["finish_reason"] == "stop", output_tokens=answer["completion_tokens"])
+        return _check_prompt_length(request, answer["prompt_tokens"], result)
+
+
+class _Malformed(Exception):
+    """An answer that is not a well-formed completion; its message says which field."""
+
+
+def parse_completion(response: Any, chat: bool = True) -> dict[str, Any]:
+    """The fields we use from an OpenAI-style completion, each checked for its type:
+    `{"choices": [{"message": {"content": str}, "finish_reason": str|null}], "usage":
+    {"completion_tokens": int, "prompt_tokens": int}}` (`choices[0].text` for /completions).
+    Raises _Malformed naming the first field that is missing or of the wrong type."""
+    try:
+        payload = response.json()
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise _Malformed(f"not JSON ({str(exc)[:100]})") from None
+    if not isinstance(payload, dict):
+        raise _Malformed(f"expected a JSON object, got {type(payload).__name__}")
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise _Malformed("no choices" if not choices else f"choices is a {type(choices).__name__}, not a list")
+    choice = choices[0]
+    if not isinstance(choice, dict):
+        raise _Malformed(f"choices[0] is a {type(choice).__name__}, not an object")
+    if chat:
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise _Malformed("choices[0].message is missing" if message is None
+                             else f"choices[0].message is a {type(message).__name__}, not an object")
+        text, where = message.get("content"), "choices[0].message.content"
+    else:
+        text, where = choice.get("text"), "choices[0].text"
+    if text is None:
+        raise _Malformed(f"{where} is null or missing")
+    if not isinstance(text, str):
+        raise _Malformed(f"{where} is a {type(text).__name__}, not a string")
+    finish_reason = choice.get("finish_reason")
+    if finish_reason is not None and not isinstance(finish_reason, str):
+        raise _Malformed(f"choices[0].finish_reason is a {type(finish_reason).__name__}, not a string")
+    usage = payload.get("usage")
+    if usage is None:
+        usage = {}
+    if not isinstance(usage, dict):
+        raise _Malformed(f"usage is a {type(usage).__name__}, not an object")
+    counts = {}
+    for key in ("completion_tokens", "prompt_tokens"):
+        value = usage.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise _Malformed(f"usage.{key} is {str(value)[:40]!r} ({type(value).__name__}), not a count")
+        counts[key] = value
+    return {"text": text, "finish_reason": finish_reason, "completion_tokens": counts["completion_tokens"] or 0,
+            "prompt_tokens": counts["prompt_tokens"]}
+
+
+# How long a `Retry-After` may make one request wait (a server saying "in an hour" is down for us).
+MAX_RETRY_AFTER = 60.0
+
+
+def retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta-seconds ("7") or an HTTP date
+    ("Wed, 21 Oct 2026 07:28:00 GMT"), capped at MAX_RETRY_AFTER; None when absent or unreadable."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None or when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
 @dataclass
@@ -302,6 +401,10 @@ class PooledBackend:
 
 class _GaveUp(Exception):
     """One request kept failing (429/5xx/transport) while the server answered others."""
+
+
+class _TimedOut(Exception):
+    """One request got no answer in `request_timeout` while the server answered others."""
 
 
 def _error_message(response) -> str:
@@ -394,10 +497,13 @@ def _single_token_ids(tokenizer: Any, stops: tuple[str, ...]) -> list[int]:
 @dataclass
 class DryRunBackend:
     """A deterministic fake LLM for plumbing tests and dry runs: it echoes a hash-seeded
-    pick of words. It proves nothing about generation; never the default."""
+    pick of words. It proves nothing about generation; never the default. `jitter` (-E
+    jitter=SECONDS) makes each answer take a random 0..jitter s, so answers come back out of
+    order as a real server's do (the text stays deterministic)."""
 
     model: str = "dry-run"
     concurrency: int = 8
+    jitter: float = 0.0
     name: str = "dry-run"
 
     async def __aenter__(self) -> "DryRunBackend":
@@ -412,5 +518,5 @@ class DryRunBackend:
         words = prompt.split()
         n = rng.randint(3, max(3, min(request.max_new_tokens, 30)))
         text = " ".join(rng.choice(words) for _ in range(n))
-        await asyncio.sleep(0)
+        await asyncio.sleep(random.random() * self.jitter if self.jitter > 0 else 0)
         return Result(request.id, continuation=text, finished=n < request.max_new_tokens, output_tokens=n)

@@ -2,7 +2,9 @@
 
 Generated rows are appended one line at a time and flushed, so a killed run leaves complete
 rows and at most one torn last line. A rerun truncates the torn line, reads the ids already
-done (kept rows and rejects alike), and skips them. `--shard i/N` picks the ids whose stable
+done (kept rows and rejects alike), and skips them. When a run completes, OUT and its rejects
+are rewritten in manifest order (`sort_rows`), so the same input gives the same bytes
+whatever order the answers came in. `--shard i/N` picks the ids whose stable
 hash falls in shard i, for Slurm-style arrays; `merge` joins the shards' outputs.
 """
 
@@ -14,12 +16,12 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
 from blspdata.errors import BlspdataError
-from blspdata.records import JsonlWriter, iter_jsonl, sidecar
+from blspdata.records import JsonlWriter, atomic_path, iter_jsonl, sidecar
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -112,12 +114,83 @@ class AppendWriter:
         self.handle.close()
 
 
+def drop_rows(path: Path, drop: Callable[[dict[str, Any]], bool]) -> int:
+    """Rewrite the JSONL file `path` without the rows `drop` picks, atomically (the old file
+    stays whole until the new one replaces it); how many were dropped. Streams: one line in
+    memory at a time, and nothing is written when nothing is dropped."""
+    if not path.exists():
+        return 0
+    with open(path, "rb") as handle:
+        dropped = sum(1 for line in handle if line.strip() and drop(orjson.loads(line)))
+    if dropped:
+        with atomic_path(path) as tmp, open(path, "rb") as source, open(tmp, "wb") as target:
+            for line in source:
+                if line.strip() and not drop(orjson.loads(line)):
+                    target.write(line)
+            target.flush()
+            os.fsync(target.fileno())
+    return dropped
+
+
+def manifest_positions(manifest: Path, keep: Callable[[str], bool] = lambda record_id: True) -> dict[str, int]:
+    """`{id: line number of its first row}` for the manifest ids `keep` picks."""
+    positions: dict[str, int] = {}
+    for number, row, _ in iter_jsonl(manifest):
+        record_id = row.get("id") if row is not None else None
+        if isinstance(record_id, str) and record_id not in positions and keep(record_id):
+            positions[record_id] = number
+    return positions
+
+
+def manifest_line(row: dict[str, Any], positions: dict[str, int]) -> int | None:
+    """Where a row (or a reject) of OUT came from in the manifest: its id's line, or for a
+    reject keyed by location (`path:LINE`) that line; None when unknown."""
+    record_id = row.get("id")
+    if isinstance(record_id, str) and record_id in positions:
+        return positions[record_id]
+    _, _, line = str(row.get("source") or "").rpartition(":")
+    return int(line) if line.isdigit() else None
+
+
+def sort_rows(path: Path, position: Callable[[dict[str, Any]], int | None]) -> bool:
+    """Rewrite the JSONL file `path` with its rows in `position` order, atomically; rows
+    without a position go last in the order they had. False (nothing written) when already in
+    order. Memory: 20 bytes per row (keys and byte offsets); the rows themselves are copied
+    from the old file one at a time."""
+    import numpy as np
+
+    if not path.exists():
+        return False
+    keys, offsets, lengths = [], [], []
+    with open(path, "rb") as handle:
+        offset = 0
+        for index, line in enumerate(handle):
+            if line.strip():
+                where = position(orjson.loads(line))
+                keys.append(where if where is not None else (1 << 40) + index)
+                offsets.append(offset)
+                lengths.append(len(line))
+            offset += len(line)
+    key = np.asarray(keys, dtype=np.int64)
+    order = np.argsort(key, kind="stable")
+    if sum(lengths) == offset and np.all(order == np.arange(len(key))):  # in order, no blank lines
+        return False
+    with atomic_path(path) as tmp, open(path, "rb") as source, open(tmp, "wb") as target:
+        for i in order.tolist():
+            source.seek(offsets[i])
+            line = source.read(lengths[i])
+            target.write(line if line.endswith(b"\n") else line + b"\n")
+        target.flush()
+        os.fsync(target.fileno())
+    return True
+
+
 class MergeError(BlspdataError, ValueError):
     pass
 
 
 # Rejects that are keyed by their manifest location rather than a record id.
-LOCATION_KEYED = ("malformed_row", "duplicate_id")
+LOCATION_KEYED = ("malformed_row", "duplicate_id", "invalid_row")  # invalid_row:<field>
 
 
 def merge(inputs: Iterable[str | os.PathLike], out: str | os.PathLike,
@@ -156,11 +229,20 @@ def merge(inputs: Iterable[str | os.PathLike], out: str | os.PathLike,
         if missing and not allow_gaps:
             raise MergeError(f"gap: {len(missing)} id(s) of {manifest} are in no shard, e.g. "
                              f"{', '.join(missing[:5])} (run the missing shards, or --allow-gaps)")
-        location_keyed = {i for i, row in rejects.items() if orjson.loads(row).get("reason") in LOCATION_KEYED}
+        location_keyed = {i for i, row in rejects.items() if str(orjson.loads(row).get("reason")).split(":")[0] in LOCATION_KEYED}
         unknown = [i for i in origin if i not in known and i not in location_keyed]
         if unknown:
             raise MergeError(f"{len(unknown)} id(s) are not in {manifest}, e.g. {', '.join(unknown[:5])}")
         order = [i for i in dict.fromkeys(manifest_ids) if i in rows]
+        # Rejects in manifest order too (those keyed by location at their line), so a merge of
+        # the same shards gives the same bytes however the shards' runs went.
+        positions = manifest_positions(Path(manifest))
+
+        def line_of(record_id: str) -> int:
+            where = manifest_line(orjson.loads(rejects[record_id]), positions)
+            return where if where is not None else 1 << 40
+
+        rejects = {i: rejects[i] for i in sorted(rejects, key=line_of)}
     with JsonlWriter(out) as writer, JsonlWriter(sidecar(out, "rejects.jsonl")) as reject_writer:
         for record_id in order:
             writer.write(orjson.loads(rows[record_id]))

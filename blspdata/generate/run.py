@@ -4,7 +4,10 @@ For each record of the manifest (in this shard, not done yet) the prompt templat
 chat messages; an engine (`backends.py`) answers; each answer is appended to OUT as the
 record plus `task`, `instruction`, `continuation`, `finished` and `generator`, or to
 OUT.rejects.jsonl with a reason. A rerun with the same OUT resumes: ids already in either
-file are skipped. OUT.summary.json says what was done.
+file are skipped, except transient rejects (TRANSIENT_REJECTS: the server failed, not the
+row), which a rerun generates again. When the run completes, OUT and its rejects are put in
+manifest order, so the same input and settings give the same bytes. OUT.summary.json says
+what was done.
 
 Two executors share everything but the loop: `local` (this process drives one engine,
 many requests in flight) and `ray` (Ray Data actors, one engine each; `ray_executor.py`).
@@ -26,11 +29,17 @@ from tqdm import tqdm
 from blspdata.errors import BlspdataError
 from blspdata.generate import prompts
 from blspdata.generate.backends import DryRunBackend, OpenAIBackend, Request, Result, VLLMBackend
-from blspdata.generate.resume import AppendWriter, exclusive, parse_shard, recover, shard_of
+from blspdata.generate.resume import (AppendWriter, drop_rows, exclusive, manifest_line, manifest_positions,
+                                      parse_shard, recover, shard_of, sort_rows)
 from blspdata.records import Record, Reject, iter_jsonl, sidecar, write_json
 
 BACKENDS = ("embedded", "openai", "vllm", "dry-run")
 EXECUTORS = ("local", "ray")
+# Rejects that say the server failed, not the row: a rerun tries them again (unless
+# --no-retry-rejects). Every other reason (prompt_too_long, request_rejected, emotion_missing,
+# text_empty, malformed_row, duplicate_id, an invalid row) would fail the same way again.
+TRANSIENT_REJECTS = ("server_error", "bad_response", "timeout")
+DEFAULT_REQUEST_TIMEOUT = 300.0
 
 
 class GenerateError(BlspdataError, RuntimeError):
@@ -41,6 +50,7 @@ class GenerateError(BlspdataError, RuntimeError):
 class Summary:
     output: str
     already_done: int = 0
+    retried: int = 0  # transient rejects of an earlier run sent again
     written: int = 0
     finished: int = 0
     output_tokens: int = 0
@@ -48,7 +58,8 @@ class Summary:
     rejects: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"output": self.output, "already_done": self.already_done, "written": self.written,
+        return {"output": self.output, "already_done": self.already_done, "retried": self.retried,
+                "written": self.written,
                 "finished": self.finished, "output_tokens": self.output_tokens, "seconds": round(self.seconds, 2),
                 "output_tokens_per_s": round(self.output_tokens / self.seconds, 1) if self.seconds else 0.0,
                 "rejected": sum(self.rejects.values()), "rejects": dict(self.rejects.most_common())}
@@ -56,7 +67,8 @@ class Summary:
     def render(self) -> str:
         rate = self.output_tokens / self.seconds if self.seconds else 0.0
         lines = [f"{self.written} continuations written ({self.finished} finished by the model), "
-                 f"{self.already_done} already done -> {self.output}",
+                 f"{self.already_done} already done"
+                 + (f", {self.retried} earlier rejects retried" if self.retried else "") + f" -> {self.output}",
                  f"  {self.output_tokens} output tokens in {self.seconds:.1f} s ({rate:.1f} tok/s)"]
         if self.rejects:
             lines.append(f"  rejected {sum(self.rejects.values())} (see {sidecar(self.output, 'rejects.jsonl')}):")
@@ -95,7 +107,10 @@ class Job:
 
 def manifest_rows(manifest: Path, job: Job, done: set[str] | frozenset[str]) -> Iterator[tuple[str, Record | None, str]]:
     """`(location, record or None, error)` for the manifest rows of this shard not done yet.
-    Malformed rows (no id to hash) belong to shard 0."""
+    Malformed rows (no id to hash) belong to shard 0. A later row with an id seen before comes
+    with the error "duplicate_id", even when the first was done by an earlier run (so a resumed
+    run rejects it as a clean one does)."""
+    seen: set[str] = set()
     for number, row, error in iter_jsonl(manifest):
         location = f"{manifest}:{number}"
         record = None
@@ -107,8 +122,14 @@ def manifest_rows(manifest: Path, job: Job, done: set[str] | frozenset[str]) -> 
         if record is None:
             if location not in done and job.shard[0] == 0:
                 yield location, None, error
-        elif job.mine(record.id) and record.id not in done:
-            yield location, record, ""
+        elif job.mine(record.id):
+            if record.id in seen:
+                if location not in done:
+                    yield location, record, "duplicate_id"
+            else:
+                seen.add(record.id)
+                if record.id not in done:
+                    yield location, record, ""
 
 
 class _Sink:
@@ -139,6 +160,9 @@ class _Sink:
         self.bar.update(1)
 
     def result(self, record: Record, location: str, instruction: str, result: Result) -> None:
+        if not result.reject and not (isinstance(result.continuation, str) and result.continuation.strip()):
+            result = Result(result.id, reject="bad_response", detail=f"the {self.generator.get('backend')} engine "
+                            "answered an empty continuation")
         if result.reject:
             self.reject(result.reject, location, result.detail, record)
             return
@@ -169,7 +193,8 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
              shard: str | None = None, server_timeout: float = 120.0, limit: int | None = None,
              strict: bool = False, progress: bool = True, executor: str = "local", ray_actors: int = 2,
              engine_args: dict[str, Any] | None = None, repetition_penalty: float | None = None,
-             trust_remote_code: bool = False) -> Summary:
+             trust_remote_code: bool = False, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+             retry_rejects: bool = True) -> Summary:
     """Write continuations of the records in `manifest` to `out` (resumable). The Python face
     of `blspdata generate`; see its --help for the options."""
     manifest, out = Path(manifest), Path(out)
@@ -184,6 +209,8 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
         raise GenerateError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if executor not in EXECUTORS:
         raise GenerateError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
+    if not request_timeout > 0:
+        raise GenerateError(f"--request-timeout must be a positive number of seconds, got {request_timeout}")
     template = prompts.load(prompt or task)
     if template.task != task:
         raise GenerateError(f"prompt {template.id!r} is for the {template.task} task, not {task}")
@@ -208,21 +235,50 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
         engine_args = {"servers": 1, "threads": max(1, cores() // max(1, ray_actors)),
                        **(engine_args or {})}
     engine_spec = dict(backend=backend, base_url=base_url, model=model, api_key=api_key, serve=serve,
-                       concurrency=concurrency, server_timeout=server_timeout, seed=seed, engine_args=engine_args)
+                       concurrency=concurrency, server_timeout=server_timeout, seed=seed, engine_args=engine_args,
+                       request_timeout=request_timeout)
 
     if executor == "ray" and serve:
         raise GenerateError("--serve with --executor ray would start one server per actor; start vLLM yourself "
                             "and pass --base-url, or use --backend vllm")
     with exclusive(out):
         return _generate_locked(manifest, out, job, engine_spec, template, sampling, limit, strict, progress,
-                                executor, ray_actors)
+                                executor, ray_actors, retry_rejects)
+
+
+def _release_transient(manifest: Path, out: Path, job: Job, kept: dict[str, Any]) -> int:
+    """Take this shard's transient rejects out of OUT's rejects file (atomically), so this
+    run generates those rows again; how many. Only ids still in the manifest and not in OUT
+    are taken: a reject whose row would not be redone stays where it is."""
+    rejects = sidecar(out, "rejects.jsonl")
+    if not rejects.exists():
+        return 0
+    transient = {row["id"] for _, row, _ in iter_jsonl(rejects)
+                 if row is not None and row.get("reason") in TRANSIENT_REJECTS and isinstance(row.get("id"), str)
+                 and row["id"] not in kept}
+    if not transient:
+        return 0
+    redo = {record.id for _, record, _ in manifest_rows(manifest, job, frozenset())
+            if record is not None and record.id in transient}
+    return drop_rows(rejects, lambda row: row.get("reason") in TRANSIENT_REJECTS and row.get("id") in redo)
+
+
+def _order_by_manifest(manifest: Path, out: Path, job: Job) -> None:
+    """OUT and its rejects in manifest order (rows were appended as they completed)."""
+    positions = manifest_positions(manifest, job.mine)
+    for path in (out, sidecar(out, "rejects.jsonl")):
+        sort_rows(path, lambda row: manifest_line(row, positions))
 
 
 def _generate_locked(manifest: Path, out: Path, job: Job, engine_spec: dict[str, Any], template, sampling,
-                     limit: int | None, strict: bool, progress: bool, executor: str, ray_actors: int) -> Summary:
+                     limit: int | None, strict: bool, progress: bool, executor: str, ray_actors: int,
+                     retry_rejects: bool = True) -> Summary:
     kept = recover(out)
-    done = set(kept) | set(recover(sidecar(out, "rejects.jsonl")))
-    summary = Summary(output=str(out), already_done=len(done))
+    rejects = sidecar(out, "rejects.jsonl")
+    recover(rejects)  # a torn last line is cut before anything reads or rewrites the file
+    retried = _release_transient(manifest, out, job, kept) if retry_rejects else 0
+    done = set(kept) | set(recover(rejects))
+    summary = Summary(output=str(out), already_done=len(done), retried=retried)
     total = sum(1 for _ in manifest_rows(manifest, job, done))
     if limit is not None:
         total = min(total, max(0, limit - len(done)))
@@ -233,7 +289,7 @@ def _generate_locked(manifest: Path, out: Path, job: Job, engine_spec: dict[str,
             raise GenerateError(f"{out} holds rows made with other settings ({previous}); now: {generator}. "
                                 "Use another output, or delete it to start over.")
 
-    started = None
+    started, completed = None, False
     try:
         if executor == "ray":
             from blspdata.generate.ray_executor import run_on_ray
@@ -259,10 +315,13 @@ def _generate_locked(manifest: Path, out: Path, job: Job, engine_spec: dict[str,
 
                 asyncio.run(_drive_local(engine, manifest, job, done, out, summary, total, strict, progress,
                                          template, sampling, check_and_start))
+        completed = True
     finally:
         if started is not None:  # a run that never started leaves the last summary alone
             summary.seconds = time.monotonic() - started
             write_json(sidecar(out, "summary.json"), summary.to_dict())
+    if completed:  # a stopped run keeps completion order; its rerun sorts when it completes
+        _order_by_manifest(manifest, out, job)
     return summary
 
 
@@ -348,7 +407,8 @@ def generator_info(engine_spec: dict[str, Any], template: prompts.Template, samp
 
 def make_engine(stack: contextlib.ExitStack, backend: str, base_url: str | None = None, model: str | None = None,
                 api_key: str | None = None, serve: str | None = None, concurrency: int | None = None,
-                server_timeout: float = 120.0, seed: int = 0, engine_args: dict[str, Any] | None = None):
+                server_timeout: float = 120.0, seed: int = 0, engine_args: dict[str, Any] | None = None,
+                request_timeout: float = DEFAULT_REQUEST_TIMEOUT):
     """The engine the options describe; servers it needs are started on `stack`."""
     if serve is not None:
         from blspdata.generate.servers import vllm_server
@@ -361,9 +421,16 @@ def make_engine(stack: contextlib.ExitStack, backend: str, base_url: str | None 
                  for key, value in (engine_args or {}).items()]
         server = stack.enter_context(vllm_server(model, extra_args=extra, seed=seed))
         return OpenAIBackend(server.base_url, model=model, concurrency=concurrency or 256,
-                             server_timeout=server_timeout, engine="vllm")
+                             server_timeout=server_timeout, request_timeout=request_timeout, engine="vllm")
     if backend == "dry-run":
-        return DryRunBackend()
+        unknown = set(engine_args or {}) - {"jitter"}
+        if unknown:
+            raise GenerateError(f"the dry-run backend takes -E jitter=SECONDS only, not {', '.join(sorted(unknown))}")
+        try:
+            jitter = float((engine_args or {}).get("jitter", 0.0))
+        except (TypeError, ValueError):
+            raise GenerateError(f"-E jitter takes seconds, not {str(engine_args['jitter'])[:80]!r}") from None
+        return DryRunBackend(concurrency=concurrency or 8, jitter=jitter)
     if backend == "vllm":
         if not model:
             raise GenerateError("--backend vllm needs --model")
@@ -372,12 +439,12 @@ def make_engine(stack: contextlib.ExitStack, backend: str, base_url: str | None 
         if not base_url:
             raise GenerateError("--backend openai needs --base-url (e.g. http://localhost:8000/v1)")
         return OpenAIBackend(base_url, model=model, api_key=api_key, concurrency=concurrency or 64,
-                             server_timeout=server_timeout)
-    return _embedded(stack, model, concurrency, server_timeout, engine_args or {})
+                             server_timeout=server_timeout, request_timeout=request_timeout)
+    return _embedded(stack, model, concurrency, server_timeout, engine_args or {}, request_timeout)
 
 
 def _embedded(stack: contextlib.ExitStack, model: str | None, concurrency: int | None, server_timeout: float,
-              engine_args: dict[str, Any]):
+              engine_args: dict[str, Any], request_timeout: float = DEFAULT_REQUEST_TIMEOUT):
     """llama.cpp servers on loopback: by default, for a packaged model, one per core with
     one thread each (N one-thread servers give about N times one N-thread server on a CPU);
     for a model of your own, one server with every core. -E servers=N -E threads=T override;
@@ -409,7 +476,7 @@ def _embedded(stack: contextlib.ExitStack, model: str | None, concurrency: int |
     # repetition penalty goes as llama.cpp's `repeat_penalty` (backends.sampling_fields).
     per_server = max(1, (concurrency or 2 * servers) // servers)
     members = [OpenAIBackend(s.base_url, concurrency=per_server, server_timeout=server_timeout, engine="llama.cpp",
-                             render=render) for s in started]
+                             render=render, request_timeout=request_timeout) for s in started]
     return members[0] if len(members) == 1 else PooledBackend(members)
 
 
@@ -463,7 +530,6 @@ async def _drive_local(engine, manifest: Path, job: Job, done: set[str], out: Pa
         generator = generator_info({}, template, sampling, engine)
         check_settings(generator)
         sink = _Sink(out, job, generator, summary, total, strict, progress)
-        seen: set[str] = set()
 
         def items() -> Iterator[tuple[Request, Any]]:
             budget = total
@@ -474,10 +540,9 @@ async def _drive_local(engine, manifest: Path, job: Job, done: set[str], out: Pa
                 if record is None:
                     sink.reject("malformed_row", location, error, None)
                     continue
-                if record.id in seen:
+                if error == "duplicate_id":
                     sink.reject("duplicate_id", location, f"{record.id} appears twice in the manifest", record)
                     continue
-                seen.add(record.id)
                 request = job.request(record)
                 if isinstance(request, Reject):
                     sink.reject(request.reason, location, request.detail, record)

@@ -12,6 +12,7 @@ Both are then used through the same OpenAI-compatible client.
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
 import subprocess
 import sys
@@ -54,6 +55,74 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+# A server's log: blspdata-server-<PID of the blspdata process that started it>-<random>.log in
+# the system temp folder. A server stopped cleanly removes its own; one whose blspdata was
+# killed leaves it, and the next server start removes it (remove_stale_logs).
+LOG_PREFIX = "blspdata-server-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _open_anywhere(paths: set[str]) -> set[str]:
+    """Those of `paths` some process (of those we may look at) has open (Linux: /proc/*/fd)."""
+    held: set[str] = set()
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return set(paths)  # cannot tell: count them all as held
+    for fd_folder in proc.glob("[0-9]*/fd"):
+        try:
+            for fd in os.scandir(fd_folder):
+                try:
+                    target = os.readlink(fd.path)
+                except OSError:
+                    continue
+                if target in paths:
+                    held.add(target)
+        except OSError:  # gone, or not ours to read
+            continue
+    return held
+
+
+def remove_stale_logs(folder: str | os.PathLike | None = None) -> list[Path]:
+    """Remove the server logs in `folder` (the system temp folder) that killed runs left:
+    ours only (our user's files named blspdata-server-*.log), and only when the blspdata
+    process named in the file is gone and no live process has the file open (a server that
+    outlived its blspdata still writes it). Logs from before PIDs were in the name have only
+    the second test. Returns what was removed."""
+    folder = Path(folder or tempfile.gettempdir())
+    candidates = []
+    for path in folder.glob(f"{LOG_PREFIX}*.log"):
+        try:
+            if not path.is_file() or path.is_symlink() or path.stat().st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        owner = path.name[len(LOG_PREFIX):].split("-", 1)[0]
+        if owner.isdigit() and "-" in path.name[len(LOG_PREFIX):] and _alive(int(owner)):
+            continue
+        candidates.append(path)
+    if not candidates:
+        return []
+    held = _open_anywhere({str(p) for p in candidates})
+    removed = []
+    for path in candidates:
+        if str(path) not in held:
+            try:
+                path.unlink()
+            except OSError:
+                continue
+            removed.append(path)
+    return removed
+
+
 class ManagedServer:
     """A server process on a free loopback port: started, waited for, and stopped."""
 
@@ -61,7 +130,10 @@ class ManagedServer:
         self.argv, self.port, self.what, self.startup_timeout = argv, port, what, startup_timeout
         self.base_url = f"http://127.0.0.1:{port}/v1"
         self.process: subprocess.Popen | None = None
-        self.log = Path(tempfile.mkstemp(prefix="blspdata-server-", suffix=".log")[1])
+        remove_stale_logs()
+        fd, log = tempfile.mkstemp(prefix=f"{LOG_PREFIX}{os.getpid()}-", suffix=".log")
+        os.close(fd)
+        self.log = Path(log)
 
     def __enter__(self) -> "ManagedServer":
         self.start()
