@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -337,3 +338,37 @@ def test_trust_remote_code_reaches_vllm_only_from_the_command_line(fake_vllm: Pa
     blspdata(*args, "--trust-remote-code")
     (trusted,) = sent(fake_vllm, "argv")
     assert "--trust-remote-code" in trusted and "--host" in trusted and trusted[trusted.index("--host") + 1] == "127.0.0.1"
+
+
+# ---------------------------------------------------------------------------- leftover server logs
+
+def test_server_logs_left_by_killed_runs_are_removed_at_the_next_server_start(fake_vllm: Path, tmp_path: Path,
+                                                                              monkeypatch):
+    """A run killed by `kill -9` leaves its server's log (blspdata-server-<PID>-*.log) in the temp
+    folder. The next server start removes those whose blspdata is gone and that no process has
+    open, and nothing else."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=60)
+    dead = temp / f"blspdata-server-{gone.pid}-abcd1234.log"
+    live = temp / f"blspdata-server-{os.getpid()}-abcd1234.log"  # this process is alive: its server may be too
+    old_free = temp / "blspdata-server-k2j4h5g6.log"  # an older version's name: held by no one
+    old_held = temp / "blspdata-server-z9y8x7w6.log"  # held open by a live process (its server)
+    other = temp / "someone-else.log"
+    for path in (dead, live, old_free, old_held, other):
+        path.write_text("log\n")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; f = open(sys.argv[1]); sys.stdin.read()",
+                               str(old_held)], stdin=subprocess.PIPE)
+    try:
+        for _ in range(600):  # until the holder has the file open
+            if any(os.path.realpath(f"/proc/{holder.pid}/fd/{fd}") == str(old_held)
+                   for fd in os.listdir(f"/proc/{holder.pid}/fd")):
+                break
+            time.sleep(0.05)
+        blspdata("generate", MELD, "-o", tmp_path / "out.jsonl", "--serve", "vllm", "--model", "m", "--limit", "1",
+                 "--no-progress")
+    finally:
+        holder.communicate(b"", timeout=60)
+    assert sorted(p.name for p in temp.iterdir()) == sorted(p.name for p in (live, old_held, other))
