@@ -263,7 +263,8 @@ LoadRemoteCodeOpt = typer.Option(False, "--trust-remote-code", help="Run the che
 def generate_command(
     manifest: Path = typer.Argument(..., help="Manifest from `blspdata ingest` (.jsonl or .jsonl.gz)."),
     out: Path = typer.Option(..., "--out", "-o", help="Continuations to write (.jsonl, appended as they come: "
-                             "rerun with the same OUT to resume). Rejects and a summary go beside it."),
+                             "rerun with the same OUT to resume; put in manifest order when the run completes). "
+                             "Rejects and a summary go beside it."),
     task: Task = typer.Option(Task.semantic, "--task", help="semantic: continue the transcript (stage 1 data); "
                               "emotion: continue it in its emotion label's tone (stage 2 data; records without a label are rejected)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Template name in prompts/ (semantic, emotion, "
@@ -307,7 +308,8 @@ def generate_command(
                                          "-E max_model_len=4096; embedded: -E servers=N -E threads=T [one one-thread server per core for a "
                                          "packaged model, one server with every core for a --model of yours], -E prefill=true "
                                          "[the assistant's turn starts with the transcript, >= 6 new tokens: fewer echoes from a "
-                                         "small model, but not the recipe's target; embedded only]. Repeatable."),
+                                         "small model, but not the recipe's target; embedded only]; dry-run: -E jitter=SECONDS [each answer takes "
+                                         "a random 0..SECONDS, so answers come back out of order]. Repeatable."),
     executor: str = typer.Option("local", "--executor", help="local: this process drives one engine; ray: Ray Data "
                                  "actors, one engine each (local Ray, or the cluster in RAY_ADDRESS; `ray` extra)."),
     ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="With --executor ray: how many actors (engines)."),
