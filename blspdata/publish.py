@@ -34,7 +34,8 @@ import soundfile as sf
 from blspdata.errors import BlspdataError
 from blspdata.corpora.labels import CANONICAL
 from blspdata.parallel import ordered_map
-from blspdata.records import JsonlWriter, Record, Reject, iter_jsonl
+from blspdata.records import (JsonlWriter, Record, Reject, iter_jsonl, owned_temp_prefix, read_row,
+                              remove_dead_leftovers)
 
 SPLITS = ("train", "validation", "test")
 RATE = 16000
@@ -179,11 +180,13 @@ class _ShardWriter:
         self.shards: list[Path] = []
         self.rows = self.bytes = self.shard_bytes = 0
         self.writer = None
+        self.digest = hashlib.blake2b(digest_size=16)  # of the rows' ids and continuations: state.json's fingerprint
         folder.mkdir(parents=True, exist_ok=True)
 
     def add(self, row: dict[str, Any]) -> None:
         emotion = row.get("emotion")
         row = {name: row.get(name) for name in self.schema.names}
+        self.digest.update(orjson.dumps([row.get("id"), row.get("task"), row.get("continuation")]))
         row["emotion"] = None if emotion is None else CANONICAL.index(emotion)
         self.pending.append(row)
         audio = row.get("audio")
@@ -238,7 +241,9 @@ class _ShardWriter:
         names = [f"data-{index:05d}-of-{count:05d}.arrow" for index in range(count)]
         for part, name in zip(self.shards, names):
             os.replace(part, target / name)
-        fingerprint = hashlib.blake2b(f"{target}:{self.rows}:{self.bytes}".encode(), digest_size=8).hexdigest()
+        # From the content, not the (temporary) build path: two publishes of one input are byte-identical.
+        fingerprint = hashlib.blake2b(f"{self.folder.name}/{self.split}:{self.rows}:{self.bytes}:"
+                                      f"{self.digest.hexdigest()}".encode(), digest_size=8).hexdigest()
         state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": fingerprint,
                  "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
                  "_output_all_columns": False, "_split": self.split}
@@ -265,7 +270,8 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
     inputs = [Path(p) for p in inputs]
     max_bytes = _parse_size(max_shard_size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    remove_dead_leftovers(out.parent, out.name)  # build folders of killed publishes (only dead PIDs')
+    work = Path(tempfile.mkdtemp(prefix=owned_temp_prefix(out.name), suffix=".build", dir=out.parent))
     try:
         staging, staged_rows, rejects, provenance = _stage(inputs, work, validation, test)
         build = work / "dataset"
@@ -309,7 +315,7 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
             for reject in rejects:
                 writer.write(reject.to_dict())
         if out.exists():
-            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+            trash = out.with_name(f"{owned_temp_prefix(out.name)}old")
             os.replace(out, trash)
             os.replace(build, out)
             shutil.rmtree(trash, ignore_errors=True)
@@ -326,6 +332,7 @@ def _stage(inputs: list[Path], work: Path, validation: float, test: float):
     writers: dict[tuple[str, str], Any] = {}
     staged_rows: Counter = Counter()
     rejects: list[Reject] = []
+    seen: set[tuple[str, str]] = set()  # (task, id): ids repeat across tasks, never within one
     provenance = {"corpora": Counter(), "hours": Counter(), "generators": {}, "curate": [], "inputs": []}
     try:
         for path in inputs:
@@ -337,15 +344,18 @@ def _stage(inputs: list[Path], work: Path, validation: float, test: float):
                 provenance["curate"].append(stats)
             for number, row, error in iter_jsonl(path):
                 location = f"{path}:{number}"
-                try:
-                    if row is None:
-                        raise ValueError(error)
-                    record = Record.from_dict(row)
-                    if record.task not in ("semantic", "emotion") or record.continuation is None:
-                        raise ValueError("not a generated record (no task/continuation)")
-                except (TypeError, ValueError) as exc:
-                    rejects.append(Reject("malformed_row", location, str(exc), id=(row or {}).get("id")))
+                record, reject = read_row(location, row, error)  # malformed_row, invalid_row:<field>
+                if record is not None and (record.task not in ("semantic", "emotion") or record.continuation is None):
+                    reject = Reject("malformed_row", location, "not a generated record (no task/continuation)",
+                                    id=record.id)
+                elif record is not None and (record.task, record.id) in seen:
+                    reject = Reject("duplicate_id", location, f"{record.id} ({record.task}) came before in the input",
+                                    id=record.id)
+                if reject is not None:
+                    reject.record = None  # the rejects file names the row; the curated input still has it
+                    rejects.append(reject)
                     continue
+                seen.add((record.task, record.id))
                 split = target_split(record, validation, test)
                 key = (record.task, split)
                 if key not in writers:
@@ -465,11 +475,16 @@ def _write_card(build: Path, counts: dict[str, dict[str, int]], sizes: dict[str,
         lines += [f"| {config} | {split} | {rows} |" for split, rows in splits_.items()]
     lines += ["", "## How it was made", ""]
     for generator in provenance["generators"].values():
+        if not isinstance(generator, dict):  # a user's own continuations: any JSON value, shown as it is
+            lines.append(f"- generator: {_code(json.dumps(generator, sort_keys=True, ensure_ascii=False)[:500])}")
+            continue
         lines.append(f"- generator: backend {_code(generator.get('backend'))}, model {_code(generator.get('model'))}, "
                      f"sampling {_code(json.dumps(generator.get('sampling'), sort_keys=True))}")
-        prompt = generator.get("prompt") or {}
+        prompt = generator.get("prompt") if isinstance(generator.get("prompt"), dict) else {}
         try:
-            template = prompts.load(prompt.get("id", ""))
+            if prompt.get("id") not in prompts.builtin_names():  # a row's id is never read as a file path
+                raise prompts.PromptError("not a shipped template")
+            template = prompts.load(prompt["id"])
             same = " (the shipped template)" if template.sha256 == prompt.get("sha256") else " (a modified template)"
             lines += [f"  - prompt {_code(prompt.get('id'))} sha256 {_code(prompt.get('sha256'))}{same}:",
                       f"    system: {_code(template.system)}", f"    user: {_code(template.user)}"]

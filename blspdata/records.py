@@ -5,6 +5,17 @@ continuation. Field names are the contract between stages (see docs/DESIGN.md an
 manifests/record.schema.json). Manifests are JSON Lines, gzipped when the name ends in
 `.gz`, streamed row by row, and written atomically: a crash never leaves a half-written
 file under the final name.
+
+Rows are checked where they are read (`Record.from_dict`): a wrong type, a negative or
+non-finite offset or duration, an emotion that is not canonical is a `RowError` whose
+`reason` (`invalid_row:<field>`, or `malformed_row` for unknown or missing fields) each stage
+writes to its rejects file. A `.gz` file that is cut short or corrupt is an `UnreadableFile`
+error naming the file and the last line read; every stage then fails before committing any
+output (they write atomically), so nothing is ever half-written.
+
+Temporary files and folders are named `.<name>.blspdata.<host>.<pid>.<random>...` beside the
+output (`owned_temp_prefix`), so a later run can tell a dead run's leftovers from a live one's
+and remove them (`remove_dead_leftovers`).
 """
 
 from __future__ import annotations
@@ -13,13 +24,21 @@ import contextlib
 import dataclasses
 import gzip
 import io
+import math
 import os
+import re
+import shutil
+import socket
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import orjson
+
+from blspdata.corpora.labels import CANONICAL
+from blspdata.errors import BlspdataError, RowError
 
 # Fields every manifest row carries (ingest), then the ones generation adds.
 INGEST_FIELDS = (
@@ -50,7 +69,7 @@ class Record:
     instruction: str | None = None
     continuation: str | None = None
     finished: bool | None = None
-    generator: dict[str, Any] | None = None
+    generator: Any = None        # any JSON value: generate writes an object, a user's own rows may differ
 
     def to_dict(self) -> dict[str, Any]:
         row = {name: getattr(self, name) for name in INGEST_FIELDS}
@@ -62,13 +81,8 @@ class Record:
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> "Record":
-        """Build a record from a manifest row; unknown keys are an error (typos lose data)."""
-        unknown = set(row) - _FIELD_NAMES
-        if unknown:
-            raise ValueError(f"unknown record field(s): {', '.join(sorted(unknown))}")
-        missing = [name for name in ("id", "corpus", "split", "audio") if name not in row]
-        if missing:
-            raise ValueError(f"missing record field(s): {', '.join(missing)}")
+        """Build a record from a manifest row, checked (`check_row`): a RowError says why not."""
+        check_row(row)
         return cls(**row)
 
     def replace(self, **changes: Any) -> "Record":
@@ -76,6 +90,67 @@ class Record:
 
 
 _FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(Record))
+
+
+class BadRow(RowError):
+    """A row that is not a record; `reason` is what the rejects file says: `invalid_row:<field>`
+    for a field with a wrong type or an impossible value, `malformed_row` for unknown or
+    missing fields."""
+
+    def __init__(self, reason: str, message: str, field_name: str | None = None):
+        super().__init__(message)
+        self.reason, self.field = reason, field_name
+
+
+def _cut(value: Any, limit: int = 200) -> str:
+    """`repr(value)`, or a string as it is, cut to `limit` characters (a 50 MB value is not echoed)."""
+    text = value if isinstance(value, str) and limit != 200 else repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+_STR, _NUM, _INT = (str,), (int, float), (int,)
+# field -> (JSON types it may have, may it be null, what it is in words)
+_TYPES: dict[str, tuple[tuple[type, ...], bool, str]] = {
+    "id": (_STR, False, "a string"), "corpus": (_STR, False, "a string"), "split": (_STR, False, "a string"),
+    "audio": (_STR, False, "a string"), "offset": (_NUM, False, "a number"), "duration": (_NUM, False, "a number"),
+    "sample_rate": (_INT, False, "an integer"), "text": (_STR, False, "a string"),
+    "raw_text": (_STR, False, "a string"), "speaker": (_STR, True, "a string or null"),
+    "language": (_STR, False, "a string"), "emotion": (_STR, True, "a string or null"),
+    "raw_emotion": (_STR, True, "a string or null"), "extra": ((dict,), False, "an object"),
+    "task": (_STR, True, "a string"), "instruction": (_STR, True, "a string"),
+    "continuation": (_STR, True, "a string"), "finished": ((bool,), True, "true or false"),
+}
+
+
+def check_row(row: dict[str, Any]) -> None:
+    """Raise a BadRow (a RowError) when `row` is not a valid record: unknown keys (typos lose
+    data), missing id/corpus/split/audio, a wrong type (a number for `text`, a string for
+    `extra`, `finished: "yes"`; true is not a number), a negative or non-finite offset or
+    duration or sample rate, an empty id, an emotion that is not canonical. `generator` may
+    be any JSON value."""
+    unknown = set(row) - _FIELD_NAMES
+    if unknown:
+        raise BadRow("malformed_row", f"unknown record field(s): {_cut(', '.join(sorted(map(str, unknown))), 199)}")
+    missing = [name for name in ("id", "corpus", "split", "audio") if name not in row]
+    if missing:
+        raise BadRow("malformed_row", f"missing record field(s): {', '.join(missing)}")
+    for name, value in row.items():
+        rule = _TYPES.get(name)
+        if rule is None or (value is None and rule[1]):
+            continue
+        kinds, _, words = rule
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise BadRow(f"invalid_row:{name}", f"{name} must be {words}, got {type(value).__name__} {_cut(value)}", name)
+    for name in ("offset", "duration", "sample_rate"):
+        value = row.get(name, 0)
+        if not math.isfinite(value) or value < 0:
+            raise BadRow(f"invalid_row:{name}", f"{name} must be a finite number >= 0, got {_cut(value)}", name)
+    if not row["id"]:
+        raise BadRow("invalid_row:id", "id is empty", "id")
+    emotion = row.get("emotion")
+    if emotion is not None and emotion not in CANONICAL:
+        raise BadRow("invalid_row:emotion", f"emotion {_cut(emotion)} is not a canonical label "
+                     f"({', '.join(CANONICAL)})", "emotion")
 
 
 @dataclass(slots=True)
@@ -122,19 +197,44 @@ def sidecar(out: str | os.PathLike, name: str) -> Path:
 
 # ---------------------------------------------------------------------------- reading
 
+class UnreadableFile(BlspdataError):
+    """A JSONL(.gz) file that cannot be read to its end: a gzip stream cut short or corrupt."""
+
+
 def _open_read(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _lines(path: Path, handle: io.BufferedIOBase) -> Iterator[tuple[int, bytes]]:
+    """`(line_number, line)`; a gzip stream that ends early or fails its checks raises an
+    UnreadableFile naming the file and the last line read whole."""
+    number = 0
+    lines = iter(handle)
+    while True:
+        try:
+            line = next(lines)
+        except StopIteration:
+            return
+        except EOFError:
+            raise UnreadableFile(f"{path}: the gzip stream ends early after line {number} (a truncated file?); "
+                                 "nothing was written from it") from None
+        except (gzip.BadGzipFile, zlib.error) as exc:
+            raise UnreadableFile(f"{path}: corrupt gzip data after line {number} ({_cut(str(exc), 120)}); "
+                                 "nothing was written from it") from None
+        number += 1
+        yield number, line
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
     """Yield `(line_number, row, error)` for each non-blank line; `row` is None on a parse error.
 
-    Streaming: memory does not grow with the file. Errors are returned, not raised, so a
-    stage can send a malformed row to its rejects file and go on.
+    Streaming: memory does not grow with the file. Row errors are returned, not raised, so a
+    stage can send a malformed row to its rejects file and go on; a `.gz` file cut short or
+    corrupt raises UnreadableFile (the stage then stops before committing its output).
     """
     path = Path(path)
     with _open_read(path) as handle:
-        for number, line in enumerate(handle, start=1):
+        for number, line in _lines(path, handle):
             if not line.strip():
                 continue
             try:
@@ -158,21 +258,80 @@ def _undecodable(line: bytes) -> str:
 
 
 def read_records(path: str | os.PathLike) -> Iterator[Record]:
-    """Yield the records of a manifest; a malformed row raises ValueError naming path:line."""
+    """Yield the records of a manifest; a malformed or invalid row raises RowError naming path:line."""
     for number, row, error in iter_jsonl(path):
         if row is None:
-            raise ValueError(f"{path}:{number}: {error}")
+            raise RowError(f"{path}:{number}: {error}")
         try:
             yield Record.from_dict(row)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{path}:{number}: {exc}") from None
+        except RowError as exc:
+            raise RowError(f"{path}:{number}: {exc}") from None
+
+
+def read_row(location: str, row: dict[str, Any] | None, error: str = "") -> tuple[Record | None, Reject | None]:
+    """One row of `iter_jsonl` as a record, or the Reject a stage writes for it (reason
+    `malformed_row` or `invalid_row:<field>`, the row kept in the reject)."""
+    if row is None:
+        return None, Reject("malformed_row", location, error)
+    try:
+        return Record.from_dict(row), None
+    except BadRow as exc:
+        record_id = row.get("id")
+        return None, Reject(exc.reason, location, str(exc), id=record_id if isinstance(record_id, str) else None,
+                            record=row)
+
+
+# ---------------------------------------------------------------------------- temporary names
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def owned_temp_prefix(name: str) -> str:
+    """`.<name>.blspdata.<host>.<pid>.`: a temporary file or folder for `name`, recognisable as
+    this process's (the host too: a folder shared between machines sees other hosts' PIDs)."""
+    return f".{name}.blspdata.{_HOST}.{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def remove_dead_leftovers(folder: str | os.PathLike, name: str) -> list[Path]:
+    """Remove the temporary files and folders of `name` in `folder` that a dead run left
+    (killed before it could clean up): only ours (named by `owned_temp_prefix`), only this
+    host's, only when their PID is not alive. Returns what was removed."""
+    folder = Path(folder)
+    pattern = re.compile(re.escape(f".{name}.blspdata.{_HOST}.") + r"(\d+)\.[A-Za-z0-9_.-]+")
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if not match or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+            continue
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 # ---------------------------------------------------------------------------- writing
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed over `path`.
+    """Yield a temporary path beside `path` (`owned_temp_prefix`); on success it is renamed over
+    `path`. A dead run's temporaries for `path` are removed first (`remove_dead_leftovers`).
 
     On any exception the temporary file is removed and `path` is left as it was, and so are
     its folders: those this created are removed again if empty.
@@ -180,7 +339,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]  # deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_dead_leftovers(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=owned_temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import jsonschema
 import pytest
 
-from blspdata.records import JsonlWriter, Record, iter_jsonl, read_records, sidecar
+from blspdata.errors import RowError
+from blspdata.records import (JsonlWriter, Record, UnreadableFile, atomic_path, iter_jsonl, owned_temp_prefix,
+                              read_records, remove_dead_leftovers, sidecar)
 
 SCHEMA = json.loads((Path(__file__).resolve().parents[1] / "manifests" / "record.schema.json").read_text())
 
@@ -96,3 +99,47 @@ def test_a_failure_while_finishing_the_file_keeps_the_old_one(tmp_path: Path, mo
             writer.write(make(1).to_dict())
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.jsonl.gz"]
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"text": 12345}, "invalid_row:text"), ({"continuation": 42}, "invalid_row:continuation"),
+    ({"audio": 3}, "invalid_row:audio"), ({"id": 7}, "invalid_row:id"), ({"id": ""}, "invalid_row:id"),
+    ({"extra": "{}"}, "invalid_row:extra"), ({"finished": "yes"}, "invalid_row:finished"),
+    ({"duration": -0.1}, "invalid_row:duration"), ({"offset": float("nan")}, "invalid_row:offset"),
+    ({"duration": float("inf")}, "invalid_row:duration"), ({"duration": True}, "invalid_row:duration"),
+    ({"sample_rate": 16000.0}, "invalid_row:sample_rate"), ({"emotion": "joy"}, "invalid_row:emotion"),
+    ({"speaker": 5}, "invalid_row:speaker"), ({"colour": 1}, "malformed_row"),
+])
+def test_a_row_that_is_not_a_record_is_a_row_error_with_its_reason(change, reason):
+    with pytest.raises(RowError) as caught:
+        Record.from_dict({**make(0).to_dict(), **change})
+    assert caught.value.reason == reason
+
+
+def test_any_json_generator_and_integer_seconds_are_records():
+    row = {**make(0).to_dict(), "duration": 3, "generator": "my own continuations", "speaker": None}
+    assert Record.from_dict(row).generator == "my own continuations"
+
+
+def test_a_truncated_gz_is_an_error_naming_the_file_and_the_last_line_read(tmp_path: Path):
+    import gzip
+
+    path = tmp_path / "m.jsonl.gz"
+    data = gzip.compress(b"".join(json.dumps(make(i).to_dict()).encode() + b"\n" for i in range(500)))
+    path.write_bytes(data[: len(data) // 2])
+    read = []
+    with pytest.raises(UnreadableFile, match=rf"{path}: the gzip stream ends early after line (\d+)") as caught:
+        for number, row, _ in iter_jsonl(path):
+            read.append(number)
+    assert f"after line {read[-1]} " in str(caught.value) and 0 < read[-1] < 500
+    path.write_bytes(b"not gzip at all\n")
+    with pytest.raises(UnreadableFile, match="corrupt gzip data after line 0"):
+        list(iter_jsonl(path))
+
+
+def test_temporaries_are_named_for_their_process(tmp_path: Path):
+    with atomic_path(tmp_path / "m.jsonl") as tmp:
+        assert tmp.name.startswith(owned_temp_prefix("m.jsonl")) and str(os.getpid()) in tmp.name
+        tmp.write_text("x")
+    assert remove_dead_leftovers(tmp_path, "m.jsonl") == []  # nothing of a dead run; the output stays
+    assert (tmp_path / "m.jsonl").read_text() == "x"

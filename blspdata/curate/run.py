@@ -36,7 +36,7 @@ from blspdata.errors import BlspdataError
 from blspdata.corpora.labels import CANONICAL
 from blspdata.curate.dedup import ExactDuplicates, NearDuplicates, exact_key_of_words, transcript_group
 from blspdata.curate.filters import FILTERS, SETTINGS, FilterSettings, cached_words, first_reason
-from blspdata.records import JsonlWriter, Record, Reject, iter_jsonl, sidecar, write_json
+from blspdata.records import JsonlWriter, Record, Reject, iter_jsonl, read_row, sidecar, write_json
 
 LENGTH_BINS = [0, 5, 10, 15, 20, 25, 30, 40, 60, 100, 200]
 LABEL_SHARE_GAP = 0.2   # 60% of sad rows kept against 90% of the rest is a warning; 80% against 90% is not
@@ -241,22 +241,26 @@ def settings_from(config: str | Path | None, flags: dict[str, Any]) -> tuple[Fil
     return filters, dedup
 
 
-def _rows(inputs: Iterable[Path]) -> Iterator[tuple[str, Record | None, dict | None, str]]:
+def _rows(inputs: Iterable[Path]) -> Iterator[tuple[str, Record | None, dict | None, str, str]]:
+    """`(location, record, row, reason, detail)` per input row; a row that is not a record
+    (records.read_row: `malformed_row`, `invalid_row:<field>`) comes with its reason, and the
+    second and later rows of one (task, id) as `duplicate_id`."""
+    seen: set[tuple[str | None, str]] = set()
     for path in inputs:
         for number, row, error in iter_jsonl(path):
             location = f"{path}:{number}"
-            if row is None:
-                yield location, None, None, error
-                continue
-            try:
-                record = Record.from_dict(row)
-            except (TypeError, ValueError) as exc:
-                yield location, None, row, str(exc)
+            record, reject = read_row(location, row, error)
+            if reject is not None:
+                yield location, None, row, reject.reason, reject.detail
                 continue
             if record.continuation is None:
-                yield location, None, row, "no continuation: is this a generate output?"
+                yield location, None, row, "malformed_row", "no continuation: is this a generate output?"
                 continue
-            yield location, record, row, ""
+            if (record.task, record.id) in seen:
+                yield location, record, row, "duplicate_id", f"{record.id} ({record.task}) came before in the input"
+                continue
+            seen.add((record.task, record.id))
+            yield location, record, row, "", ""
 
 
 @dataclass
@@ -343,11 +347,11 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
                 kept.write(item.row)
 
         pending: list[Pending] = []
-        for location, record, row, error in _rows(inputs):
+        for location, record, row, reason, detail in _rows(inputs):
             stats.inputs += 1
             bar.update(1)
-            if record is None:
-                pending.append(Pending(location, None, row, reason="malformed_row", detail=error))
+            if reason:  # not a record, or one seen before: never counted in `before` twice
+                pending.append(Pending(location, None, row, reason=reason, detail=detail))
             else:
                 stats.before[(record.corpus, record.task, record.emotion)] += 1
                 tokens = cached_words(record.continuation or "")  # tokenized once: the filters get them from the cache
