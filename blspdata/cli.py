@@ -18,9 +18,9 @@ from blspdata.errors import BlspdataError
 # (a file the user named) print `error: MESSAGE` and exit 1; anything else is a bug and keeps
 # its traceback. A command adds what to do next with `error_note`.
 USER_ERRORS: tuple[type[BaseException], ...] = (BlspdataError, OSError)
-# Raise sites in other modules that still raise a plain ValueError for a user's mistake
-# (records.read_jsonl, generate/resume.py's --shard parsing, corpora/labels.py's label maps):
-# only the commands that reach them catch it, through `_unconverted()`, until they raise a
+# Raise sites that still raise a plain ValueError for a user's mistake (generate/resume.py:
+# --shard parsing, a torn line inside an output, its output lock): only the commands that
+# reach them (generate, merge, run) catch it, through `_unconverted()`, until they raise a
 # BlspdataError; then this goes.
 UNCONVERTED: tuple[type[BaseException], ...] = (ValueError,)
 
@@ -140,9 +140,8 @@ def _run(corpus: str, root: Path, out: Path, jobs: Optional[int], strict: bool, 
          progress: bool, **options) -> None:
     from blspdata.ingest import ingest_corpus
 
-    with _unconverted():  # corpora/labels.py: a bad --label-map file
-        summary = ingest_corpus(corpus, str(root), out, jobs=jobs or _default_jobs(), strict=strict,
-                                normalizer=normalizer.value, progress=progress, **options)
+    summary = ingest_corpus(corpus, str(root), out, jobs=jobs or _default_jobs(), strict=strict,
+                            normalizer=normalizer.value, progress=progress, **options)
     typer.echo(f"{corpus}: {summary.render()}")
 
 
@@ -357,7 +356,7 @@ def merge_command(
     """Join sharded generation outputs, checking for overlaps and gaps."""
     from blspdata.generate.resume import merge
 
-    with _unconverted():  # records.read_jsonl
+    with _unconverted():  # generate/resume.py
         counts = merge(inputs, out, manifest=manifest, allow_gaps=allow_gaps)
     typer.echo(f"merged {counts['shards']} shards: {counts['rows']} rows, {counts['rejects']} rejects -> {out}"
                + (f" ({counts['missing']} manifest ids missing)" if counts["missing"] else ""))
@@ -405,9 +404,8 @@ def curate_command(
              "max_words": max_words, "max_dup_ngram_fraction": max_dup_ngram_fraction, "echo_overlap": echo_overlap,
              "recipe_sorry_but_i": recipe_sorry_but_i, "exact_dedup": exact_dedup, "near_dedup": near_dedup,
              "near_dup_threshold": near_dup_threshold, "num_perm": num_perm, "ngram": ngram}  # named as the flags are, so errors name them too
-    with _unconverted():  # records.read_jsonl
-        filters, dedup = settings_from(config, flags)
-        stats = curate(inputs, out, filters=filters, dedup=dedup, progress=progress)
+    filters, dedup = settings_from(config, flags)
+    stats = curate(inputs, out, filters=filters, dedup=dedup, progress=progress)
     typer.echo(f"curate: {stats.render()}")
 
 
@@ -436,20 +434,19 @@ def publish_command(
     """Publish curated records as Hugging Face Arrow/Parquet shards with a dataset card."""
     from blspdata.publish import publish, push_to_hub as push
 
-    with _unconverted():  # records.read_jsonl
-        result = publish(inputs, out, fmt=fmt, audio=audio, audio_root=audio_root, max_shard_size=max_shard_size,
-                         validation=validation, test=test, jobs=jobs or _default_jobs(), license=license,
-                         overwrite=overwrite, progress=progress)
-        typer.echo(f"published {out}: " + "; ".join(
-            f"{config} " + ", ".join(f"{split} {n}" for split, n in splits.items())
-            for config, splits in result["rows"].items()))
-        if result["rejected"]:
-            typer.echo(f"  dropped {sum(result['rejected'].values())} (see {out}.rejects.jsonl): "
-                       + ", ".join(f"{k} {v}" for k, v in result["rejected"].items()))
-        if push_to_hub:
-            files = push(out, push_to_hub, private=private, dry_run=dry_run)
-            typer.echo(("would upload" if dry_run else "uploaded") + f" {len(files)} files to {push_to_hub}"
-                       + ("".join(f"\n  {f}" for f in files) if dry_run else ""))
+    result = publish(inputs, out, fmt=fmt, audio=audio, audio_root=audio_root, max_shard_size=max_shard_size,
+                     validation=validation, test=test, jobs=jobs or _default_jobs(), license=license,
+                     overwrite=overwrite, progress=progress)
+    typer.echo(f"published {out}: " + "; ".join(
+        f"{config} " + ", ".join(f"{split} {n}" for split, n in splits.items())
+        for config, splits in result["rows"].items()))
+    if result["rejected"]:
+        typer.echo(f"  dropped {sum(result['rejected'].values())} (see {out}.rejects.jsonl): "
+                   + ", ".join(f"{k} {v}" for k, v in result["rejected"].items()))
+    if push_to_hub:
+        files = push(out, push_to_hub, private=private, dry_run=dry_run)
+        typer.echo(("would upload" if dry_run else "uploaded") + f" {len(files)} files to {push_to_hub}"
+                   + ("".join(f"\n  {f}" for f in files) if dry_run else ""))
 
 
 @app.command("verify")

@@ -155,13 +155,15 @@ def manifest_line(row: dict[str, Any], positions: dict[str, int]) -> int | None:
 def sort_rows(path: Path, position: Callable[[dict[str, Any]], int | None]) -> bool:
     """Rewrite the JSONL file `path` with its rows in `position` order, atomically; rows
     without a position go last in the order they had. False (nothing written) when already in
-    order. Memory: 20 bytes per row (keys and byte offsets); the rows themselves are copied
-    from the old file one at a time."""
+    order. Memory: about 32 bytes per row (sort key, byte offset, length, order); the rows
+    themselves are copied from the old file one at a time."""
+    from array import array
+
     import numpy as np
 
     if not path.exists():
         return False
-    keys, offsets, lengths = [], [], []
+    keys, offsets, lengths = array("q"), array("q"), array("q")
     with open(path, "rb") as handle:
         offset = 0
         for index, line in enumerate(handle):
@@ -171,12 +173,13 @@ def sort_rows(path: Path, position: Callable[[dict[str, Any]], int | None]) -> b
                 offsets.append(offset)
                 lengths.append(len(line))
             offset += len(line)
-    key = np.asarray(keys, dtype=np.int64)
+    key = np.frombuffer(keys, dtype=np.int64) if keys else np.zeros(0, dtype=np.int64)
     order = np.argsort(key, kind="stable")
     if sum(lengths) == offset and np.all(order == np.arange(len(key))):  # in order, no blank lines
         return False
     with atomic_path(path) as tmp, open(path, "rb") as source, open(tmp, "wb") as target:
-        for i in order.tolist():
+        for i in order:
+            i = int(i)
             source.seek(offsets[i])
             line = source.read(lengths[i])
             target.write(line if line.endswith(b"\n") else line + b"\n")
