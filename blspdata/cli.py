@@ -397,7 +397,11 @@ def curate_command(
     ngram: Optional[int] = typer.Option(None, "--ngram", help="Word n-gram size of the MinHash shingles [2]."),
     progress: bool = ProgressOpt,
 ) -> None:
-    """Filter generated continuations (each drop with its reason) and remove exact and near duplicates."""
+    """Filter generated continuations (each drop with its reason) and remove exact and near duplicates.
+
+    Rows that are not valid records (invalid_row:<field>: a wrong type, a negative duration, a
+    label that is not canonical) and later rows of one (task, id) (duplicate_id) are rejected
+    too. A .jsonl.gz cut short stops curate naming the file and line, before anything is written."""
     from blspdata.curate.run import curate, settings_from
 
     flags = {"disable": disable, "enable": enable, "drop_unfinished": drop_unfinished or None, "min_words": min_words,
@@ -431,7 +435,10 @@ def publish_command(
     dry_run: bool = typer.Option(False, "--dry-run", help="With --push-to-hub: list what would go up, upload nothing."),
     jobs: Optional[int] = JobsOpt, progress: bool = ProgressOpt,
 ) -> None:
-    """Publish curated records as Hugging Face Arrow/Parquet shards with a dataset card."""
+    """Publish curated records as Hugging Face Arrow/Parquet shards with a dataset card.
+
+    Rows that are not valid records (invalid_row:<field>) and later rows of one (task, id)
+    (duplicate_id) go to OUT.rejects.jsonl; the same input gives byte-identical files."""
     from blspdata.publish import publish, push_to_hub as push
 
     result = publish(inputs, out, fmt=fmt, audio=audio, audio_root=audio_root, max_shard_size=max_shard_size,
