@@ -34,7 +34,7 @@ import soundfile as sf
 from blspdata.errors import BlspdataError
 from blspdata.corpora.labels import CANONICAL
 from blspdata.parallel import ordered_map
-from blspdata.records import (JsonlWriter, Record, Reject, iter_jsonl, owned_temp_prefix, read_row,
+from blspdata.records import (JsonlWriter, Record, Reject, SeenIds, iter_jsonl, owned_temp_prefix, read_row,
                               remove_dead_leftovers)
 
 SPLITS = ("train", "validation", "test")
@@ -332,7 +332,7 @@ def _stage(inputs: list[Path], work: Path, validation: float, test: float):
     writers: dict[tuple[str, str], Any] = {}
     staged_rows: Counter = Counter()
     rejects: list[Reject] = []
-    seen: set[tuple[str, str]] = set()  # (task, id): ids repeat across tasks, never within one
+    seen = SeenIds()  # (task, id): ids repeat across tasks, never within one
     provenance = {"corpora": Counter(), "hours": Counter(), "generators": {}, "curate": [], "inputs": []}
     try:
         for path in inputs:
@@ -348,14 +348,13 @@ def _stage(inputs: list[Path], work: Path, validation: float, test: float):
                 if record is not None and (record.task not in ("semantic", "emotion") or record.continuation is None):
                     reject = Reject("malformed_row", location, "not a generated record (no task/continuation)",
                                     id=record.id)
-                elif record is not None and (record.task, record.id) in seen:
+                elif record is not None and not seen.add(record.task, record.id):
                     reject = Reject("duplicate_id", location, f"{record.id} ({record.task}) came before in the input",
                                     id=record.id)
                 if reject is not None:
                     reject.record = None  # the rejects file names the row; the curated input still has it
                     rejects.append(reject)
                     continue
-                seen.add((record.task, record.id))
                 split = target_split(record, validation, test)
                 key = (record.task, split)
                 if key not in writers:

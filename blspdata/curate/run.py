@@ -36,7 +36,7 @@ from blspdata.errors import BlspdataError
 from blspdata.corpora.labels import CANONICAL
 from blspdata.curate.dedup import ExactDuplicates, NearDuplicates, exact_key_of_words, transcript_group
 from blspdata.curate.filters import FILTERS, SETTINGS, FilterSettings, cached_words, first_reason
-from blspdata.records import JsonlWriter, Record, Reject, iter_jsonl, read_row, sidecar, write_json
+from blspdata.records import JsonlWriter, Record, Reject, SeenIds, iter_jsonl, read_row, sidecar, write_json
 
 LENGTH_BINS = [0, 5, 10, 15, 20, 25, 30, 40, 60, 100, 200]
 LABEL_SHARE_GAP = 0.2   # 60% of sad rows kept against 90% of the rest is a warning; 80% against 90% is not
@@ -245,7 +245,7 @@ def _rows(inputs: Iterable[Path]) -> Iterator[tuple[str, Record | None, dict | N
     """`(location, record, row, reason, detail)` per input row; a row that is not a record
     (records.read_row: `malformed_row`, `invalid_row:<field>`) comes with its reason, and the
     second and later rows of one (task, id) as `duplicate_id`."""
-    seen: set[tuple[str | None, str]] = set()
+    seen = SeenIds()
     for path in inputs:
         for number, row, error in iter_jsonl(path):
             location = f"{path}:{number}"
@@ -256,10 +256,9 @@ def _rows(inputs: Iterable[Path]) -> Iterator[tuple[str, Record | None, dict | N
             if record.continuation is None:
                 yield location, None, row, "malformed_row", "no continuation: is this a generate output?"
                 continue
-            if (record.task, record.id) in seen:
+            if not seen.add(record.task, record.id):
                 yield location, record, row, "duplicate_id", f"{record.id} ({record.task}) came before in the input"
                 continue
-            seen.add((record.task, record.id))
             yield location, record, row, "", ""
 
 
