@@ -146,6 +146,9 @@ def check_row(row: dict[str, Any]) -> None:
         value = row.get(name, 0)
         if not math.isfinite(value) or value < 0:
             raise BadRow(f"invalid_row:{name}", f"{name} must be a finite number >= 0, got {_cut(value)}", name)
+    if row.get("sample_rate", 0) > 2**31 - 1:  # an int32 column in the published dataset
+        raise BadRow("invalid_row:sample_rate", f"sample_rate {_cut(row['sample_rate'])} is out of range",
+                     "sample_rate")
     if not row["id"]:
         raise BadRow("invalid_row:id", "id is empty", "id")
     emotion = row.get("emotion")

@@ -107,7 +107,7 @@ def test_a_failure_while_finishing_the_file_keeps_the_old_one(tmp_path: Path, mo
     ({"extra": "{}"}, "invalid_row:extra"), ({"finished": "yes"}, "invalid_row:finished"),
     ({"duration": -0.1}, "invalid_row:duration"), ({"offset": float("nan")}, "invalid_row:offset"),
     ({"duration": float("inf")}, "invalid_row:duration"), ({"duration": True}, "invalid_row:duration"),
-    ({"sample_rate": 16000.0}, "invalid_row:sample_rate"), ({"emotion": "joy"}, "invalid_row:emotion"),
+    ({"sample_rate": 16000.0}, "invalid_row:sample_rate"), ({"sample_rate": 2**40}, "invalid_row:sample_rate"), ({"emotion": "joy"}, "invalid_row:emotion"),
     ({"speaker": 5}, "invalid_row:speaker"), ({"colour": 1}, "malformed_row"),
 ])
 def test_a_row_that_is_not_a_record_is_a_row_error_with_its_reason(change, reason):
