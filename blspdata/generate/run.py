@@ -31,7 +31,7 @@ from blspdata.generate import prompts
 from blspdata.generate.backends import DryRunBackend, OpenAIBackend, Request, Result, VLLMBackend
 from blspdata.generate.resume import (AppendWriter, drop_rows, exclusive, manifest_line, manifest_positions,
                                       parse_shard, recover, shard_of, sort_rows)
-from blspdata.records import Record, Reject, iter_jsonl, sidecar, write_json
+from blspdata.records import Record, Reject, iter_jsonl, read_row, sidecar, write_json
 
 BACKENDS = ("embedded", "openai", "vllm", "dry-run")
 EXECUTORS = ("local", "ray")
@@ -105,31 +105,27 @@ class Job:
                        prefill=record.text if s.get("prefill") else None)
 
 
-def manifest_rows(manifest: Path, job: Job, done: set[str] | frozenset[str]) -> Iterator[tuple[str, Record | None, str]]:
-    """`(location, record or None, error)` for the manifest rows of this shard not done yet.
-    Malformed rows (no id to hash) belong to shard 0. A later row with an id seen before comes
-    with the error "duplicate_id", even when the first was done by an earlier run (so a resumed
-    run rejects it as a clean one does)."""
+def manifest_rows(manifest: Path, job: Job, done: set[str] | frozenset[str]) -> Iterator[tuple[str, Record | None, Reject | None]]:
+    """`(location, record or None, reject or None)` for the manifest rows of this shard not done
+    yet; a row that is not a valid record comes with its Reject (records.read_row:
+    `malformed_row`, `invalid_row:<field>`). Those belong to shard 0 (no id to hash). A later
+    row with an id seen before comes with a `duplicate_id` Reject, even when the first was done
+    by an earlier run (so a resumed run rejects it as a clean one does)."""
     seen: set[str] = set()
     for number, row, error in iter_jsonl(manifest):
         location = f"{manifest}:{number}"
-        record = None
-        if row is not None:
-            try:
-                record = Record.from_dict(row)
-            except (TypeError, ValueError) as exc:
-                error = str(exc)
+        record, bad = read_row(location, row, error)
         if record is None:
             if location not in done and job.shard[0] == 0:
-                yield location, None, error
+                yield location, None, bad
         elif job.mine(record.id):
             if record.id in seen:
                 if location not in done:
-                    yield location, record, "duplicate_id"
+                    yield location, record, Reject("duplicate_id", location, f"{record.id} appears twice in the manifest")
             else:
                 seen.add(record.id)
                 if record.id not in done:
-                    yield location, record, ""
+                    yield location, record, None
 
 
 class _Sink:
@@ -537,11 +533,8 @@ async def _drive_local(engine, manifest: Path, job: Job, done: set[str], out: Pa
                 if budget <= 0:
                     return
                 budget -= 1
-                if record is None:
-                    sink.reject("malformed_row", location, error, None)
-                    continue
-                if error == "duplicate_id":
-                    sink.reject("duplicate_id", location, f"{record.id} appears twice in the manifest", record)
+                if error is not None:  # not a valid record, or a duplicate id
+                    sink.reject(error.reason, location, error.detail, record)
                     continue
                 request = job.request(record)
                 if isinstance(request, Reject):
