@@ -18,11 +18,6 @@ from blspdata.errors import BlspdataError
 # (a file the user named) print `error: MESSAGE` and exit 1; anything else is a bug and keeps
 # its traceback. A command adds what to do next with `error_note`.
 USER_ERRORS: tuple[type[BaseException], ...] = (BlspdataError, OSError)
-# Raise sites that still raise a plain ValueError for a user's mistake (generate/resume.py:
-# --shard parsing, a torn line inside an output, its output lock): only the commands that
-# reach them (generate, merge, run) catch it, through `_unconverted()`, until they raise a
-# BlspdataError; then this goes.
-UNCONVERTED: tuple[type[BaseException], ...] = (ValueError,)
 
 
 def _say(exc: BaseException) -> None:
@@ -36,18 +31,9 @@ def error_note(note: str) -> Iterator[None]:
     """A user error raised within gets `note` printed under it (e.g. how to resume)."""
     try:
         yield
-    except USER_ERRORS + UNCONVERTED as exc:
+    except USER_ERRORS as exc:
         exc.add_note(note)
         raise
-
-
-@contextlib.contextmanager
-def _unconverted() -> Iterator[None]:
-    try:
-        yield
-    except UNCONVERTED as exc:
-        _say(exc)
-        raise typer.Exit(1) from None
 
 
 class _PipelineOrder(TyperGroup):
@@ -318,7 +304,7 @@ def generate_command(
     """Write semantic or emotion-aware continuations of a manifest's transcripts with an LLM."""
     from blspdata.generate.run import generate
 
-    with _unconverted(), error_note(f"(what was done is kept in {out}; rerun the same command to resume)"):
+    with error_note(f"(what was done is kept in {out}; rerun the same command to resume)"):
         summary = generate(manifest, out, task=task.value, prompt=prompt, backend=backend.value, base_url=base_url,
                            model=model, api_key=api_key, serve=serve, concurrency=concurrency,
                            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, shard=shard,
@@ -356,8 +342,7 @@ def merge_command(
     """Join sharded generation outputs, checking for overlaps and gaps."""
     from blspdata.generate.resume import merge
 
-    with _unconverted():  # generate/resume.py
-        counts = merge(inputs, out, manifest=manifest, allow_gaps=allow_gaps)
+    counts = merge(inputs, out, manifest=manifest, allow_gaps=allow_gaps)
     typer.echo(f"merged {counts['shards']} shards: {counts['rows']} rows, {counts['rejects']} rejects -> {out}"
                + (f" ({counts['missing']} manifest ids missing)" if counts["missing"] else ""))
 
@@ -625,7 +610,7 @@ def run_command(
 
     cfg = load_config(config, run_dir)
     out = Path(cfg.run_dir)
-    with _unconverted(), error_note(f"(finished stages are kept in {out}; rerun the same command to resume)"):
+    with error_note(f"(finished stages are kept in {out}; rerun the same command to resume)"):
         run(cfg, start=start, until=until, dry_run=plan_only, progress=progress, echo=typer.echo,
             trust_remote_code=trust_remote_code)
     if plan_only:

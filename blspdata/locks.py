@@ -29,22 +29,25 @@ def holder(path: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def exclusive(path: str | Path, what: str | Path | None = None) -> Iterator[None]:
+def exclusive(path: str | Path, what: str | Path | None = None, write_pid: bool = True) -> Iterator[None]:
     """Hold an exclusive lock on `path` (created if absent) for the duration, and write this
-    PID into it. Raises LockedError naming `what` (default: `path`) and the holder's PID."""
+    PID into it (`write_pid=False` locks a file whose content is not ours, e.g. an output that
+    holds rows). Raises LockedError naming `what` (default: `path`) and the holder's PID."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
+    with open(path, "a+" if write_pid else "ab") as handle:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise LockedError(f"{what or path} is in use by another process (PID {holder(path)}); "
+            who = f" (PID {holder(path)})" if write_pid else ""
+            raise LockedError(f"{what or path} is in use by another process{who}; "
                               f"wait for it to end, or stop it") from None
         try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
+            if write_pid:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{os.getpid()}\n")
+                handle.flush()
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

@@ -114,7 +114,7 @@ def test_two_runs_cannot_write_one_output(tmp_path: Path):
     with exclusive(out):
         result = blspdata("generate", REPO / "manifests" / "sample" / "iemocap.jsonl", "-o", out, "--backend",
                           "dry-run", check=False)
-    assert result.returncode == 1 and "being written by another process" in result.stderr
+    assert result.returncode == 1 and "is in use by another process" in result.stderr
 
 
 def test_a_pool_of_servers_shares_the_requests_by_load():

@@ -174,8 +174,6 @@ def test_meld_extraction_on_a_full_disk_stops_with_one_line_and_resumes(tmp_path
     """libsndfile's "System error." was a traceback; now: exit 1, one line naming the file and
     the full disk, no partial file, the clips done kept, and the rerun after freeing space
     extracts only the rest."""
-    import os
-
     import soundfile as sf
 
     disk, grow = tiny_disk

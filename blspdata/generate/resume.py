@@ -11,17 +11,21 @@ hash falls in shard i, for Slurm-style arrays; `merge` joins the shards' outputs
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import orjson
 
 from blspdata.errors import BlspdataError
+from blspdata import locks
 from blspdata.records import JsonlWriter, atomic_path, iter_jsonl, sidecar
+
+
+class ResumeError(BlspdataError, ValueError):
+    """A --shard that does not parse, or an output file that cannot be resumed."""
 
 
 def parse_shard(spec: str | None) -> tuple[int, int]:
@@ -31,9 +35,9 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     try:
         index, count = (int(part) for part in spec.split("/"))
     except ValueError:
-        raise ValueError(f"--shard expects I/N such as 0/8, got {spec!r}") from None
+        raise ResumeError(f"--shard expects I/N such as 0/8, got {spec!r}") from None
     if count < 1 or not 0 <= index < count:
-        raise ValueError(f"--shard {spec}: need 0 <= I < N")
+        raise ResumeError(f"--shard {spec}: need 0 <= I < N")
     return index, count
 
 
@@ -56,7 +60,7 @@ def recover(path: Path) -> dict[str, dict[str, Any] | None]:
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
             if bad is not None:
-                raise ValueError(f"{path}:{bad[0]}: {bad[1]}, and it is not the last line; "
+                raise ResumeError(f"{path}:{bad[0]}: {bad[1]}, and it is not the last line; "
                                  "fix or remove that line (was the file edited, or written by two runs?)")
             if not line.strip():
                 good += len(line)
@@ -76,20 +80,11 @@ def recover(path: Path) -> dict[str, dict[str, Any] | None]:
     return done
 
 
-@contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if absent) for the duration: a second run
-    writing the same output, e.g. a requeued Slurm job beside the old one, is refused."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"{path} is being written by another process") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+def exclusive(path: Path) -> contextlib.AbstractContextManager[None]:
+    """Hold an exclusive lock on the output `path` itself for the duration: a second run
+    writing the same output, e.g. a requeued Slurm job beside the old one, is refused
+    (`locks.LockedError`). The output holds rows, so no PID is written into it."""
+    return locks.exclusive(path, write_pid=False)
 
 
 class AppendWriter:
