@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from blspdata.generate.backends import BackendError, Result
-from blspdata.records import Record, Reject
+from blspdata.records import Record, Reject, read_row
 
 
 class _Worker:
@@ -51,11 +51,16 @@ class _Worker:
             if not line.strip():
                 continue
             try:
-                record = Record.from_dict(orjson.loads(line))
-            except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
-                location = f"{self.manifest}#malformed-{hashlib.sha1(line.encode()).hexdigest()[:12]}"
+                row, error = orjson.loads(line), ""
+                if not isinstance(row, dict):
+                    row, error = None, "not a JSON object"
+            except orjson.JSONDecodeError as exc:
+                row, error = None, f"not JSON ({exc})"
+            location = f"{self.manifest}#malformed-{hashlib.sha1(line.encode()).hexdigest()[:12]}"
+            record, bad = read_row(location, row, error)  # malformed_row or invalid_row:<field>
+            if record is None:
                 if location not in self.done and self.job.shard[0] == 0:
-                    emit(location, None, "", Result("", reject="malformed_row", detail=str(exc)))
+                    emit(location, None, "", Result("", reject=bad.reason, detail=bad.detail))
                 continue
             if not self.job.mine(record.id) or record.id in self.done:
                 continue
