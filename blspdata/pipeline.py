@@ -331,6 +331,16 @@ def decide(unit: Unit, state: State, forced: bool) -> tuple[str, str]:
     return "run", "settings or inputs changed" if not same else "outputs missing or incomplete"
 
 
+def _transient_rejects(summary: Any) -> int:
+    """How many of a finished generate unit's rejects a rerun sends again (server failures)."""
+    from blspdata.generate.run import TRANSIENT_REJECTS
+
+    rejects = summary.get("rejects") if isinstance(summary, dict) else None
+    if not isinstance(rejects, dict):
+        return 0
+    return sum(n for reason, n in rejects.items() if reason in TRANSIENT_REJECTS and isinstance(n, int))
+
+
 def _remove(paths: list[Path]) -> None:
     for path in paths:
         if path.is_dir():
@@ -550,6 +560,7 @@ def _run(config: Config, start: Optional[str], until: Optional[str], dry_run: bo
                           "add one, or stop with --until stage1")
     state = State(run_dir)
     decided = []
+    rewrote = len(STAGES)  # the earliest stage whose finished output this run rewrote
     for unit in units:
         index = STAGES.index(unit.stage)
         if index > last:
@@ -561,16 +572,27 @@ def _run(config: Config, start: Optional[str], until: Optional[str], dry_run: bo
             decided.append((unit, "skip", "before --from"))
             continue
         action, why = decide(unit, state, forced=start is not None)
+        if action == "skip" and index > rewrote:
+            # Fingerprints follow settings, not content: when an earlier finished stage wrote
+            # new rows (a retry filled its holes), what was built from it is stale.
+            action, why = "run", "an earlier stage wrote new rows"
+        elif action == "skip" and unit.stage == "generate" and config.generate.retry_rejects:
+            transient = _transient_rejects(state.get(unit.key).get("summary"))
+            if transient:
+                action, why = "resume", f"{transient} transient rejects to retry (generate.retry_rejects)"
         decided.append((unit, action, why))
         echo(f"== {unit.key}: {action} ({why})")
         if dry_run or action == "skip":
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
+        was_done = state.get(unit.key).get("status") == "done"
         state.set(unit.key, stage=unit.stage, fingerprint=unit.fingerprint, status="running",
                   started=time.strftime("%Y-%m-%dT%H:%M:%S"))
         began = time.monotonic()
         summary = unit.work(action == "resume")
         state.set(unit.key, status="done", seconds=round(time.monotonic() - began, 1), summary=summary)
+        if was_done and action == "resume" and summary.get("written"):
+            rewrote = min(rewrote, index)
     if not dry_run:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", config.model_dump())

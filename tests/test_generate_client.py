@@ -275,3 +275,54 @@ def test_two_runs_write_the_same_bytes_in_manifest_order_whatever_order_answers_
     rejects = [p.with_name(p.name.replace(".jsonl", ".rejects.jsonl")).read_bytes() for p in outputs]
     assert rejects[0] == rejects[1] == rejects[2] and rejects[3] == rejects[4]
     assert [r["reason"] for r in read_jsonl(a.with_name("a.rejects.jsonl"))] == ["malformed_row", "duplicate_id"]
+
+
+# ---------------------------------------------------------------------------- blspdata run
+
+def test_run_retries_a_finished_generate_steps_transient_rejects_and_rebuilds_what_follows(tmp_path: Path):
+    """`blspdata run` skips finished steps by their settings; a finished generate step with
+    server failures among its rejects is resumed instead, and curate and publish, built from
+    its old rows, run again."""
+    import yaml
+
+    healthy = threading.Event()
+    failing: set[str] = set()
+
+    def script(text: str, attempt: int) -> Reply:
+        if not healthy.is_set() and (len(failing) < 3 or text in failing):
+            failing.add(text)
+            return 500, {}, b'{"error": "boom"}'
+        return ok(f"Hearing you say {text} I wonder how the rest of that long day went for you.")
+
+    with FakeLLM(script) as llm:
+        config = tmp_path / "run.yaml"
+        config.write_text(yaml.safe_dump({
+            "run_dir": str(tmp_path / "run"),
+            "corpora": [{"kind": "iemocap", "root": str(REPO / "samples" / "corpora" / "IEMOCAP_full_release")}],
+            "generate": {"backend": "openai", "base_url": llm.url, "model": "m", "server_timeout": 1,
+                         "concurrency": 2},
+            "curate": {"disable": ["echo", "length", "language"]}}))
+
+        def run() -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "blspdata", "run", str(config), "--no-progress"],
+                                  capture_output=True, text=True, timeout=600)
+
+        first = run()
+        assert first.returncode == 0, first.stderr
+        state = json.loads((tmp_path / "run" / "run.json").read_text())["units"]
+        rejects = state["generate/iemocap"]["summary"]["rejects"]
+        assert list(rejects) == ["server_error"] and rejects["server_error"] > 0, rejects
+        failed = rejects["server_error"]
+        curated_before = state["curate"]["summary"]["input"]
+        healthy.set()
+        second = run()
+        assert second.returncode == 0, second.stderr
+        assert f"== generate/iemocap: resume ({failed} transient rejects to retry" in second.stdout, second.stdout
+        assert "== curate: run (an earlier stage wrote new rows)" in second.stdout
+        assert "== publish: run (an earlier stage wrote new rows)" in second.stdout
+        state = json.loads((tmp_path / "run" / "run.json").read_text())["units"]
+        assert state["generate/iemocap"]["summary"]["retried"] == failed
+        assert state["generate/iemocap"]["summary"]["rejects"] == {}  # the holes are filled
+        assert state["curate"]["summary"]["input"] == curated_before + failed
+        third = run()  # nothing left to retry: everything is up to date
+        assert third.returncode == 0 and third.stdout.count(": skip (up to date)") == 4, third.stdout
