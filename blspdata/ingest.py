@@ -16,17 +16,16 @@ Output order is the importer's order (sorted), so identical input gives identica
 
 from __future__ import annotations
 
-import csv
 import itertools
 import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 from tqdm import tqdm
 
-from blspdata.errors import BlspdataError
+from blspdata.corpora.base import AudioItem, IngestError
 from blspdata.corpora.audio import AudioError, extract_to_flac, probe
 from blspdata.corpora.text import get_normalizer
 from blspdata.parallel import ordered_map
@@ -42,34 +41,6 @@ MAX_DETAIL = 500
 
 def _cut(detail: str) -> str:
     return detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL] + f"... ({len(detail):,} characters)"
-
-
-def segment_problem(offset: float, duration: float) -> str | None:
-    """Why a segment's times from corpus metadata cannot be right, or None."""
-    import math
-
-    if not (math.isfinite(offset) and math.isfinite(duration)):
-        return f"segment times are not numbers (offset {offset}, duration {duration})"
-    if offset < 0 or duration <= 0:
-        return f"segment offset {offset} / duration {duration} out of range"
-    return None
-
-
-class IngestError(BlspdataError):
-    """Raised for a problem that stops the run (`--strict`, a missing corpus root)."""
-
-
-@dataclass(slots=True)
-class AudioItem:
-    """One audio file and the records that point into it: one utterance for most corpora,
-    many segments of one long recording for GigaSpeech. `locations[i]` says where record i
-    came from (transcript `path:line`) for the rejects file. With `source`, the audio is
-    first extracted from that file (a video) to `audio`."""
-
-    audio: str
-    records: list[Record]
-    locations: list[str]
-    source: str | None = None
 
 
 @dataclass
@@ -199,99 +170,6 @@ def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: in
     finally:
         bar.close()  # also on errors, so an error message starts on its own line
     return summary
-
-
-def undecodable_fields(row: dict[str, Any]) -> list[str]:
-    """Columns of a CSV row (read with errors="surrogateescape") holding bytes that are not
-    UTF-8: the row is rejected, not written with broken text."""
-    bad = []
-    for key, value in row.items():
-        try:
-            if isinstance(value, str):
-                value.encode("utf-8")
-        except UnicodeEncodeError:
-            bad.append(key)
-    return bad
-
-
-# A CSV field may be as long as a Python string can be: csv's default limit (128 KiB) made one
-# long field a `_csv.Error` traceback. 2**31 - 1 because the limit is a C long (32 bit on Windows).
-CSV_FIELD_LIMIT = 2**31 - 1
-# Line numbers listed in an `unclosed_quote` reject's detail (the others are counted).
-_LISTED_LINES = 20
-
-
-def csv_header(path: str) -> list[str] | None:
-    """The column names of CSV file `path` (a leading BOM dropped), None when it is empty."""
-    csv.field_size_limit(CSV_FIELD_LIMIT)
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        return next(csv.reader(handle), None)
-
-
-def csv_rows(path: str) -> Iterator[tuple[int, dict[str, str] | None, str, str]]:
-    """Yield `(line_number, row, reason, detail)` for each row of CSV file `path` after its header.
-
-    A row that fits the header is a dict with `reason` "". Otherwise `row` is None and
-    `reason`/`detail` say why: `malformed_row` (wrong field count), or `unclosed_quote`, once
-    for the row whose quote never closes and once for each row it read into its field, so the
-    rejects and the summary count every row lost and name its line. That is a row spanning
-    several lines whose field count is wrong, or one of whose later lines is a whole row by
-    itself; a quoted field with a line break of its own (a multi-line transcript) is kept.
-    Bytes that are not UTF-8 are kept as surrogates (errors="surrogateescape") for the caller
-    to reject (`undecodable_fields`).
-    """
-    csv.field_size_limit(CSV_FIELD_LIMIT)
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        lines: list[str] = []  # the physical lines of the row being read
-
-        def feed() -> Iterator[str]:
-            for line in handle:
-                lines.append(line)
-                yield line
-
-        reader = csv.reader(feed())
-        header = next(reader, None)
-        if header is None:
-            return
-        lines.clear()
-        for fields in reader:
-            end = reader.line_num
-            first, span = end - len(lines) + 1, lines[:]
-            lines.clear()
-            if not fields:
-                continue  # a blank line
-            if len(span) > 1:
-                row_like = [n for n, line in enumerate(span[1:], start=first + 1)
-                            if len(next(csv.reader([line]), [])) == len(header)]
-                if len(fields) != len(header) or row_like:
-                    swallowed = [n for n, line in enumerate(span[1:], start=first + 1) if line.strip()]
-                    listed = ", ".join(map(str, swallowed[:_LISTED_LINES])) + (", ..." if len(swallowed) > _LISTED_LINES else "")
-                    yield first, None, "unclosed_quote", (
-                        f"a quote opened on line {first} runs to line {end}: the {len(swallowed)} row(s) on "
-                        f"line(s) {listed} were read into this row's field; close the quote and rerun")
-                    for number in swallowed:
-                        yield number, None, "unclosed_quote", f"read into the row on line {first} by its unclosed quote"
-                    continue
-            if len(fields) != len(header):
-                yield first, None, "malformed_row", f"expected {len(header)} fields, found {len(fields)}"
-                continue
-            yield first, dict(zip(header, fields)), "", ""
-
-
-def read_text_lines(path: str) -> Iterator[tuple[int, str, str]]:
-    """Yield `(line_number, text, error)` for a text file, decoding each line on its own so
-    one undecodable line is rejected without losing the rest of the file. For such a line
-    `error` says why and `text` has the bad bytes replaced (enough to name the utterance)."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            try:
-                text, error = raw.decode("utf-8"), ""
-            except UnicodeDecodeError as exc:
-                text = raw.decode("utf-8", errors="replace")
-                error = f"undecodable bytes ({exc.reason} at byte {exc.start})"
-            if number == 1:
-                text = text.removeprefix("\ufeff")  # a UTF-8 BOM (Windows editors) is no part of the first line
-            yield number, text.rstrip("\r\n"), error
 
 
 def ingest_corpus(corpus: str, root: str | os.PathLike, out: str | os.PathLike, *, jobs: int = 1,

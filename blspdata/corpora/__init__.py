@@ -1,4 +1,4 @@
 """One importer per corpus. Each `scan(root, ...)` reads the corpus exactly as distributed
-and yields `blspdata.ingest.AudioItem`s and `Reject`s; `blspdata.ingest.run` does the rest."""
+and yields `blspdata.corpora.base.AudioItem`s and `Reject`s; `blspdata.ingest.run` does the rest."""
 
 CORPORA = ("librispeech", "gigaspeech", "iemocap", "meld", "jsonl", "csv")

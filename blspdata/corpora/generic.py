@@ -16,7 +16,7 @@ import os
 from typing import Any, Iterator
 
 from blspdata.corpora import labels
-from blspdata.ingest import AudioItem, IngestError, csv_header, csv_rows, segment_problem, undecodable_fields
+from blspdata.corpora.base import AudioItem, IngestError, csv_header, csv_rows, segment_problem, undecodable_fields
 from blspdata.records import Record, Reject, iter_jsonl
 
 

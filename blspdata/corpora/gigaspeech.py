@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 import ijson
 
 from blspdata.corpora.text import gigaspeech_text
-from blspdata.ingest import AudioItem, IngestError, csv_rows, segment_problem, undecodable_fields
+from blspdata.corpora.base import AudioItem, IngestError, csv_rows, segment_problem, undecodable_fields
 from blspdata.records import Record, Reject
 
 SUBSETS = ("XS", "S", "M", "L", "XL")

@@ -26,7 +26,7 @@ import re
 from typing import Iterator, Sequence
 
 from blspdata.corpora import labels
-from blspdata.ingest import AudioItem, IngestError, read_text_lines
+from blspdata.corpora.base import AudioItem, IngestError, read_text_lines
 from blspdata.records import Record, Reject
 
 _EVAL = re.compile(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Iterator, Sequence
 
-from blspdata.ingest import AudioItem, IngestError, read_text_lines
+from blspdata.corpora.base import AudioItem, IngestError, read_text_lines
 from blspdata.records import Record, Reject
 
 SPLITS = ("train-clean-100", "train-clean-360", "train-other-500",

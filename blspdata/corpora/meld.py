@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import ftfy
 
 from blspdata.corpora import labels
-from blspdata.ingest import AudioItem, IngestError, csv_header, csv_rows, undecodable_fields
+from blspdata.corpora.base import AudioItem, IngestError, csv_header, csv_rows, undecodable_fields
 from blspdata.records import Record, Reject
 
 SPLITS = {  # split -> (CSV, video folder)
