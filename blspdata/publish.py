@@ -32,7 +32,7 @@ import orjson
 import soundfile as sf
 
 from blspdata.errors import BlspdataError
-from blspdata.corpora.labels import CANONICAL
+from blspdata.labels import CANONICAL
 from blspdata.parallel import ordered_map
 from blspdata.records import (JsonlWriter, Record, Reject, SeenIds, iter_jsonl, owned_temp_prefix, read_row,
                               remove_dead_leftovers)

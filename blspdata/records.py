@@ -38,7 +38,7 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
-from blspdata.corpora.labels import CANONICAL
+from blspdata.labels import CANONICAL
 from blspdata.errors import BlspdataError, RowError
 
 # Fields every manifest row carries (ingest), then the ones generation adds.

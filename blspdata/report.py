@@ -36,7 +36,7 @@ import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from blspdata.corpora.labels import CANONICAL
+from blspdata.labels import CANONICAL
 from blspdata.records import atomic_path, iter_jsonl, sidecar
 
 TRAIN_KEYS = ("response_kl", "response_ce", "input_er", "er_accuracy")

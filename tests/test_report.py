@@ -18,7 +18,7 @@ import pytest
 import soundfile as sf
 from conftest import REPO, blspdata
 
-from blspdata.corpora.labels import CANONICAL
+from blspdata.labels import CANONICAL
 from blspdata.records import iter_jsonl
 from blspdata.report import write_report
 from blspdata.train.evaluate import score_answers

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
-from blspdata.corpora import labels
+from blspdata import labels
 from blspdata.corpora.base import AudioItem, IngestError, csv_header, csv_rows, segment_problem, undecodable_fields
 from blspdata.records import Record, Reject, iter_jsonl
 

@@ -25,7 +25,7 @@ import os
 import re
 from typing import Iterator, Sequence
 
-from blspdata.corpora import labels
+from blspdata import labels
 from blspdata.corpora.base import AudioItem, IngestError, read_text_lines
 from blspdata.records import Record, Reject
 

@@ -22,7 +22,7 @@ from typing import Iterator, Sequence
 
 import ftfy
 
-from blspdata.corpora import labels
+from blspdata import labels
 from blspdata.corpora.base import AudioItem, IngestError, csv_header, csv_rows, undecodable_fields
 from blspdata.records import Record, Reject
 

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from blspdata.errors import BlspdataError
-from blspdata.corpora.labels import CANONICAL
+from blspdata.labels import CANONICAL
 from blspdata.curate.dedup import ExactDuplicates, NearDuplicates, exact_key_of_words, transcript_group
 from blspdata.curate.filters import FILTERS, SETTINGS, FilterSettings, cached_words, first_reason
 from blspdata.records import JsonlWriter, Record, Reject, SeenIds, iter_jsonl, read_row, sidecar, write_json

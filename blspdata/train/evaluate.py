@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from blspdata.corpora.labels import CANONICAL
+from blspdata.labels import CANONICAL
 
 MAX_NEW_TOKENS = 128     # the reference's generate.py default for SER inference
 UNPARSED_EXAMPLES = 10   # answers without a label kept in ser.json
 
 # The usual forms of each label in an answer (IEMOCAP merges excitement into happy, as
-# corpora/labels.py does). Words, not substrings: "unhappy" is sad, not happy.
+# labels.py does). Words, not substrings: "unhappy" is sad, not happy.
 LABEL_FORMS = {
     "neutral": ("neutral", "neutrality", "calm", "calmness"),
     "happy": ("happy", "happiness", "happily", "joy", "joyful", "joyous", "glad", "cheerful", "excited",

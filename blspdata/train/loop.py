@@ -41,7 +41,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from blspdata.corpora.labels import CANONICAL
+from blspdata.labels import CANONICAL
 from blspdata.generate import prompts as templates
 from blspdata.locks import exclusive
 from blspdata.train.config import CheckpointError, TrainConfig, TrainError, checkpoint_config
