@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 from tqdm import tqdm
 
 from blspdata.corpora.base import AudioItem, IngestError
-from blspdata.corpora.audio import AudioError, extract_to_flac, probe
+from blspdata.audio import AudioError, extract_to_flac, probe
 from blspdata.corpora.text import get_normalizer
 from blspdata.parallel import ordered_map
 from blspdata.records import JsonlWriter, Record, Reject, sidecar, write_json

@@ -27,10 +27,10 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
 import orjson
 import soundfile as sf
 
+from blspdata.audio import RATE, flac_streaminfo, read_segment
 from blspdata.errors import BlspdataError
 from blspdata.labels import CANONICAL
 from blspdata.parallel import ordered_map
@@ -38,7 +38,6 @@ from blspdata.records import (JsonlWriter, Record, Reject, SeenIds, iter_jsonl, 
                               remove_dead_leftovers)
 
 SPLITS = ("train", "validation", "test")
-RATE = 16000
 MANIFEST = "blspdata.json"
 CITATION = """@inproceedings{wang2024blspemo,
   title     = {BLSP-Emo: Towards Empathetic Large Speech-Language Models},
@@ -85,33 +84,6 @@ def target_split(record: Record, validation: float, test: float) -> str:
     return "test" if u < test else "validation" if u < test + validation else "train"
 
 
-def read_segment(path: str, offset: float, duration: float) -> np.ndarray:
-    """The segment as float32 mono at 16 kHz."""
-    with sf.SoundFile(path) as audio:
-        rate = audio.samplerate
-        start = int(round(offset * rate))
-        frames = int(round(duration * rate)) if duration > 0 else -1
-        audio.seek(start)
-        data = audio.read(frames, dtype="float32", always_2d=True)
-    channels = data.shape[1]
-    # The mean of the channels (FFmpeg's downmix adds them at -3 dB, which can clip); one BLAS
-    # pass, where a sum over the interleaved axis is a slow strided loop.
-    data = data[:, 0] if channels == 1 else data @ np.full(channels, 1 / channels, dtype=np.float32)
-    return resample(data, rate) if rate != RATE else data
-
-
-def resample(data: np.ndarray, rate: int) -> np.ndarray:
-    """Mono float32 at `rate` -> 16 kHz (FFmpeg's resampler through PyAV)."""
-    import av
-
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data.reshape(1, -1)), format="flt", layout="mono")
-    frame.sample_rate = rate
-    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-
-
 def _as_is(record: Record) -> bool:
     """Whether the file is exactly what would be embedded (16 kHz mono 16-bit FLAC, the
     utterance is the whole file): most LibriSpeech-like corpora, and MELD after ingest. The
@@ -123,10 +95,10 @@ def _as_is(record: Record) -> bool:
             head = handle.read(42)
     except OSError:
         return False  # let the normal path report it
-    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
+    info = flac_streaminfo(head)
+    if info is None:
         return False
-    packed = int.from_bytes(head[18:26], "big")  # 20 bits rate, 3 channels-1, 5 bits-1, 36 frames
-    rate, channels, bits, frames = packed >> 44, ((packed >> 41) & 7) + 1, ((packed >> 36) & 31) + 1, packed & (2**36 - 1)
+    rate, channels, bits, frames = info
     return (rate, channels, bits) == (RATE, 1, 16) and abs(frames / RATE - record.duration) <= 1 / RATE
 
 

@@ -171,6 +171,7 @@ def evaluate_ser(checkpoint: str | Path, data: str | Path, split: str = "test", 
     confusion.png to `out` [CHECKPOINT/ser-SPLIT]. `max_new_tokens` None: the reference's 128."""
     import torch
 
+    from blspdata.audio import RATE
     from blspdata.train.loop import SER_INSTRUCTION, SYSTEM, audio_present, decode_audio, load_rows
     from blspdata.train.config import TrainError
     from blspdata.train.model import BLSPModel, Prompt, autocast
@@ -197,7 +198,7 @@ def evaluate_ser(checkpoint: str | Path, data: str | Path, split: str = "test", 
             except (OSError, RuntimeError, ValueError):
                 unreadable += 1  # bytes that do not decode, or a path-mode file that is gone
                 continue
-            features = model.feature_extractor([audio], sampling_rate=16000, return_tensors="pt",
+            features = model.feature_extractor([audio], sampling_rate=RATE, return_tensors="pt",
                                                device=str(device)).input_features
             with autocast(device, model.base_dtype):
                 speech, lengths = model.speech_embeddings(features.to(device),
@@ -246,7 +247,7 @@ def chat(checkpoint: str | Path, audio_path: str | Path, instruction: str | None
          max_new_tokens: int = 64, trust_remote_code: bool = False) -> str:
     import soundfile as sf
 
-    from blspdata.publish import read_segment
+    from blspdata.audio import read_segment
     from blspdata.train.config import TrainError, checkpoint_config
     from blspdata.train.loop import STAGE2_INSTRUCTION, SYSTEM_EMPATHY
     from blspdata.train.model import BLSPModel, Prompt

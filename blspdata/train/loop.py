@@ -41,6 +41,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from blspdata.audio import RATE, read_segment, resample
 from blspdata.labels import CANONICAL
 from blspdata.generate import prompts as templates
 from blspdata.locks import exclusive
@@ -79,13 +80,9 @@ def decode_audio(row: dict, audio_root: str | None) -> np.ndarray:
     if isinstance(audio, dict):  # embedded: 16 kHz mono FLAC from publish, but any file sf reads will do
         data, rate = sf.read(io.BytesIO(audio["bytes"]), dtype="float32")
         data = data if data.ndim == 1 else data.mean(axis=1)
-        if rate != 16000:
-            from blspdata.publish import resample
-
+        if rate != RATE:
             data = resample(data, rate)
         return data
-    from blspdata.publish import read_segment
-
     path = os.path.join(audio_root, audio) if audio_root and not os.path.isabs(audio) else audio
     return read_segment(path, row["offset"], row["duration"])
 
@@ -257,7 +254,7 @@ def collate(model: BLSPModel, rows: list[dict], cfg: TrainConfig, device: Any = 
     unreadable, rows = len(rows) - len(readable), readable
     if not rows:
         return {"rows": 0, "unreadable": unreadable}
-    features = model.feature_extractor(audios, sampling_rate=16000, return_tensors="pt",
+    features = model.feature_extractor(audios, sampling_rate=RATE, return_tensors="pt",
                                        device=str(device)).input_features
     end, prompts = end_of_turn(tokenizer), row_prompts(model, cfg.stage)
     text_prompts, speech_prompts = zip(*(prompts(row) for row in rows))

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blspdata.audio import RATE
 from blspdata.train.config import CheckpointError, TrainError, checkpoint_config
 
 SPEECH_MARK = "\u2063SPEECH\u2063"  # invisible separators: never in a real instruction
@@ -227,7 +228,7 @@ class BLSPModel(nn.Module):
     def respond(self, audio: Any, prompt: "Prompt", max_new_tokens: int = 64) -> str:
         """Greedy response of the LLM to `prompt` with this speech where the input goes."""
         device = next(self.adapter.parameters()).device
-        features = self.feature_extractor([audio], sampling_rate=16000, return_tensors="pt",
+        features = self.feature_extractor([audio], sampling_rate=RATE, return_tensors="pt",
                                           device=str(device)).input_features
         try:
             with autocast(device, self.base_dtype):

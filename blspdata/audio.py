@@ -1,8 +1,10 @@
-"""Audio headers and conversion, shared by the importers.
+"""Audio, below every stage that touches it: headers and conversion for ingest (`probe`,
+`extract_to_flac`), segments decoded and resampled to `RATE` for publish, the trainer and
+evaluate (`read_segment`, `resample`), and the one FLAC STREAMINFO parser (`flac_streaminfo`).
 
 Headers come from libsndfile (`soundfile`): FLAC, WAV, OGG/Opus. MELD's mp4 videos are
 decoded with PyAV (FFmpeg bundled in its wheel) and written as 16 kHz mono FLAC.
-Every failure is an `AudioError` carrying a reject reason.
+Every failure in `probe` and `extract_to_flac` is an `AudioError` carrying a reject reason.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import soundfile as sf
 
 from blspdata.errors import BlspdataError
 
-TARGET_RATE = 16000
+# The rate of everything published and trained on (the Whisper encoder's input rate).
+RATE = 16000
 
 
 class AudioError(Exception):
@@ -38,6 +41,19 @@ class AudioWriteError(BlspdataError):
 MIN_FLAC_FRAME_BYTES = 8
 
 
+def flac_streaminfo(head: bytes) -> tuple[int, int, int, int] | None:
+    """`(sample_rate, channels, bits_per_sample, frames)` from a FLAC file's first 42 bytes, or
+    None when they do not start with a STREAMINFO block.
+
+    "fLaC", then a metadata block header whose type (low 7 bits) is 0 = STREAMINFO, then 10 bytes
+    of block/frame sizes and 64 bits: 20 sample rate, 3 channels - 1, 5 bits - 1, 36 total samples.
+    """
+    if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
+        return None
+    packed = int.from_bytes(head[18:26], "big")
+    return packed >> 44, ((packed >> 41) & 7) + 1, ((packed >> 36) & 31) + 1, packed & ((1 << 36) - 1)
+
+
 def _flac_streaminfo(path: str) -> tuple[int, int] | None:
     """`(frames, sample_rate)` from a FLAC file's STREAMINFO block, or None to ask libsndfile.
 
@@ -48,12 +64,10 @@ def _flac_streaminfo(path: str) -> tuple[int, int] | None:
     try:
         with open(path, "rb") as handle:
             head = handle.read(42)
-            # "fLaC", then a metadata block header whose type (low 7 bits) is 0 = STREAMINFO, then
-            # 10 bytes of block/frame sizes and 64 bits: 20 sample rate, 3 channels, 5 bps, 36 total samples.
-            if len(head) < 42 or head[:4] != b"fLaC" or head[4] & 0x7F != 0:
+            info = flac_streaminfo(head)
+            if info is None:
                 return None
-            packed = int.from_bytes(head[18:26], "big")
-            rate, frames = packed >> 44, packed & ((1 << 36) - 1)
+            rate, _, _, frames = info
             if frames <= 0 or rate <= 0:
                 return None
             problem = _flac_truncation(handle, head, samples=frames)
@@ -130,8 +144,7 @@ def _flac_last_frame(handle, head: bytes, *, audio_start: int, size: int, sync: 
     any header is tried, not only the last, so a sync-like byte pair in the audio data (with a
     CRC-8 that happens to check) cannot reject an intact file.
     """
-    packed = int.from_bytes(head[18:26], "big")
-    rate, channels, bits = packed >> 44, ((packed >> 41) & 7) + 1, ((packed >> 36) & 31) + 1
+    rate, channels, bits, _ = flac_streaminfo(head)
     max_block, max_frame = int.from_bytes(head[10:12], "big"), int.from_bytes(head[15:18], "big")
     largest = max_frame or (max_block or 65535) * channels * (bits + 1) // 8 + 64
     begin = max(audio_start, size - largest - _FLAC_MAX_HEADER - _FLAC_TRAILER)
@@ -227,7 +240,7 @@ def probe(path: str) -> tuple[int, int]:
     return frames, int(info.samplerate)
 
 
-def extract_to_flac(source: str, target: str, rate: int = TARGET_RATE) -> bool:
+def extract_to_flac(source: str, target: str, rate: int = RATE) -> bool:
     """Decode the audio stream of `source` (any FFmpeg container, e.g. MELD's mp4) to mono
     `rate` Hz 16-bit FLAC at `target`. Skipped when `target` exists with the source's
     modification time (it was extracted from this very file). Returns True if it wrote.
@@ -311,3 +324,32 @@ def _decode(source: str, rate: int) -> np.ndarray:
     except Exception as exc:  # av.error.InvalidDataError and friends
         raise AudioError("audio_unreadable", f"{source}: {exc}") from None
     return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+
+
+# ---------------------------------------------------------------------------- segments
+
+def read_segment(path: str, offset: float, duration: float) -> np.ndarray:
+    """The segment as float32 mono at `RATE` (16 kHz); `duration` 0 reads to the end."""
+    with sf.SoundFile(path) as audio:
+        rate = audio.samplerate
+        start = int(round(offset * rate))
+        frames = int(round(duration * rate)) if duration > 0 else -1
+        audio.seek(start)
+        data = audio.read(frames, dtype="float32", always_2d=True)
+    channels = data.shape[1]
+    # The mean of the channels (FFmpeg's downmix adds them at -3 dB, which can clip); one BLAS
+    # pass, where a sum over the interleaved axis is a slow strided loop.
+    data = data[:, 0] if channels == 1 else data @ np.full(channels, 1 / channels, dtype=np.float32)
+    return resample(data, rate) if rate != RATE else data
+
+
+def resample(data: np.ndarray, rate: int) -> np.ndarray:
+    """Mono float32 at `rate` -> `RATE` (FFmpeg's resampler through PyAV)."""
+    import av
+
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=RATE)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data.reshape(1, -1)), format="flt", layout="mono")
+    frame.sample_rate = rate
+    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
