@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from blspdata.generate.backends import BackendError, Result
+from blspdata.generate.engine import make_engine, run_requests
 from blspdata.records import Record, Reject, read_row
 
 
@@ -27,8 +28,6 @@ class _Worker:
     """A Ray Data actor: one engine, many manifest lines per call."""
 
     def __init__(self, job, engine_spec: dict[str, Any], done: frozenset[str], manifest: str):
-        from blspdata.generate.run import make_engine
-
         self.job, self.done, self.manifest = job, done, manifest
         self.stack = contextlib.ExitStack()
         self.engine = make_engine(self.stack, **engine_spec)
@@ -36,8 +35,6 @@ class _Worker:
         self.loop.run_until_complete(self.engine.__aenter__())
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        from blspdata.generate.run import run_requests
-
         out: dict[str, list] = {"location": [], "record": [], "instruction": [], "result": []}
 
         def emit(location: str, record: Record | None, instruction: str, result: Result) -> None:
