@@ -42,7 +42,8 @@ def test_resume_refuses_a_planted_pickle(tmp_path: Path):
     assert result.stderr.startswith("error: ") and "trainer_state.pt: refused to load" in result.stderr
     assert "could run code" in result.stderr
 
-    from blspdata.train.loop import CheckpointError, load_trainer_state
+    from blspdata.train.checkpoint import load_trainer_state
+    from blspdata.train.config import CheckpointError
 
     with pytest.raises(CheckpointError, match="refused to load"):  # the path `blspdata run` resumes through too
         load_trainer_state(run / "last")
@@ -55,7 +56,8 @@ def test_a_trainer_state_of_tensors_and_plain_values_loads(tmp_path: Path):
     """What train() saves (optimizer, schedule, RNG states) loads without pickle's objects."""
     import random
 
-    from blspdata.train.loop import CheckpointError, load_trainer_state
+    from blspdata.train.checkpoint import load_trainer_state
+    from blspdata.train.config import CheckpointError
 
     weight = torch.nn.Parameter(torch.randn(3))
     optimizer = torch.optim.AdamW([weight], lr=1e-3, weight_decay=0.05)

@@ -17,7 +17,8 @@ WarmupDecayLR, as the reference's config/dp_config_zero1.json has it (`lr_factor
 
 One loop runs both, on one CPU or under `torchrun` (DDP: gloo on CPU, NCCL on GPU); only
 rank 0 writes. A checkpoint holds the trainable weights (safetensors), the model config
-naming the base encoder and LLM, and the trainer state for an exact `--resume`.
+naming the base encoder and LLM, and the trainer state for an exact `--resume` (written and read by
+`checkpoint.py`).
 """
 
 from __future__ import annotations
@@ -26,13 +27,10 @@ import io
 import json
 import math
 import os
-import pickle
 import random
-import re
 import sys
 import time
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +43,8 @@ from blspdata.audio import RATE, read_segment, resample
 from blspdata.labels import CANONICAL
 from blspdata.generate import prompts as templates
 from blspdata.locks import exclusive
-from blspdata.train.config import CheckpointError, TrainConfig, TrainError, checkpoint_config
+from blspdata.train.config import TrainConfig, TrainError, checkpoint_config
+from blspdata.train.checkpoint import load_trainer_state, load_weights, rng_states, save_checkpoint
 from blspdata.train.model import BLSPModel, ModelConfig, Prompt, autocast, base_dtype, build_batch, end_of_turn
 
 # The built-in templates (prompts/semantic.toml, prompts/emotion.toml) are the one place for
@@ -392,83 +391,6 @@ def average_gradients(params: list[torch.Tensor], world: int) -> None:
         n = p.numel()
         p.grad = flat[offset:offset + n].view_as(p).to(p.dtype)
         offset += n
-
-
-# ---------------------------------------------------------------------------- checkpoints
-
-def rng_states(device: torch.device, world: int) -> list[dict]:
-    """Every rank's torch (and CUDA) generator state, in rank order: each rank draws its own
-    LoRA-dropout masks, so an exact resume restores each its own."""
-    mine = {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-    if world == 1:
-        return [mine]
-    import torch.distributed as dist
-
-    states: list = [None] * world
-    dist.all_gather_object(states, mine)
-    return states
-
-
-def load_trainer_state(folder: Path) -> dict:
-    """The optimizer, schedule, data position and RNG state of a `last/` checkpoint, loaded
-    with `weights_only=True`: tensors and plain values only. A pickle that would build other
-    objects (and so could run code: a planted file in a shared run folder) is refused."""
-    path = Path(folder) / "trainer_state.pt"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch names what it would have had to build: "Unsupported global: GLOBAL posix.system ..."
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        if found is None:
-            raise CheckpointError(f"{path}: not a readable trainer state") from None
-        raise CheckpointError(f"{path}: refused to load: it holds {found.group(1)}, more than tensors and plain "
-                              "values, and unpickling it could run code. A trainer state written by blspdata "
-                              "holds none: delete the file, or train without --resume") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable trainer state ({str(exc)[:200]})") from None
-    missing = [k for k in ("optimizer", "scheduler", "step", "micro", "rng", "python_rng")
-               if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: not a trainer state written by blspdata (lacks {', '.join(missing)})")
-    return state
-
-
-def save_checkpoint(folder: Path, model: BLSPModel, cfg: TrainConfig, state: dict | None) -> None:
-    from safetensors.torch import save_file
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.trainable_state().items()}, str(tmp / "model.safetensors"))
-    (tmp / "config.json").write_text(json.dumps({"model": model.config.to_dict(), "train": asdict(cfg)}, indent=2))
-    if state is not None:  # tensors and plain values only: load_trainer_state reads it without pickle's objects
-        torch.save(state, tmp / "trainer_state.pt")
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-
-
-def load_weights(model: BLSPModel, checkpoint: str | Path, strict_bases: bool = True) -> dict:
-    """Load a checkpoint's trainable weights; refuse one made for another encoder or LLM."""
-    from safetensors.torch import load_file
-
-    checkpoint = Path(checkpoint)
-    saved = checkpoint_config(checkpoint)["model"]
-    for key in ("encoder", "llm", "llm_gguf"):
-        if strict_bases and saved.get(key) != getattr(model.config, key):
-            raise CheckpointError(f"{checkpoint} was trained with {key} {saved.get(key)!r}, this model uses "
-                             f"{getattr(model.config, key)!r}")
-    weights = load_file(str(checkpoint / "model.safetensors"))
-    own = dict(model.named_parameters())
-    unknown = [k for k in weights if k not in own]
-    if unknown:
-        raise CheckpointError(f"{checkpoint} holds weights this model lacks, e.g. {unknown[:3]}")
-    with torch.no_grad():
-        for name, value in weights.items():
-            own[name].copy_(value)
-    return saved
 
 
 # ---------------------------------------------------------------------------- the loop

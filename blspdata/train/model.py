@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blspdata.audio import RATE
+from blspdata.train.checkpoint import load_weights
 from blspdata.train.config import CheckpointError, TrainError, checkpoint_config
 
 SPEECH_MARK = "\u2063SPEECH\u2063"  # invisible separators: never in a real instruction
@@ -212,8 +213,6 @@ class BLSPModel(nn.Module):
         """The model a checkpoint was trained as, with its weights, on `device` (default: the
         GPU when there is one; frozen bases in bfloat16 there). An LLM with its own code runs
         only when the caller says so: a checkpoint folder's config.json cannot switch it on."""
-        from blspdata.train.loop import load_weights
-
         saved = checkpoint_config(checkpoint)["model"]
         if saved.get("trust_remote_code") and not trust_remote_code:
             raise CheckpointError(f"{checkpoint} was trained with an LLM that runs its own code ({saved.get('llm')}): "
