@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from fractions import Fraction
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import soundfile as sf
@@ -62,6 +64,34 @@ def blspdata(*args: str, cwd: Path | None = None, check: bool = True) -> subproc
         raise AssertionError(f"blspdata {' '.join(map(str, args))} failed ({result.returncode}):\n"
                              f"{result.stdout}\n{result.stderr}")
     return result
+
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str,
+             while_running: subprocess.Popen | None = None, every: float = 0.05) -> T:
+    """Poll `condition` until it returns something true, and return that. Fails with `what` in
+    the message after `timeout` seconds, or as soon as `while_running` (the process whose work
+    is awaited) has exited: a run that ended first must fail the test, not let it go on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if while_running is not None and while_running.poll() is not None:
+            raise AssertionError(f"the process exited ({while_running.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:g} s, in vain, for {what}")
+        time.sleep(every)
+
+
+def complete_lines(path: Path) -> int:
+    """How many newline-ended lines `path` holds now (0 while it does not exist)."""
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
 
 
 def read_jsonl(path: Path) -> list[dict]:
