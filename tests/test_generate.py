@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from blspdata.generate.servers import embedded_llama, free_port, smollm2_path
-from conftest import REPO, TINY_LLM, blspdata, by_id, read_jsonl
+from conftest import REPO, TINY_LLM, blspdata, by_id, complete_lines, read_jsonl, wait_for
 
 SAMPLE = REPO / "manifests" / "sample"
 
@@ -81,11 +81,11 @@ def test_resume_after_kill_9_gives_each_id_once_and_the_same_content(server, sem
     args = [sys.executable, "-m", "blspdata", *map(str, generate_args(
         SAMPLE / "librispeech.jsonl", out, server.base_url, "--max-new-tokens", "24", "--concurrency", "2"))]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 5):
-        time.sleep(0.05)
+    wait_for(lambda: complete_lines(out) >= 5, 120, "5 rows written", while_running=process)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert process.wait(timeout=60) == -signal.SIGKILL, "the run finished before the kill"
+    killed_at = complete_lines(out)  # the dead process writes no more: what the kill left
+    assert 5 <= killed_at < 20, f"the kill left {killed_at} of 20 rows: it did not land mid-run"
     with open(out, "ab") as handle:  # as if killed in the middle of a line
         handle.write(b'{"id": "librispeech/torn')
     partial = out.read_bytes().count(b"\n")
@@ -110,16 +110,17 @@ def test_server_killed_and_restarted_mid_run(tmp_path: Path):
     argv = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_path()), "--model_alias", "SmolLM2",
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
 
+    def answers() -> bool:
+        import httpx
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
     def start() -> subprocess.Popen:
         process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import httpx
-        for _ in range(400):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                    return process
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
+        wait_for(answers, 120, f"the llama.cpp server to answer on port {port}", while_running=process)
+        return process
 
     llama = start()
     out = tmp_path / "out.jsonl"
@@ -127,11 +128,17 @@ def test_server_killed_and_restarted_mid_run(tmp_path: Path):
         SAMPLE / "librispeech.jsonl", out, f"http://127.0.0.1:{port}/v1", "--max-new-tokens", "16",
         "--server-timeout", "120"))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        while not out.exists() or out.read_bytes().count(b"\n") < 3:
-            time.sleep(0.05)
+        wait_for(lambda: complete_lines(out) >= 3, 300, "3 rows written", while_running=cli)
         llama.kill()
-        llama.wait()
+        llama.wait(timeout=60)
+        killed_at = complete_lines(out)
+        assert cli.poll() is None and killed_at < 20, \
+            f"the run had {killed_at} of 20 rows and {'was' if cli.poll() is None else 'was not'} running " \
+            "when its server was killed: the kill did not land mid-run"
+        # The outage is the point: for these 2 s every request the run sends is refused, so it
+        # must keep retrying (not fail, not finish) until the server is back.
         time.sleep(2)
+        assert cli.poll() is None, "the run stopped while its server was down"
         llama = start()
         stdout, stderr = cli.communicate(timeout=300)
     finally:
@@ -140,6 +147,7 @@ def test_server_killed_and_restarted_mid_run(tmp_path: Path):
     assert cli.returncode == 0, stderr
     rows = read_jsonl(out)
     assert sorted(row["id"] for row in rows) == sorted(r["id"] for r in read_jsonl(SAMPLE / "librispeech.jsonl"))
+    assert len(rows) == 20 > killed_at  # the restarted server wrote the rest
 
 
 def test_a_too_long_prompt_is_rejected_with_the_servers_reason(server, tmp_path: Path):
