@@ -347,8 +347,17 @@ def merge_command(
                + (f" ({counts['missing']} manifest ids missing)" if counts["missing"] else ""))
 
 
+def _curate_help(name: str) -> str:
+    """A curate flag's help and default, from the settings field that declares the option."""
+    from blspdata.curate.filters import FilterSettings
+    from blspdata.curate.options import DedupSettings, described, options
+
+    return described(options(FilterSettings, DedupSettings)[name][0])
+
+
 @app.command("curate")
 def curate_command(
+    ctx: typer.Context,
     inputs: List[Path] = typer.Argument(..., help="Outputs of `blspdata generate` (all deduplicated together, in this order)."),
     out: Path = typer.Option(..., "--out", "-o", help="Kept rows (.jsonl or .jsonl.gz), written atomically; "
                              "OUT.rejects.jsonl and OUT.stats.json beside it."),
@@ -362,24 +371,27 @@ def curate_command(
                                      "label_word (the emotion continuation names its label)."),
     drop_unfinished: bool = typer.Option(False, "--drop-unfinished", help="Drop continuations cut at the token limit "
                                          "(the recipe keeps them; same as --enable unfinished)."),
-    min_words: Optional[int] = typer.Option(None, "--min-words", help="Shorter is rejected as too_short [3]."),
-    max_words: Optional[int] = typer.Option(None, "--max-words", help="Longer is rejected as too_long [200]."),
-    max_dup_ngram_fraction: Optional[float] = typer.Option(None, "--max-dup-ngram-fraction", help="Share of words in "
-                                                           "repeated 3-grams above which a text is repetition [0.3]."),
-    echo_overlap: Optional[float] = typer.Option(None, "--echo-overlap", help="Share of the continuation's words that "
-                                                 "are the transcript's, from which it is an echo [0.8]."),
+    # One flag per field of FilterSettings and DedupSettings, named as the field (tests/test_options.py).
+    min_words: Optional[int] = typer.Option(None, "--min-words", help=_curate_help("min_words")),
+    max_words: Optional[int] = typer.Option(None, "--max-words", help=_curate_help("max_words")),
+    max_dup_ngram_fraction: Optional[float] = typer.Option(None, "--max-dup-ngram-fraction",
+                                                           help=_curate_help("max_dup_ngram_fraction")),
+    dup_ngram_size: Optional[int] = typer.Option(None, "--dup-ngram-size", help=_curate_help("dup_ngram_size")),
+    max_repeated_line_fraction: Optional[float] = typer.Option(None, "--max-repeated-line-fraction",
+                                                               help=_curate_help("max_repeated_line_fraction")),
+    echo_overlap: Optional[float] = typer.Option(None, "--echo-overlap", help=_curate_help("echo_overlap")),
+    min_language_confidence: Optional[float] = typer.Option(None, "--min-language-confidence",
+                                                            help=_curate_help("min_language_confidence")),
+    language_min_words: Optional[int] = typer.Option(None, "--language-min-words",
+                                                     help=_curate_help("language_min_words")),
     recipe_sorry_but_i: Optional[bool] = typer.Option(None, "--recipe-sorry-but-i/--no-recipe-sorry-but-i",
-                                                      help="The reference's refusal pattern \"i'm sorry, but i\" "
-                                                      "anywhere (also drops \"I'm sorry, but I think you're wrong\") "
-                                                      "[on]; off: an apology counts only when a refusal follows it."),
-    exact_dedup: Optional[bool] = typer.Option(None, "--exact-dedup/--no-exact-dedup", help="Drop exact duplicates of "
-                                               "normalised continuations [on]."),
-    near_dedup: Optional[bool] = typer.Option(None, "--near-dedup/--no-near-dedup", help="Drop near-duplicates "
-                                              "(MinHash + LSH over word n-grams) [on]."),
-    near_dup_threshold: Optional[float] = typer.Option(None, "--near-dup-threshold", help="Jaccard similarity from "
-                                                       "which two continuations are near-duplicates [0.8]."),
-    num_perm: Optional[int] = typer.Option(None, "--num-perm", help="MinHash permutations [128]."),
-    ngram: Optional[int] = typer.Option(None, "--ngram", help="Word n-gram size of the MinHash shingles [2]."),
+                                                      help=_curate_help("recipe_sorry_but_i")),
+    exact_dedup: Optional[bool] = typer.Option(None, "--exact-dedup/--no-exact-dedup", help=_curate_help("exact_dedup")),
+    near_dedup: Optional[bool] = typer.Option(None, "--near-dedup/--no-near-dedup", help=_curate_help("near_dedup")),
+    near_dup_threshold: Optional[float] = typer.Option(None, "--near-dup-threshold",
+                                                       help=_curate_help("near_dup_threshold")),
+    num_perm: Optional[int] = typer.Option(None, "--num-perm", help=_curate_help("num_perm")),
+    ngram: Optional[int] = typer.Option(None, "--ngram", help=_curate_help("ngram")),
     progress: bool = ProgressOpt,
 ) -> None:
     """Filter generated continuations (each drop with its reason) and remove exact and near duplicates.
@@ -389,10 +401,9 @@ def curate_command(
     too. A .jsonl.gz cut short stops curate naming the file and line, before anything is written."""
     from blspdata.curate.run import curate, settings_from
 
-    flags = {"disable": disable, "enable": enable, "drop_unfinished": drop_unfinished or None, "min_words": min_words,
-             "max_words": max_words, "max_dup_ngram_fraction": max_dup_ngram_fraction, "echo_overlap": echo_overlap,
-             "recipe_sorry_but_i": recipe_sorry_but_i, "exact_dedup": exact_dedup, "near_dedup": near_dedup,
-             "near_dup_threshold": near_dup_threshold, "num_perm": num_perm, "ngram": ngram}  # named as the flags are, so errors name them too
+    # The options by their names (None: not given, the file's or the default), so errors name them too.
+    flags = {key: value for key, value in ctx.params.items() if key not in ("inputs", "out", "config", "progress")}
+    flags["drop_unfinished"] = drop_unfinished or None
     filters, dedup = settings_from(config, flags)
     stats = curate(inputs, out, filters=filters, dedup=dedup, progress=progress)
     typer.echo(f"curate: {stats.render()}")

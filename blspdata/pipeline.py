@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from blspdata.errors import BlspdataError
 from blspdata import __version__
@@ -108,29 +108,25 @@ class Generate(_Strict):
     ray_actors: int = Field(2, ge=1)
 
 
-class Curate(_Strict):
+class _CurateChecks(_Strict):
+    """The curate: section's lists; its options are added from their settings fields (below)."""
     disable: list[str] = []
     enable: list[str] = []
-    min_words: Optional[int] = None
-    max_words: Optional[int] = None
-    max_dup_ngram_fraction: Optional[float] = None
-    echo_overlap: Optional[float] = None
-    recipe_sorry_but_i: Optional[bool] = None  # false: an apology is a refusal only when one follows
-    exact: Optional[bool] = None
-    near: Optional[bool] = None
-    threshold: Optional[float] = None
-    num_perm: Optional[int] = None
-    ngram: Optional[int] = None
+    drop_unfinished: Optional[bool] = None  # as `curate --drop-unfinished`: enable unfinished
 
-    @model_validator(mode="after")
-    def _known(self) -> "Curate":
-        from blspdata.curate.run import CurateError, settings_from
+    @model_validator(mode="before")
+    @classmethod
+    def _checked(cls, values: Any) -> Any:
+        """Curate's own check of every value (curate.run.settings_from, as for its TOML file and
+        flags: the same types, bounds and old names); an unknown key is left to extra="forbid"."""
+        from blspdata.curate.run import KEYS, LISTS, CurateError, settings_from
 
-        try:
-            settings_from(None, self.model_dump())
-        except CurateError as exc:
-            raise ValueError(str(exc)) from None
-        return self
+        if isinstance(values, dict):
+            try:
+                settings_from(None, {k: v for k, v in values.items() if k in KEYS or k in LISTS})
+            except CurateError as exc:
+                raise ValueError(str(exc)) from None
+        return values
 
 
 class Publish(_Strict):
@@ -144,16 +140,39 @@ class Publish(_Strict):
     private: bool = False
 
 
+def _section(name: str, *settings: type, skip: frozenset[str] | set[str] = frozenset(),
+             base: type[BaseModel] = _Strict):
+    """A config section straight from settings dataclasses (one list of names and types): each
+    field optional (None: the dataclass's default), described by its `help` metadata and read
+    under its older names too (`aliases` metadata, curate.options.option)."""
+    definitions: dict[str, Any] = {}
+    for cls in settings:
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            if f.name not in skip:
+                aliases = f.metadata.get("aliases", ())
+                definitions[f.name] = (Optional[hints[f.name]], Field(
+                    None, description=f.metadata.get("help"),
+                    validation_alias=AliasChoices(f.name, *aliases) if aliases else None))
+    return create_model(name, __base__=base, **definitions)
+
+
 def _stage_model(name: str):
-    """The trainer's options, straight from TrainConfig (one list of names and types)."""
+    """The trainer's options, straight from TrainConfig."""
     from blspdata.train.config import TrainConfig
 
-    hints = typing.get_type_hints(TrainConfig)
-    skip = {"stage", "data", "out", "init", "mix"}
-    return create_model(name, __base__=_Strict, **{f.name: (Optional[hints[f.name]], None)
-                                                   for f in fields(TrainConfig) if f.name not in skip})
+    return _section(name, TrainConfig, skip={"stage", "data", "out", "init", "mix"})
 
 
+def _curate_model():
+    """Curate's options, straight from FilterSettings and DedupSettings (curate/options.py)."""
+    from blspdata.curate.filters import FilterSettings
+    from blspdata.curate.options import DedupSettings
+
+    return _section("Curate", FilterSettings, DedupSettings, skip={"enabled"}, base=_CurateChecks)
+
+
+Curate = _curate_model()
 Stage1 = _stage_model("Stage1")
 Stage2 = _stage_model("Stage2")
 

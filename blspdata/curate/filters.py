@@ -2,8 +2,8 @@
 
 Each filter is a small function `(record, settings) -> reason or None`. They run in the
 order of FILTERS; the first reason found is the one recorded. Every threshold is a field of
-`FilterSettings`, settable from the CLI or a config file. Defaults suit the recipe's data:
-continuations of at most 48 tokens (about 35 words), often cut off mid-sentence.
+`FilterSettings`, settable from the CLI, a TOML file or a `run` config (options.py). Defaults
+suit the recipe's data: continuations of at most 48 tokens (about 35 words), often cut off mid-sentence.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
 
+from blspdata.curate.options import option
 from blspdata.records import Record
 
 # Combining marks NFKC could not compose onto their letter stay part of the word ("q\u0301").
@@ -42,18 +43,29 @@ def cached_words(text: str) -> tuple[str, ...]:
 
 @dataclass
 class FilterSettings:
+    """The filters' thresholds, each an option of `blspdata curate`, its TOML file and a `run`
+    config's curate: section (options.py builds all three from these fields)."""
     enabled: set[str] = field(default_factory=lambda: {name for name in FILTERS if name not in OFF_BY_DEFAULT})
-    min_words: int = 3               # "Yes." is not a continuation
-    max_words: int = 200             # far above 48 tokens: catches runaway generations
-    max_dup_ngram_fraction: float = 0.3   # Gopher uses 0.15-0.20 on documents; short texts repeat more
-    dup_ngram_size: int = 3
-    max_repeated_line_fraction: float = 0.3
-    echo_overlap: float = 0.8        # share of the continuation's words that are the transcript's
-    min_language_confidence: float = 0.9
-    language_min_words: int = 4      # too few words to tell a language
-    # The reference's `i'm sorry, but i` anywhere (PAPER.md "Cleaning"); false: only an apology
-    # followed by a refusal ("I'm sorry, but I think you're wrong" is kept)
-    recipe_sorry_but_i: bool = True
+    # "Yes." is not a continuation
+    min_words: int = option(3, "Shorter is rejected as too_short", ge=0)
+    # far above 48 tokens: catches runaway generations
+    max_words: int = option(200, "Longer is rejected as too_long", ge=1)
+    # Gopher uses 0.15-0.20 on documents; short texts repeat more
+    max_dup_ngram_fraction: float = option(0.3, "Share of words in repeated n-grams (n: dup_ngram_size) above "
+                                           "which a text is repetition", ge=0, le=1)
+    dup_ngram_size: int = option(3, "Word n-gram size of the repetition filter", ge=1)
+    max_repeated_line_fraction: float = option(0.3, "Share of repeated lines (of texts with 3 lines or more) above "
+                                               "which a text is repetition", ge=0, le=1)
+    echo_overlap: float = option(0.8, "Share of the continuation's words that are the transcript's, from which it "
+                                 "is an echo", ge=0, le=1)
+    min_language_confidence: float = option(0.9, "Detector confidence from which a continuation in another language "
+                                            "than the record's is rejected", ge=0, le=1)
+    # too few words to tell a language
+    language_min_words: int = option(4, "Continuations with fewer words are not language-checked", ge=1)
+    # PAPER.md "Cleaning"
+    recipe_sorry_but_i: bool = option(True, "The reference's refusal pattern \"i'm sorry, but i\" anywhere (also "
+                                      "drops \"I'm sorry, but I think you're wrong\"); off: an apology counts only "
+                                      "when a refusal follows it")
 
 
 # The recipe's own five patterns (PAPER.md, "Cleaning in the reference scripts"; all
@@ -220,7 +232,6 @@ FILTERS: dict[str, Callable[[Record, FilterSettings], str | None]] = {
     "repetition": repetition, "echo": echo, "language": language, "label_word": label_word,
 }
 OFF_BY_DEFAULT = {"unfinished", "label_word"}
-SETTINGS = {f.name for f in fields(FilterSettings)} - {"enabled"}
 
 
 def first_reason(record: Record, settings: FilterSettings) -> str | None:

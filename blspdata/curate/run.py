@@ -32,28 +32,15 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from blspdata.errors import BlspdataError
 from blspdata.labels import CANONICAL
 from blspdata.curate.dedup import ExactDuplicates, NearDuplicates, exact_key_of_words, transcript_group
-from blspdata.curate.filters import FILTERS, SETTINGS, FilterSettings, cached_words, first_reason
+from blspdata.curate.filters import FILTERS, FilterSettings, cached_words, first_reason
+from blspdata.curate.options import CurateError, DedupSettings, checked, names, options
 from blspdata.records import JsonlWriter, Record, Reject, SeenIds, iter_jsonl, read_row, sidecar, write_json
 
 LENGTH_BINS = [0, 5, 10, 15, 20, 25, 30, 40, 60, 100, 200]
 LABEL_SHARE_GAP = 0.2   # 60% of sad rows kept against 90% of the rest is a warning; 80% against 90% is not
 LABEL_MIN_ROWS = 10
-
-
-class CurateError(BlspdataError, RuntimeError):
-    pass
-
-
-@dataclass
-class DedupSettings:
-    exact: bool = True
-    near: bool = True
-    threshold: float = 0.8
-    num_perm: int = 128
-    ngram: int = 2
 
 
 def reason_family(reason: str) -> str:
@@ -160,37 +147,20 @@ class Stats:
         return "\n".join(lines)
 
 
-DEDUP_KEYS = {"exact": "exact", "exact_dedup": "exact", "near": "near", "near_dedup": "near", "threshold": "threshold",
-              "near_dup_threshold": "threshold", "num_perm": "num_perm", "ngram": "ngram"}
-# (type, test, what the test says) per dedup setting. num_perm needs no test against the LSH
-# bands: optimal_bands() never picks more bands than permutations.
-DEDUP_RULES = {"exact": (bool, None, ""), "near": (bool, None, ""),
-               "threshold": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
-               "num_perm": (int, lambda v: v >= 1, ">= 1"), "ngram": (int, lambda v: v >= 1, ">= 1")}
-TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number"}
-
-
-def typed(key: str, value: Any, kind: type) -> Any:
-    """value as `kind` (bool, int or float), or a CurateError naming the key. TOML and the CLI
-    give typed values, so nothing is coerced: "no" is not false, 2.5 not an integer, true not a number."""
-    if kind is bool:
-        ok = isinstance(value, bool)
-    else:
-        ok = isinstance(value, (int, float) if kind is float else int) and not isinstance(value, bool)
-    if not ok:
-        raise CurateError(f"{key} must be {TYPE_NAMES[kind]}, got {value!r}")
-    return kind(value)
+OPTIONS = options(FilterSettings, DedupSettings)  # name -> (field, type): every curate option
+KEYS = names(OPTIONS)  # every key an option is read under (old names too) -> its name
+LISTS = ("disable", "enable", "drop_unfinished")  # the filters to run: not fields, FilterSettings.enabled
 
 
 def filter_names(key: str, value: Any) -> set[str]:
     """The filters of an enable or disable list; one name alone counts as a list of one."""
-    names = [value] if isinstance(value, str) else value
-    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+    chosen = [value] if isinstance(value, str) else value
+    if not isinstance(chosen, list) or not all(isinstance(name, str) for name in chosen):
         raise CurateError(f"{key} must be a list of filter names, got {value!r}")
-    unknown = set(names) - set(FILTERS)
+    unknown = set(chosen) - set(FILTERS)
     if unknown:
         raise CurateError(f"unknown filter(s) {', '.join(sorted(unknown))}; filters: {', '.join(FILTERS)}")
-    return set(names)
+    return set(chosen)
 
 
 def apply_settings(values: dict[str, Any], filters: FilterSettings, dedup: DedupSettings) -> None:
@@ -199,27 +169,20 @@ def apply_settings(values: dict[str, Any], filters: FilterSettings, dedup: Dedup
     disable = filter_names("disable", values.pop("disable", []))
     enable = filter_names("enable", values.pop("enable", []))
     if "drop_unfinished" in values:  # the CLI's --drop-unfinished, in a config file
-        (enable if typed("drop_unfinished", values.pop("drop_unfinished"), bool) else disable).add("unfinished")
+        (enable if checked("drop_unfinished", values.pop("drop_unfinished"), bool) else disable).add("unfinished")
     if enable & disable:
         raise CurateError(f"filter(s) both enabled and disabled: {', '.join(sorted(enable & disable))}")
     filters.enabled = (filters.enabled - disable) | enable
+    given: dict[str, str] = {}
     for key, value in values.items():
-        if key in SETTINGS:
-            value = typed(key, value, type(getattr(filters, key)))
-            if isinstance(value, float) and not 0 <= value <= 1:  # fractions, overlaps, confidences
-                raise CurateError(f"{key} must be between 0 and 1, got {value!r}")
-            if isinstance(value, int) and not isinstance(value, bool) and value < (0 if key == "min_words" else 1):
-                raise CurateError(f"{key} must be {'>= 0' if key == 'min_words' else '>= 1'}, got {value!r}")
-            setattr(filters, key, value)
-        elif key in DEDUP_KEYS:
-            kind, test, condition = DEDUP_RULES[DEDUP_KEYS[key]]
-            value = typed(key, value, kind)
-            if test and not test(value):
-                raise CurateError(f"{key} must be {condition}, got {value!r}")
-            setattr(dedup, DEDUP_KEYS[key], value)
-        else:
-            raise CurateError(f"unknown setting {key!r}; known: {', '.join(sorted(SETTINGS | set(DEDUP_KEYS)))}, "
-                              "disable, enable, drop_unfinished")
+        if key not in KEYS:
+            raise CurateError(f"unknown setting {key!r}; known: {', '.join(sorted(KEYS))}, {', '.join(LISTS)}")
+        name = KEYS[key]
+        if name in given:
+            raise CurateError(f"{name} is given twice, as {given[name]} and as {key} ({name} is its name now)")
+        given[name] = key
+        f, kind = OPTIONS[name]
+        setattr(dedup if hasattr(dedup, name) else filters, name, checked(key, value, kind, f))
 
 
 def settings_from(config: str | Path | None, flags: dict[str, Any]) -> tuple[FilterSettings, DedupSettings]:
@@ -286,13 +249,13 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
     out = Path(out)
     stats = Stats(output=str(out))
     # One hasher makes the signatures; each task has its own indexes (same seed: same permutations).
-    near = NearDuplicates(dedup.threshold, dedup.num_perm, dedup.ngram) if dedup.near else None
+    near = NearDuplicates(dedup.near_dup_threshold, dedup.num_perm, dedup.ngram) if dedup.near_dedup else None
     indexes: dict[str | None, tuple[ExactDuplicates | None, NearDuplicates | None]] = {}
 
     def indexes_of(task: str | None) -> tuple[ExactDuplicates | None, NearDuplicates | None]:
         if task not in indexes:
-            indexes[task] = (ExactDuplicates() if dedup.exact else None,
-                             NearDuplicates(dedup.threshold, dedup.num_perm, dedup.ngram) if near else None)
+            indexes[task] = (ExactDuplicates() if dedup.exact_dedup else None,
+                             NearDuplicates(dedup.near_dup_threshold, dedup.num_perm, dedup.ngram) if near else None)
         return indexes[task]
     bar = tqdm(desc="curate", unit=" rec", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     # Rejects are committed first, OUT last (writers close in reverse), stats.json once both are.
@@ -304,7 +267,7 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
             another recording and is kept. Only a kept row's exact key is remembered: a reject
             is never named as an original."""
             record = item.record
-            if not (dedup.exact or near):
+            if not (dedup.exact_dedup or near):
                 return None
             exact, near_index = indexes_of(record.task)
             group = transcript_group(record.text, record.emotion if record.task == "emotion" else None)
