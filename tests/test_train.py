@@ -11,13 +11,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, blspdata
+from conftest import REPO, blspdata, wait_for
 
 SAMPLE = REPO / "manifests" / "sample"
 
@@ -126,11 +125,15 @@ def test_resume_continues_the_loss_curve_exactly(models, dataset, tmp_path: Path
     process = subprocess.Popen([sys.executable, "-m", "blspdata", *map(str, args), "-o", str(interrupted)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
     state = interrupted / "last" / "trainer_state.pt"
-    deadline = time.monotonic() + 600
-    while not state.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
+    wait_for(state.exists, 600, "the step-3 checkpoint", while_running=process)
     process.send_signal(signal.SIGKILL)  # right after the step-3 checkpoint
-    process.wait()
+    assert process.wait(timeout=60) == -signal.SIGKILL, "the run finished before the kill"
+    # What the kill left (the dead process writes no more): a checkpoint and a log part way.
+    import torch
+    checkpoint_step = torch.load(state, map_location="cpu", weights_only=True)["step"]
+    logged = [m["step"] for m in metrics(interrupted)]
+    assert 0 < checkpoint_step < 6 and 0 < len(logged) < 6, \
+        f"killed with the checkpoint at step {checkpoint_step} and steps {logged} logged: not mid-run"
     blspdata(*args, "-o", interrupted, "--resume")
     straight, resumed = metrics(tmp_path / "straight"), metrics(interrupted)
     assert [m["step"] for m in resumed] == [1, 2, 3, 4, 5, 6]
@@ -153,7 +156,7 @@ def test_two_processes_under_torchrun(stage1: Path, models, dataset, tmp_path: P
                              "-m", "blspdata", "train", "stage2", str(dataset), "-o", str(run), "--init",
                              str(stage1 / "final"), "--mix", str(dataset / "semantic"), *map(str, common(models)),
                              "--batch-size", "1", "--max-steps", "6", "--warmup-steps", "1", "--eval-limit", "1"],
-                            capture_output=True, text=True, env=env, cwd=REPO)
+                            capture_output=True, text=True, env=env, cwd=REPO, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = metrics(run)
     assert [m["step"] for m in rows] == [1, 2, 3, 4, 5, 6]  # one writer: rank 0
