@@ -11,13 +11,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO, SAMPLES, TINY_LLM, blspdata
+from conftest import REPO, SAMPLES, TINY_LLM, blspdata, complete_lines, wait_for
 
 TINY_TRAIN = {"batch_size": 4, "grad_accum": 1, "max_steps": 2, "warmup_steps": 1, "lr": 1.0e-3, "eval_limit": 4}
 
@@ -109,14 +108,10 @@ def test_an_interrupted_generation_resumes(project: Path, first_run, tmp_path: P
     output = tmp_path / "run" / "continuations" / "iemocap.emotion.jsonl"
     process = subprocess.Popen([sys.executable, "-m", "blspdata", "run", str(config), "--no-progress"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if output.exists() and len(output.read_text().splitlines()) >= 5:
-            break
-        time.sleep(0.1)
+    wait_for(lambda: complete_lines(output) >= 5, 300, "5 continuations written", while_running=process)
     process.send_signal(signal.SIGKILL)
-    process.wait()
-    done_before = len(output.read_text().splitlines())
+    assert process.wait(timeout=60) == -signal.SIGKILL, "the run finished before the kill"
+    done_before = len(output.read_text().splitlines())  # what the kill left: the dead process writes no more
     assert 5 <= done_before < 55  # of the first 55 rows (generate.limit)
     state = json.loads((tmp_path / "run" / "run.json").read_text())
     assert state["units"]["generate/iemocap"]["status"] == "running"
@@ -171,12 +166,13 @@ def test_an_interrupted_training_stage_resumes_from_its_checkpoint(tmp_path: Pat
     process = subprocess.Popen([sys.executable, "-m", "blspdata", "run", str(config), "--until", "stage1",
                                 "--no-progress", "--no-report"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                cwd=REPO)
-    deadline = time.monotonic() + 600
-    while not state.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
+    wait_for(state.exists, 600, "stage 1's first checkpoint", while_running=process)
     process.send_signal(signal.SIGKILL)  # right after a checkpoint
-    process.wait()
+    assert process.wait(timeout=60) == -signal.SIGKILL, "the run finished before the kill"
     assert state.exists()
+    import torch
+    checkpoint_step = torch.load(state, map_location="cpu", weights_only=True)["step"]
+    assert 0 < checkpoint_step < 6, f"killed with the checkpoint at step {checkpoint_step} of 6: not mid-run"
     result = blspdata("run", config, "--until", "stage1", "--no-progress", "--no-report", cwd=tmp_path)
     assert actions(result)["stage1"] == "resume" and actions(result)["publish"] == "skip"
     rows = [json.loads(line) for line in (tmp_path / "run" / "train" / "stage1" / "metrics.jsonl").read_text().splitlines()]
