@@ -178,6 +178,7 @@ def dead_pid() -> int:
 
 
 def test_a_rerun_removes_what_a_dead_run_left_and_only_that(tmp_path: Path):
+    # `live` only has to be alive while the rerun looks (it is killed below): its sleep is no wait.
     dead, live = dead_pid(), subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         ours = owned_temp_prefix("curated.jsonl.gz")

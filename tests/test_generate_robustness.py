@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,7 @@ import pytest
 
 from blspdata.generate.backends import BackendError, OpenAIBackend, Request, ServerDown
 from blspdata.generate.resume import exclusive, recover
-from conftest import REPO, blspdata, read_jsonl
+from conftest import REPO, blspdata, read_jsonl, wait_for
 
 
 def answer(text: str = "and then it rained.", finish: str = "stop") -> httpx.Response:
@@ -260,12 +259,13 @@ def test_each_engine_is_sent_the_penalty_as_it_names_it(fake_vllm: Path, tmp_pat
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--port", str(port)])
     try:
-        for _ in range(400):
+        def answers() -> bool:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200
             except httpx.HTTPError:
-                time.sleep(0.05)
+                return False
+
+        wait_for(answers, 60, f"the fake vLLM server to answer on port {port}", while_running=server)
         out = tmp_path / "out.jsonl"
         blspdata("generate", MELD, "-o", out, "--base-url", f"http://127.0.0.1:{port}/v1", "--limit", "2",
                  "--no-progress", *penalty)
@@ -362,11 +362,9 @@ def test_server_logs_left_by_killed_runs_are_removed_at_the_next_server_start(fa
     holder = subprocess.Popen([sys.executable, "-c", "import sys; f = open(sys.argv[1]); sys.stdin.read()",
                                str(old_held)], stdin=subprocess.PIPE)
     try:
-        for _ in range(600):  # until the holder has the file open
-            if any(os.path.realpath(f"/proc/{holder.pid}/fd/{fd}") == str(old_held)
-                   for fd in os.listdir(f"/proc/{holder.pid}/fd")):
-                break
-            time.sleep(0.05)
+        wait_for(lambda: any(os.path.realpath(f"/proc/{holder.pid}/fd/{fd}") == str(old_held)
+                             for fd in os.listdir(f"/proc/{holder.pid}/fd")),
+                 30, f"the holder to have {old_held.name} open", while_running=holder)
         blspdata("generate", MELD, "-o", tmp_path / "out.jsonl", "--serve", "vllm", "--model", "m", "--limit", "1",
                  "--no-progress")
     finally:

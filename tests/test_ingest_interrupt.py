@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
 import psutil
 import pytest
 
-from conftest import write_audio
+from conftest import wait_for, write_audio
 
 
 @pytest.fixture
@@ -37,13 +36,14 @@ def ingest_running(table: Path, out: Path) -> Iterator[tuple[subprocess.Popen, l
             [sys.executable, "-m", "blspdata", "ingest", "csv", str(table), "-o", str(out), "--id-col", "utt",
              "--jobs", "2", "--no-progress"], stdout=log, stderr=log, start_new_session=True)
     workers: list[psutil.Process] = []
+
+    def writing_with_workers() -> list[psutil.Process]:
+        children = psutil.Process(process.pid).children(recursive=True)
+        return children if len(children) >= 2 and list(out.parent.glob(f".{out.name}.*.tmp")) else []
+
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and process.poll() is None and not workers:
-            children = psutil.Process(process.pid).children(recursive=True)
-            if len(children) >= 2 and list(out.parent.glob(f".{out.name}.*.tmp")):
-                workers = children
-            time.sleep(0.05)
+        workers = wait_for(writing_with_workers, 60, "the run to be writing with its two workers up",
+                           while_running=process)
         assert workers, f"the run never got going (exit {process.poll()})"
         yield process, workers
     finally:

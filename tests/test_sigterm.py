@@ -9,10 +9,9 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from conftest import REPO, blspdata
+from conftest import REPO, blspdata, wait_for
 
 SAMPLE = REPO / "manifests" / "sample" / "librispeech.jsonl"
 ROWS = 40_000
@@ -43,12 +42,9 @@ def test_sigterm_to_publish_mid_run_leaves_no_build_folder_and_a_rerun_finishes(
     with open(log, "w") as handle:
         process = subprocess.Popen(command, stdout=handle, stderr=handle, cwd=REPO)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and process.poll() is None:
-            building = [p for p in out.parent.glob(f".{out.name}.*") if (p / "dataset").is_dir()]
-            if building:  # staged, now encoding rows into shards
-                break
-            time.sleep(0.02)
+        building = wait_for(  # staged, now encoding rows into shards
+            lambda: [p for p in out.parent.glob(f".{out.name}.*") if (p / "dataset").is_dir()], 120,
+            "publish to be building its shards", while_running=process, every=0.02)
         assert building and process.poll() is None, f"publish never got to building (exit {process.poll()})"
         process.send_signal(signal.SIGTERM)
         returncode = process.wait(timeout=60)
