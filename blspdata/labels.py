@@ -98,3 +98,9 @@ def map_label(raw: str, mapping: dict[str, str | None]) -> tuple[str | None, str
     if target is None:
         return None, "label_excluded"
     return target, None
+
+
+def problem_detail(raw: str, problem: str, corpus: str) -> str:
+    """The reject detail for `map_label`'s reason, saying how to fix it."""
+    why = "is not used by the recipe" if problem == "label_excluded" else f"is not {corpus} label"
+    return f"label {raw!r} {why} (map it with --label-map)"

@@ -100,8 +100,7 @@ def _scan_session(folder: str, session: int, split: str, mapping: dict) -> Itera
             raw_label = match["label"]
             emotion, problem = labels.map_label(raw_label, mapping)
             if problem:
-                yield Reject(problem, location, f"label {raw_label!r}" + (" is not used by the recipe (map it with --label-map)"
-                             if problem == "label_excluded" else " is not an IEMOCAP label (map it with --label-map)"), id=record_id)
+                yield Reject(problem, location, labels.problem_detail(raw_label, problem, "an IEMOCAP"), id=record_id)
                 continue
             if utt not in transcripts:
                 yield Reject("transcript_missing", location, f"no line for {utt} in {trans_dir}/{dialog}.txt", id=record_id)

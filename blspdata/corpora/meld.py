@@ -97,8 +97,7 @@ def _scan_split(split: str, csv_path: str, video_dir: str | None, audio_dir: str
         raw_label = row["Emotion"].strip()
         emotion, problem = labels.map_label(raw_label, mapping)
         if problem:
-            yield Reject(problem, location, f"label {raw_label!r}" + (" is not used by the recipe (map it with --label-map)"
-                         if problem == "label_excluded" else " is not a MELD label (map it with --label-map)"), id=record_id)
+            yield Reject(problem, location, labels.problem_detail(raw_label, problem, "a MELD"), id=record_id)
             continue
         if clip not in clips:
             where = video_dir or f"{SPLITS[split][1]}/ (folder not found)"
