@@ -10,6 +10,12 @@ that still do.
 from __future__ import annotations
 
 
+def cut(text: str, limit: int = 200) -> str:
+    """`text` at most `limit` characters, saying how long it was: an error message never
+    echoes a huge value (a 50 MB config value, a row's field) whole."""
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
+
+
 class BlspdataError(Exception):
     """A problem with the user's input, config or environment, said in one clear line."""
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from blspdata.corpora.base import AudioItem, IngestError
 from blspdata.audio import AudioError, extract_to_flac, probe
 from blspdata.corpora.text import get_normalizer
+from blspdata.errors import cut
 from blspdata.parallel import ordered_map
 from blspdata.records import JsonlWriter, Record, Reject, sidecar, write_json
 
@@ -37,10 +38,6 @@ END_TOLERANCE_S = 0.05
 WHOLE_FILE = 0.0
 # The longest reject detail written: details quote the input (a line, a label), which may be huge.
 MAX_DETAIL = 500
-
-
-def _cut(detail: str) -> str:
-    return detail if len(detail) <= MAX_DETAIL else detail[:MAX_DETAIL] + f"... ({len(detail):,} characters)"
 
 
 @dataclass
@@ -156,7 +153,7 @@ def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: in
                 bar.update(1)
                 for result in results:
                     if isinstance(result, Reject):
-                        result.detail = _cut(result.detail)
+                        result.detail = cut(result.detail, MAX_DETAIL)
                         if strict:
                             raise IngestError(result.message())
                         summary.rejects[result.reason] += 1

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import orjson
 
-from blspdata.errors import BlspdataError
+from blspdata.errors import BlspdataError, cut
 
 # Order matters: it is the class index of the emotion head and of the ClassLabel feature.
 CANONICAL = ("neutral", "happy", "angry", "sad", "surprise")
@@ -64,19 +64,15 @@ def load_label_map(path: str | os.PathLike) -> dict[str, str | None]:
                 continue
             parts = line.replace("=", " ").replace("\t", " ").split()
             if len(parts) != 2:
-                raise LabelMapError(f"{path}:{number}: expected 'RAW CANONICAL', got {_cut(line)!r}")
+                raise LabelMapError(f"{path}:{number}: expected 'RAW CANONICAL', got {cut(line)!r}")
             mapping[parts[0]] = None if parts[1] == "-" else parts[1]
     bad = sorted({t for t in mapping.values() if t is not None and t not in CANONICAL})
     if bad:
         raise LabelMapError(
-            f"{path}: label(s) {_cut(', '.join(bad))} are not canonical; use one of {', '.join(CANONICAL)} "
+            f"{path}: label(s) {cut(', '.join(bad))} are not canonical; use one of {', '.join(CANONICAL)} "
             "(or null/- to exclude)"
         )
     return mapping
-
-
-def _cut(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def merged(base: dict[str, str | None], overrides: dict[str, str | None] | None) -> dict[str, str | None]:

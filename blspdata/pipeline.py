@@ -32,7 +32,7 @@ from typing import Any, Callable, Literal, Optional
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from blspdata.errors import BlspdataError
+from blspdata.errors import BlspdataError, cut
 from blspdata import __version__
 from blspdata.locks import exclusive
 from blspdata.parallel import cores
@@ -49,12 +49,6 @@ class ConfigError(BlspdataError, ValueError):
 
 class RunError(BlspdataError):
     """A run folder the pipeline cannot use or finish (its run.json, a dataset that does not verify)."""
-
-
-def cut(value: Any, limit: int = 200) -> str:
-    """`value` as text, at most `limit` characters: a huge value is not echoed whole into a message."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text):,} characters)"
 
 
 # ---------------------------------------------------------------------------- the config

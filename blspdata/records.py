@@ -39,7 +39,7 @@ from typing import Any, Iterable, Iterator
 import orjson
 
 from blspdata.labels import CANONICAL
-from blspdata.errors import BlspdataError, RowError
+from blspdata.errors import BlspdataError, RowError, cut
 
 # Fields every manifest row carries (ingest), then the ones generation adds.
 INGEST_FIELDS = (
@@ -103,12 +103,6 @@ class BadRow(RowError):
         self.reason, self.field = reason, field_name
 
 
-def _cut(value: Any, limit: int = 200) -> str:
-    """`repr(value)`, or a string as it is, cut to `limit` characters (a 50 MB value is not echoed)."""
-    text = value if isinstance(value, str) and limit != 200 else repr(value)
-    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
-
-
 _STR, _NUM, _INT = (str,), (int, float), (int,)
 # field -> (JSON types it may have, may it be null, what it is in words)
 _TYPES: dict[str, tuple[tuple[type, ...], bool, str]] = {
@@ -131,7 +125,7 @@ def check_row(row: dict[str, Any]) -> None:
     be any JSON value."""
     unknown = set(row) - _FIELD_NAMES
     if unknown:
-        raise BadRow("malformed_row", f"unknown record field(s): {_cut(', '.join(sorted(map(str, unknown))), 199)}")
+        raise BadRow("malformed_row", f"unknown record field(s): {cut(', '.join(sorted(map(str, unknown))))}")
     missing = [name for name in ("id", "corpus", "split", "audio") if name not in row]
     if missing:
         raise BadRow("malformed_row", f"missing record field(s): {', '.join(missing)}")
@@ -141,19 +135,19 @@ def check_row(row: dict[str, Any]) -> None:
             continue
         kinds, _, words = rule
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            raise BadRow(f"invalid_row:{name}", f"{name} must be {words}, got {type(value).__name__} {_cut(value)}", name)
+            raise BadRow(f"invalid_row:{name}", f"{name} must be {words}, got {type(value).__name__} {cut(repr(value))}", name)
     for name in ("offset", "duration", "sample_rate"):
         value = row.get(name, 0)
         if not math.isfinite(value) or value < 0:
-            raise BadRow(f"invalid_row:{name}", f"{name} must be a finite number >= 0, got {_cut(value)}", name)
+            raise BadRow(f"invalid_row:{name}", f"{name} must be a finite number >= 0, got {cut(repr(value))}", name)
     if row.get("sample_rate", 0) > 2**31 - 1:  # an int32 column in the published dataset
-        raise BadRow("invalid_row:sample_rate", f"sample_rate {_cut(row['sample_rate'])} is out of range",
+        raise BadRow("invalid_row:sample_rate", f"sample_rate {cut(repr(row['sample_rate']))} is out of range",
                      "sample_rate")
     if not row["id"]:
         raise BadRow("invalid_row:id", "id is empty", "id")
     emotion = row.get("emotion")
     if emotion is not None and emotion not in CANONICAL:
-        raise BadRow("invalid_row:emotion", f"emotion {_cut(emotion)} is not a canonical label "
+        raise BadRow("invalid_row:emotion", f"emotion {cut(repr(emotion))} is not a canonical label "
                      f"({', '.join(CANONICAL)})", "emotion")
 
 
@@ -223,7 +217,7 @@ def _lines(path: Path, handle: io.BufferedIOBase) -> Iterator[tuple[int, bytes]]
             raise UnreadableFile(f"{path}: the gzip stream ends early after line {number} (a truncated file?); "
                                  "nothing was written from it") from None
         except (gzip.BadGzipFile, zlib.error) as exc:
-            raise UnreadableFile(f"{path}: corrupt gzip data after line {number} ({_cut(str(exc), 120)}); "
+            raise UnreadableFile(f"{path}: corrupt gzip data after line {number} ({cut(str(exc), 120)}); "
                                  "nothing was written from it") from None
         number += 1
         yield number, line
