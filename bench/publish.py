@@ -212,7 +212,8 @@ def _floor_audio(row: dict) -> bytes | None:
 
     import soundfile as sf
 
-    from blspdata.publish import RATE, Record, _as_is, read_segment
+    from blspdata.audio import RATE, read_segment
+    from blspdata.publish import Record, _as_is
 
     record = Record.from_dict(row)
     if _as_is(record):
