@@ -94,9 +94,9 @@ class Summary:
 _normalize: Callable[[str], str] | None = None
 
 
-def _init_worker(normalizer: str) -> None:
+def _init_worker(normalizer: str, all_caps: bool) -> None:
     global _normalize
-    _normalize = get_normalizer(normalizer)
+    _normalize = get_normalizer(normalizer, all_caps)
 
 
 def process_item(item: AudioItem | Reject) -> list[Record | Reject]:
@@ -135,8 +135,10 @@ def process_item(item: AudioItem | Reject) -> list[Record | Reject]:
 
 def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: int = 1,
         strict: bool = False, normalizer: str = "light", progress: bool = True,
-        desc: str = "ingest") -> Summary:
-    """Turn an importer's items into the manifest `out`, its rejects and its summary."""
+        desc: str = "ingest", all_caps: bool = False) -> Summary:
+    """Turn an importer's items into the manifest `out`, its rejects and its summary.
+
+    `all_caps`: the corpus writes transcripts in capitals, so `light` lower-cases them."""
     get_normalizer(normalizer)  # fail fast on a bad name, before any work
     # The importer's own checks (its root, options, columns) run up to its first item: let them
     # fail or warn before there is a progress bar or an output file.
@@ -149,7 +151,7 @@ def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: in
         # The inner writer commits first: the manifest, then its rejects, then the summary, so a
         # failure part way never leaves a new summary beside an old manifest.
         with JsonlWriter(sidecar(out, "rejects.jsonl")) as rejects, JsonlWriter(out) as records:
-            for results in ordered_map(process_item, items, jobs, initializer=_init_worker, initargs=(normalizer,)):
+            for results in ordered_map(process_item, items, jobs, initializer=_init_worker, initargs=(normalizer, all_caps)):
                 bar.update(1)
                 for result in results:
                     if isinstance(result, Reject):
@@ -177,16 +179,12 @@ def ingest_corpus(corpus: str, root: str | os.PathLike, out: str | os.PathLike, 
     `options` go to the corpus's `scan` (e.g. `splits=` for LibriSpeech, `subset=` for
     GigaSpeech, `label_map=` for the emotion corpora).
     """
-    import importlib
+    from blspdata.corpora import importer
 
-    from blspdata.corpora import CORPORA
-
-    if corpus not in CORPORA:
-        raise IngestError(f"unknown corpus {str(corpus)[:200]!r}; choose from {', '.join(CORPORA)}")
-    module = importlib.import_module(f"blspdata.corpora.{'generic' if corpus in ('jsonl', 'csv') else corpus}")
-    if corpus in ("jsonl", "csv"):
-        options["fmt"] = corpus
-    if corpus == "meld" and options.get("audio_dir") is None:
+    kind = importer(corpus)
+    options = {**options, **kind.fixed}
+    if kind.writes_audio and options.get("audio_dir") is None:
         options["audio_dir"] = sidecar(out, "audio")
-    items = module.scan(str(root), **options)
-    return run(items, out, jobs=jobs, strict=strict, normalizer=normalizer, progress=progress, desc=corpus)
+    items = kind.scan(str(root), **options)
+    return run(items, out, jobs=jobs, strict=strict, normalizer=normalizer, progress=progress, desc=corpus,
+               all_caps=kind.all_caps)

@@ -19,7 +19,6 @@ The config is validated before anything runs (pydantic), with messages that name
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ from typing import Any, Callable, Literal, Optional
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from blspdata.corpora import CORPORA
 from blspdata.errors import BlspdataError, cut
 from blspdata import __version__
 from blspdata.locks import exclusive
@@ -39,7 +39,6 @@ from blspdata.parallel import cores
 from blspdata.records import sidecar, write_json
 
 STAGES = ("ingest", "generate", "curate", "publish", "stage1", "stage2", "evaluate")
-DEFAULT_TASK = {"librispeech": "semantic", "gigaspeech": "semantic", "iemocap": "emotion", "meld": "emotion"}
 DEMO_MODELS = ("demo:tiny-whisper", "demo:smollm2")  # made in RUN_DIR/models, no download
 
 
@@ -58,7 +57,7 @@ class _Strict(BaseModel):
 
 
 class Corpus(_Strict):
-    kind: Literal["librispeech", "gigaspeech", "iemocap", "meld", "jsonl", "csv"]
+    kind: Literal[tuple(CORPORA)]  # type: ignore[valid-type]  # every importer in blspdata.corpora
     root: str = Field(description="the corpus folder as distributed (jsonl/csv: the file)")
     name: Optional[str] = Field(None, description="file names in the run folder [kind]")
     task: Optional[Literal["semantic", "emotion"]] = None  # [semantic for ASR corpora, emotion for emotion corpora]
@@ -68,13 +67,12 @@ class Corpus(_Strict):
     @model_validator(mode="after")
     def _defaults(self) -> "Corpus":
         self.name = self.name or self.kind
+        kind = CORPORA[self.kind]
         if self.task is None:
-            if self.kind not in DEFAULT_TASK:
+            if kind.task is None:
                 raise ValueError(f"a {self.kind} corpus needs task: semantic or emotion")
-            self.task = DEFAULT_TASK[self.kind]
-        module = __import__(f"blspdata.corpora.{'generic' if self.kind in ('jsonl', 'csv') else self.kind}",
-                            fromlist=["scan"])
-        accepted = set(inspect.signature(module.scan).parameters) - {"root", "fmt", "audio_dir"}
+            self.task = kind.task
+        accepted = kind.options()
         unknown = set(self.options) - accepted
         if unknown:
             raise ValueError(f"options: unknown {', '.join(sorted(unknown))} for {self.kind}; "

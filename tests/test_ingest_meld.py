@@ -15,8 +15,8 @@ HEADER = ["Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID
           "Episode", "StartTime", "EndTime"]
 
 
-def row(n: int, text: str, emotion: str, dia: int, utt: int) -> list:
-    return [n, text, "Chandler", emotion, "neutral", dia, utt, 8, 21, "00:16:16,059", "00:16:21,731"]
+def row(n: int, text: str, emotion: str, dia: int, utt: int, speaker: str = "Chandler") -> list:
+    return [n, text, speaker, emotion, "neutral", dia, utt, 8, 21, "00:16:16,059", "00:16:21,731"]
 
 
 @pytest.fixture
@@ -28,8 +28,8 @@ def corpus(tmp_path: Path) -> Path:
         row(2, "You must've had your hands full.", "joy", 0, 1),
         row(3, "That I did. That I did.", "fear", 0, 2),
         row(4, "So let's talk a little bit about your duties.", "disgust", 0, 3),
-        row(5, "My duties? All right.", "surprise", 0, 4),
-        row(6, "Now you'll be heading a whole division.", "anger", 1, 0),
+        row(5, "GO, GO, GO! I did.", "surprise", 0, 4),
+        row(6, "Now you'll be heading a whole division.", "anger", 1, 0, speaker="Richard\x92s Date"),
         row(7, "Corrupt clip.", "sadness", 1, 1),
         row(8, "No clip at all.", "neutral", 1, 2),
         row(9, "A clip with no sound.", "neutral", 1, 3),
@@ -68,6 +68,9 @@ def test_meld_extracts_audio_and_maps_labels(corpus: Path, tmp_path: Path):
     assert len(audio) / rate == pytest.approx(1.5, abs=0.1)          # AAC adds a little padding
     assert first["duration"] == pytest.approx(len(audio) / rate)
     assert first["extra"]["video"].endswith("train_splits/dia0_utt0.mp4")
+    # MELD is not an all-caps corpus: an utterance in capitals keeps its case, as does "I"
+    assert records["meld/train/dia0_utt4"]["text"] == "GO, GO, GO! I did."
+    assert records["meld/train/dia1_utt0"]["speaker"] == "Richard's Date"  # mis-encoded byte repaired, as the text
     assert reasons(read_jsonl(tmp_path / "out" / "meld.rejects.jsonl")) == {
         "meld/train/dia0_utt2": "label_excluded",      # fear
         "meld/train/dia0_utt3": "label_excluded",      # disgust

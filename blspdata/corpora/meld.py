@@ -106,7 +106,7 @@ def _scan_split(split: str, csv_path: str, video_dir: str | None, audio_dir: str
         text = ftfy.fix_text(raw_text)
         record = Record(
             id=record_id, corpus="meld", split=split, audio=os.path.join(audio_dir, f"{native}.flac"),
-            text=text, raw_text=raw_text, speaker=row["Speaker"].strip() or None,
+            text=text, raw_text=raw_text, speaker=ftfy.fix_text(row["Speaker"]).strip() or None,
             emotion=emotion, raw_emotion=raw_label,
             extra={"video": os.path.join(video_dir, clip), "dialogue_id": dialogue, "utterance_id": utterance,
                    **{key.lower(): row[key] for key in ("Sentiment", "Season", "Episode", "StartTime", "EndTime") if key in row}},

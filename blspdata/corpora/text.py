@@ -1,9 +1,10 @@
 """Transcript normalisation: `text` is what the LLM is prompted with and what the speech is
 aligned to, so it should read like text; `raw_text` keeps the corpus's own.
 
-- `light` (default): drops non-speech annotations (`[LAUGHTER]`, `<NOISE>`), lower-cases
-  all-caps transcripts (LibriSpeech, GigaSpeech), collapses white space; keeps punctuation,
-  contractions and numbers as written.
+- `light` (default): drops non-speech annotations (`[LAUGHTER]`, `<NOISE>`), lower-cases the
+  transcripts of an all-caps corpus (LibriSpeech, GigaSpeech: `Importer.all_caps`, decided once
+  per corpus, so MELD's "I" and "GO, GO, GO!" keep their case), collapses white space; keeps
+  punctuation, contractions and numbers as written.
 - `whisper`: Whisper's English text normaliser (the `whisper-normalizer` package, a copy
   of OpenAI's code), which the BLSP-Emo recipe names (PAPER.md "Generation"). It is built
   for WER scoring: no punctuation, numbers as digits ("twenty five" -> "25"), and it
@@ -35,9 +36,9 @@ _ANNOTATION = re.compile(r"\[[^\]]*\]|<[^>]*>")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([,.!?;:])")
 
 
-def light(text: str) -> str:
+def light(text: str, lower: bool = False) -> str:
     text = _ANNOTATION.sub(" ", text)
-    if text.isupper():  # no lower-case letter at all: an ALL-CAPS corpus
+    if lower:
         text = text.lower()
     return _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACE.sub(" ", text)).strip()
 
@@ -63,9 +64,10 @@ class NormalizerError(BlspdataError, ValueError):
 
 
 @lru_cache(maxsize=None)
-def get_normalizer(name: str) -> Callable[[str], str]:
+def get_normalizer(name: str, all_caps: bool = False) -> Callable[[str], str]:
+    """The normaliser `name`; `all_caps`: the corpus writes its transcripts in capitals."""
     if name == "light":
-        return light
+        return (lambda text: light(text, lower=True)) if all_caps else light
     if name == "whisper":
         from whisper_normalizer.english import EnglishTextNormalizer
 
