@@ -70,16 +70,37 @@ def _flac_streaminfo(path: str) -> tuple[int, int] | None:
             rate, _, _, frames = info
             if frames <= 0 or rate <= 0:
                 return None
-            problem = _flac_truncation(handle, head, samples=frames)
+            problem, last_first = _flac_truncation(handle, head, samples=frames)
     except OSError:
         return None
+    if problem is None:
+        problem = _flac_last_frame_decodes(path, last_first, frames)
     if problem:
         raise AudioError("audio_truncated", f"{path}: truncated FLAC: {problem}")
     return frames, rate
 
 
-def _flac_truncation(handle, head: bytes, samples: int) -> str | None:
-    """Why the open FLAC file cannot hold the `samples` (per channel) its STREAMINFO promises, or None.
+def _flac_last_frame_decodes(path: str, first: int, samples: int) -> str | None:
+    """Why the last frame (samples `first`..`samples`) does not decode, or None.
+
+    A file cut inside its last frame still has that frame's header, so only decoding finds it
+    (libFLAC loses sync at the cut). One frame, ~0.2 ms a file: the price of never publishing
+    an utterance whose end is noise.
+    """
+    try:
+        with sf.SoundFile(path) as handle:
+            handle.seek(first)
+            got = len(handle.read(samples - first, dtype="int16"))
+    except Exception as exc:  # libsndfile's errors: RuntimeError/LibsndfileError
+        return f"its last frame (samples {first}-{samples}) does not decode: {exc}"
+    if got != samples - first:
+        return f"its last frame (samples {first}-{samples}) decodes to {got} samples"
+    return None
+
+
+def _flac_truncation(handle, head: bytes, samples: int) -> tuple[str | None, int]:
+    """Why the open FLAC file cannot hold the `samples` (per channel) its STREAMINFO promises, or
+    None; and the first sample of its last frame (for `_flac_last_frame_decodes`).
 
     Cheap (the metadata block headers, two bytes, and the file's last frame or so; no audio is
     decoded): the audio must start right after the last metadata block with a frame sync code
@@ -92,20 +113,20 @@ def _flac_truncation(handle, head: bytes, samples: int) -> str | None:
         handle.seek(start)
         header = handle.read(4)
         if len(header) < 4:
-            return f"the file ({size} bytes) ends inside its metadata blocks"
+            return f"the file ({size} bytes) ends inside its metadata blocks", 0
         last = bool(header[0] & 0x80)
         start += 4 + int.from_bytes(header[1:4], "big")
     handle.seek(start)
     sync = handle.read(2)
     if len(sync) < 2 or sync[0] != 0xFF or sync[1] & 0xFE != 0xF8:
-        return f"no audio frame after the metadata blocks (byte {start} of {size})"
+        return f"no audio frame after the metadata blocks (byte {start} of {size})", 0
     # STREAMINFO: bytes 10-12 the largest block (samples per frame; under 16 is invalid, so take
     # FLAC's largest), 12-15 the smallest frame in bytes (0 = unknown).
     max_block, min_frame = int.from_bytes(head[10:12], "big"), int.from_bytes(head[12:15], "big")
     flac_frames = -(-samples // (max_block if max_block >= 16 else 65535))
     needed = start + flac_frames * max(min_frame, MIN_FLAC_FRAME_BYTES)
     if size < needed:
-        return f"{size} bytes, but {samples} samples need at least {needed}"
+        return f"{size} bytes, but {samples} samples need at least {needed}", 0
     return _flac_last_frame(handle, head, audio_start=start, size=size, sync=sync[1], samples=samples)
 
 
@@ -133,8 +154,9 @@ def _crc8_table() -> bytes:
 _CRC8 = _crc8_table()
 
 
-def _flac_last_frame(handle, head: bytes, *, audio_start: int, size: int, sync: int, samples: int) -> str | None:
-    """Why the file's last frame does not end at sample `samples`, or None.
+def _flac_last_frame(handle, head: bytes, *, audio_start: int, size: int, sync: int,
+                     samples: int) -> tuple[str | None, int]:
+    """Why the file's last frame does not end at sample `samples`, or None; and that frame's first sample.
 
     Reads only the tail: one frame's worth of bytes (STREAMINFO's largest frame, or the most an
     uncompressed frame can take), where the last frame header must be. A header is the sync
@@ -159,13 +181,13 @@ def _flac_last_frame(handle, head: bytes, *, audio_start: int, size: int, sync: 
             number, block = header
             first = number if sync & 1 else number * max_block
             if first + block == samples:
-                return None
+                return None, first
             found.append((begin + at, first, block))
     if not found:
-        return f"no frame header in its last {len(tail)} bytes (of {size})"
+        return f"no frame header in its last {len(tail)} bytes (of {size})", 0
     byte, first, block = found[0]
     return (f"its last frame (at byte {byte} of {size}) holds samples {first}-{first + block}, "
-            f"but STREAMINFO says {samples}")
+            f"but STREAMINFO says {samples}"), first
 
 
 def _flac_frame_header(buf: bytes, at: int, *, rate: int, channels: int, bits: int) -> tuple[int, int] | None:

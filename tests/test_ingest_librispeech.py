@@ -116,17 +116,19 @@ def test_splits_option_and_bad_roots(corpus: Path, tmp_path: Path):
 
 def test_truncated_flac_is_rejected_not_taken_at_its_header_word(tmp_path: Path):
     root = tmp_path / "LibriSpeech"
-    folder = chapter(root, "train-clean-100", "103", "1240", [f"103-1240-000{n} LINE {n}" for n in range(4)])
+    folder = chapter(root, "train-clean-100", "103", "1240", [f"103-1240-000{n} LINE {n}" for n in range(5)])
     whole = write_audio(folder / "103-1240-0000.flac", 2.0).read_bytes()
     (folder / "103-1240-0001.flac").write_bytes(whole[:200])                 # cut inside the first frame
     (folder / "103-1240-0002.flac").write_bytes(whole[: len(whole) // 2])    # cut half way
     (folder / "103-1240-0003.flac").write_bytes(whole[:60])                  # cut inside the metadata
+    (folder / "103-1240-0004.flac").write_bytes(whole[:-3])                  # cut inside the last frame
     out = tmp_path / "libri.jsonl"
     blspdata("ingest", "librispeech", root, "-o", out)
     assert [r["id"] for r in read_jsonl(out)] == ["librispeech/train-clean-100/103-1240-0000"]
     rejects = read_jsonl(tmp_path / "libri.rejects.jsonl")
-    assert {r["reason"] for r in rejects} == {"audio_truncated"} and len(rejects) == 3
+    assert {r["reason"] for r in rejects} == {"audio_truncated"} and len(rejects) == 4
     assert all("truncated FLAC" in r["detail"] for r in rejects)
+    assert "does not decode" in by_id(rejects)["librispeech/train-clean-100/103-1240-0004"]["detail"]
 
 
 def test_flac_without_a_length_is_rejected_with_a_reason(tmp_path: Path):
