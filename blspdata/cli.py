@@ -187,6 +187,20 @@ def ingest_meld(
          splits=_split_list(splits), label_map=label_map)
 
 
+@ingest_app.command("esd")
+def ingest_esd(
+    root: Path = typer.Argument(..., help="'Emotion Speech Dataset' (holding the speaker folders 0001..0020), or the folder above it."),
+    out: Path = OutOpt,
+    splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated from train, dev (the release's evaluation), test [default: all three]."),
+    label_map: Optional[Path] = LabelMapOpt,
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """ESD: <speaker>/<Emotion>/[train|evaluation|test/]<utt>.wav and <speaker>/<speaker>.txt;
+    the emotion folder is the label, the release's split folders (or its numbering) the split,
+    speakers 0001-0010 Mandarin (zh), 0011-0020 English (en)."""
+    _run("esd", root, out, jobs, strict, normalizer, progress, splits=_split_list(splits), label_map=label_map)
+
+
 def _generic(fmt: str, file: Path, out: Path, audio_col: str, text_col: str, emotion_col: Optional[str],
              id_col: Optional[str], speaker_col: Optional[str], split_col: Optional[str], split: str,
              offset_col: Optional[str], duration_col: Optional[str], corpus: Optional[str], language: str,

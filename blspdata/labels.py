@@ -29,6 +29,21 @@ MELD = {
     "surprise": "surprise", "fear": None, "disgust": None,
 }
 
+# ESD's emotion folders (Angry, Happy, ...; matched case-insensitively): exactly the five.
+ESD = {"neutral": "neutral", "happy": "happy", "angry": "angry", "sad": "sad", "surprise": "surprise"}
+
+# MEAD's audio/<emotion>/ folders.
+MEAD = {
+    "neutral": "neutral", "happy": "happy", "angry": "angry", "sad": "sad", "surprised": "surprise",
+    "fear": None, "disgusted": None, "contempt": None,
+}
+
+# CMU-MOSEI's six emotion intensities (the dominant one is the raw label, see corpora/mosei.py).
+MOSEI = {
+    "happy": "happy", "sad": "sad", "anger": "angry", "surprise": "surprise",
+    "disgust": None, "fear": None,
+}
+
 # Generic corpora: canonical names map to themselves.
 GENERIC = {label: label for label in CANONICAL}
 

@@ -364,6 +364,36 @@ def meld(out: Path, rng: random.Random) -> None:
             writer.writerows(rows)
 
 
+# ---------------------------------------------------------------------------- ESD
+
+ESD_RUN = 350  # each speaker's utterances per emotion are numbered in one run of 350
+ESD_EMOTIONS = ("Neutral", "Angry", "Happy", "Sad", "Surprise")  # the release's order of runs
+ESD_CHINESE = {"Neutral": "中立", "Angry": "生气", "Happy": "快乐", "Sad": "伤心", "Surprise": "惊喜"}
+
+
+def esd(out: Path, rng: random.Random) -> None:
+    """Six 16 kHz wavs: an English speaker with the release's split folders (every emotion),
+    a Mandarin one without them (the split then follows the numbering)."""
+    root = out / "ESD" / "Emotion Speech Dataset"
+    plan = {  # speaker -> (voice, [(emotion, place in its run (1-based), text)])
+        "0011": ("en-gb+m3", [("Neutral", 3, "The kettle is on"), ("Angry", 30, "Close the door"),
+                              ("Happy", 60, "We won the game"), ("Sad", 70, "Not again"),
+                              ("Surprise", 80, "It is snowing")]),
+        "0001": ("cmn", [("Happy", 5, "我们赢了。")]),
+    }
+    for speaker, (voice, utterances) in plan.items():
+        lines = []
+        for emotion, place, text in utterances:
+            utt = f"{speaker}_{ESD_EMOTIONS.index(emotion) * ESD_RUN + place:06d}"
+            folder = root / speaker / emotion
+            if speaker == "0011":  # evaluation, test, train as the release cuts each run
+                folder = folder / ("evaluation" if place <= 20 else "test" if place <= 50 else "train")
+            folder.mkdir(parents=True, exist_ok=True)
+            sf.write(folder / f"{utt}.wav", emotional(text, voice, emotion.lower(), rng), RATE, subtype="PCM_16")
+            lines.append(f"{utt}\t{text}\t{ESD_CHINESE[emotion] if voice == 'cmn' else emotion}")
+        (root / speaker / f"{speaker}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "corpora")
@@ -372,7 +402,7 @@ def main() -> None:
         raise SystemExit("espeak-ng not found: apt-get install espeak-ng (or `make samples`, which installs it)")
     if args.out.exists():
         shutil.rmtree(args.out)
-    for build in (librispeech, gigaspeech, iemocap, meld):
+    for build in (librispeech, gigaspeech, iemocap, meld, esd):
         build(args.out, random.Random(build.__name__))
         print(f"built {build.__name__}")
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())

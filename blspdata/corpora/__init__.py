@@ -41,6 +41,7 @@ CORPORA: dict[str, Importer] = {
     "gigaspeech": Importer("gigaspeech", "semantic", all_caps=True),
     "iemocap": Importer("iemocap", "emotion"),
     "meld": Importer("meld", "emotion", writes_audio=True),
+    "esd": Importer("esd", "emotion"),
     "jsonl": Importer("generic", None, fixed={"fmt": "jsonl"}),
     "csv": Importer("generic", None, fixed={"fmt": "csv"}),
 }
