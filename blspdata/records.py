@@ -398,6 +398,11 @@ class JsonlWriter:
         self._handle.write(orjson.dumps(row) + b"\n")
         self.count += 1
 
+    def write_line(self, line: bytes) -> None:
+        """Write one row already serialised by `orjson.dumps` (no newline), as `write` would."""
+        self._handle.write(line + b"\n")
+        self.count += 1
+
     def write_all(self, rows: Iterable[dict[str, Any]]) -> None:
         for row in rows:
             self.write(row)

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import heapq
 import os
+import pickle
+import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import orjson
 
 from blspdata.errors import BlspdataError
 from blspdata import locks
-from blspdata.records import JsonlWriter, atomic_path, iter_jsonl, sidecar
+from blspdata.records import (JsonlWriter, atomic_path, iter_jsonl, owned_temp_prefix, remove_dead_leftovers,
+                              sidecar)
 
 
 class ResumeError(BlspdataError, ValueError):
@@ -46,16 +50,137 @@ def shard_of(record_id: str, count: int) -> int:
     return int.from_bytes(hashlib.blake2b(record_id.encode(), digest_size=8).digest(), "big") % count
 
 
-def recover(path: Path) -> dict[str, dict[str, Any] | None]:
-    """Ids of the rows in `path` (an append-only JSONL file), with each row's generator.
+def id_hash(record_id: str) -> int:
+    """A record id's 64-bit hash (blake2b), what the compact id sets below hold."""
+    return int.from_bytes(hashlib.blake2b(record_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+
+
+def _key_hash(record_id: Any) -> int:
+    """`id_hash` of any JSON id: a string as itself, anything else (a user's number) by its JSON
+    with a mark, so 5 and "5" stay apart as they do in a dict."""
+    return id_hash(record_id) if isinstance(record_id, str) else id_hash("\0json:" + orjson.dumps(record_id).decode())
+
+
+class DoneIds:
+    """The ids of the rows of one or more append-only JSONL files (OUT, its rejects), kept
+    compactly: each row is its id's 64-bit hash and where the row is (file, byte offset,
+    length), about 20 bytes a row in numpy arrays instead of a Python set of strings
+    (~150 bytes). A hit on the hash is confirmed by re-reading that row's id from its file, so
+    a hash collision never counts an id that is not done as done (the files are only appended
+    to while this is in use). `first_generator` is the first non-null `generator` met."""
+
+    def __init__(self, files: list[Path], hashes: Any, refs: Any, lengths: Any, first_generator: Any = None):
+        import numpy as np
+
+        order = np.argsort(hashes, kind="stable")
+        self.files = files
+        self.hashes, self.refs, self.lengths = hashes[order], refs[order], lengths[order]
+        self.first_generator = first_generator
+        self._fds: dict[int, int] = {}
+        self._count: int | None = None
+
+    @classmethod
+    def empty(cls) -> "DoneIds":
+        import numpy as np
+
+        return cls([], np.zeros(0, np.uint64), np.zeros(0, np.int64), np.zeros(0, np.uint32))
+
+    def _read_id(self, index: int) -> Any:
+        ref = int(self.refs[index])
+        file = ref >> _OFFSET_BITS
+        fd = self._fds.get(file)
+        if fd is None:
+            fd = self._fds[file] = os.open(self.files[file], os.O_RDONLY)
+        return orjson.loads(os.pread(fd, int(self.lengths[index]), ref & _OFFSET_MASK))["id"]
+
+    def __contains__(self, record_id: Any) -> bool:
+        import numpy as np
+
+        key = np.uint64(_key_hash(record_id))
+        index = int(np.searchsorted(self.hashes, key, side="left"))
+        while index < len(self.hashes) and self.hashes[index] == key:
+            stored = self._read_id(index)
+            if stored == record_id and type(stored) is type(record_id):
+                return True
+            index += 1  # a collision (or the same id twice): look at the next row with this hash
+        return False
+
+    def _runs(self) -> Iterator[tuple[int, int]]:
+        """`(start, stop)` of each run of equal hashes longer than one (repeats or collisions)."""
+        import numpy as np
+
+        same = np.flatnonzero(self.hashes[1:] == self.hashes[:-1]) if len(self.hashes) > 1 else np.zeros(0, int)
+        start = stop = -1
+        for i in same.tolist():
+            if i + 1 > stop:
+                if stop > start:
+                    yield start, stop
+                start = i
+            stop = i + 2
+        if stop > start:
+            yield start, stop
+
+    def __len__(self) -> int:
+        """How many distinct ids (rows with the same hash are read back to tell them apart)."""
+        if self._count is None:
+            count = len(self.hashes)
+            for start, stop in self._runs():
+                ids = [orjson.dumps(self._read_id(i)) for i in range(start, stop)]
+                count -= (stop - start) - len(set(ids))
+            self._count = count
+        return self._count
+
+    def __iter__(self) -> Iterator[Any]:
+        """Each distinct id once, read back from the files (for code that needs them all)."""
+        repeats = {i for start, stop in self._runs() for i in range(start, stop)}
+        met: set[bytes] = set()
+        for index in range(len(self.hashes)):
+            record_id = self._read_id(index)
+            if index in repeats:
+                key = orjson.dumps(record_id)
+                if key in met:
+                    continue
+                met.add(key)
+            yield record_id
+
+    def __or__(self, other: "DoneIds") -> "DoneIds":
+        import numpy as np
+
+        shift = np.int64(len(self.files)) << np.int64(_OFFSET_BITS)
+        first = self.first_generator if self.first_generator is not None else other.first_generator
+        return DoneIds(self.files + other.files, np.concatenate([self.hashes, other.hashes]),
+                       np.concatenate([self.refs, other.refs + shift]), np.concatenate([self.lengths, other.lengths]),
+                       first)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+_OFFSET_BITS = 48  # a row's reference: file number above, byte offset (up to 256 TiB) below
+_OFFSET_MASK = (1 << _OFFSET_BITS) - 1
+
+
+def recover(path: Path) -> DoneIds:
+    """The ids of the rows in `path` (an append-only JSONL file), as a compact `DoneIds`.
 
     A torn last line (a writer killed mid-line) is cut off. A bad line anywhere else means
     the file was edited or written by two processes at once: that is an error, not
     something to repair silently.
     """
-    done: dict[str, dict[str, Any] | None] = {}
+    from array import array
+
+    import numpy as np
+
+    hashes, offsets, lengths = array("Q"), array("q"), array("I")
+    first_generator = None
     if not path.exists():
-        return done
+        return DoneIds.empty()
     good, bad = 0, None
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
@@ -69,15 +194,22 @@ def recover(path: Path) -> dict[str, dict[str, Any] | None]:
                 if not line.endswith(b"\n"):
                     raise ValueError("torn line")
                 row = orjson.loads(line)
-                done[row["id"]] = row.get("generator")
+                key = _key_hash(row["id"])
+                if first_generator is None:
+                    first_generator = row.get("generator")
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 bad = (number, f"not a complete JSON row with an id ({exc})")
                 continue
+            hashes.append(key)
+            offsets.append(good)
+            lengths.append(len(line))
             good += len(line)
     if bad is not None:
         with open(path, "rb+") as handle:
             handle.truncate(good)
-    return done
+    return DoneIds([path], np.frombuffer(hashes, np.uint64).copy() if hashes else np.zeros(0, np.uint64),
+                   np.frombuffer(offsets, np.int64).copy() if offsets else np.zeros(0, np.int64),
+                   np.frombuffer(lengths, np.uint32).copy() if lengths else np.zeros(0, np.uint32), first_generator)
 
 
 def exclusive(path: Path) -> contextlib.AbstractContextManager[None]:
@@ -127,17 +259,73 @@ def drop_rows(path: Path, drop: Callable[[dict[str, Any]], bool]) -> int:
     return dropped
 
 
-def manifest_positions(manifest: Path, keep: Callable[[str], bool] = lambda record_id: True) -> dict[str, int]:
-    """`{id: line number of its first row}` for the manifest ids `keep` picks."""
-    positions: dict[str, int] = {}
+class ManifestPositions:
+    """`id -> line number of its first row` in a manifest, compactly: sorted 64-bit id hashes
+    and lines in numpy arrays (16 bytes a row, not a dict of strings). Hashes met on more than
+    one row (an id repeated, or two ids colliding) are resolved exactly by a second read that
+    keeps only those ids. An id not in the manifest whose hash equals one that is reads as that
+    row's line: these positions order rows, they do not decide what is done."""
+
+    def __init__(self, manifest: Path, keep: Callable[[str], bool] = lambda record_id: True):
+        from array import array
+
+        import numpy as np
+
+        hashes, lines = array("Q"), array("q")
+        for number, record_id in _manifest_ids(manifest, keep):
+            hashes.append(id_hash(record_id))
+            lines.append(number)
+        hashes_np = np.frombuffer(hashes, np.uint64) if hashes else np.zeros(0, np.uint64)
+        lines_np = np.frombuffer(lines, np.int64) if lines else np.zeros(0, np.int64)
+        order = np.lexsort((lines_np, hashes_np))  # by hash, then line
+        hashes_np, lines_np = hashes_np[order], lines_np[order]
+        first = np.ones(len(hashes_np), bool)
+        first[1:] = hashes_np[1:] != hashes_np[:-1]
+        repeated = np.zeros(len(hashes_np), bool)
+        repeated[1:] = ~first[1:]
+        repeated[:-1] |= ~first[1:]
+        self.shared = set(hashes_np[repeated].tolist())  # hashes of more than one row
+        self.hashes, self.lines = hashes_np[first], lines_np[first]
+        self.exact: dict[str, int] = {}
+        if self.shared:
+            for number, record_id in _manifest_ids(manifest, keep):
+                if id_hash(record_id) in self.shared:
+                    self.exact.setdefault(record_id, number)
+
+    def get(self, record_id: str) -> int | None:
+        import numpy as np
+
+        key = id_hash(record_id)
+        if key in self.shared:
+            return self.exact.get(record_id)
+        index = int(np.searchsorted(self.hashes, np.uint64(key)))
+        if index < len(self.hashes) and int(self.hashes[index]) == key:
+            return int(self.lines[index])
+        return None
+
+    def __contains__(self, record_id: object) -> bool:
+        return isinstance(record_id, str) and self.get(record_id) is not None
+
+    def __getitem__(self, record_id: str) -> int:
+        where = self.get(record_id)
+        if where is None:
+            raise KeyError(record_id)
+        return where
+
+
+def _manifest_ids(manifest: Path, keep: Callable[[str], bool]) -> Iterator[tuple[int, str]]:
     for number, row, _ in iter_jsonl(manifest):
         record_id = row.get("id") if row is not None else None
-        if isinstance(record_id, str) and record_id not in positions and keep(record_id):
-            positions[record_id] = number
-    return positions
+        if isinstance(record_id, str) and keep(record_id):
+            yield number, record_id
 
 
-def manifest_line(row: dict[str, Any], positions: dict[str, int]) -> int | None:
+def manifest_positions(manifest: Path, keep: Callable[[str], bool] = lambda record_id: True) -> ManifestPositions:
+    """`{id: line number of its first row}` for the manifest ids `keep` picks (compact)."""
+    return ManifestPositions(manifest, keep)
+
+
+def manifest_line(row: dict[str, Any], positions: ManifestPositions | dict[str, int]) -> int | None:
     """Where a row (or a reject) of OUT came from in the manifest: its id's line, or for a
     reject keyed by location (`path:LINE`) that line; None when unknown."""
     record_id = row.get("id")
@@ -190,60 +378,225 @@ class MergeError(BlspdataError, ValueError):
 # Rejects that are keyed by their manifest location rather than a record id.
 LOCATION_KEYED = ("malformed_row", "duplicate_id", "invalid_row")  # invalid_row:<field>
 
+MERGE_RUN_BYTES = 64 << 20  # rows held in memory before a sorted run is spilled to disk
+_FAN_IN = 64                # runs merged at once (open files)
+_AFTER = 1 << 40            # the position of a reject that points nowhere in the manifest
+
+
+class _SpillSort:
+    """Sort tuples that may not fit in memory: they are buffered up to `run_bytes` (the sizes
+    `add` is told), each full buffer is sorted and written to a temporary file beside the
+    output (`owned_temp_prefix`, so a dead run's are removed by the next write of that output),
+    and reading merges the runs (`heapq.merge`). Memory: one buffer, plus one batch per run
+    while reading. Items must be distinct in their first three fields (they are compared)."""
+
+    def __init__(self, folder: Path, name: str, run_bytes: int):
+        self.folder, self.name, self.run_bytes = folder, name, run_bytes
+        self.buffer: list[tuple] = []
+        self.size = 0
+        self.runs: list[Path] = []
+
+    def add(self, item: tuple, size: int) -> None:
+        self.buffer.append(item)
+        self.size += size + 100
+        if self.size >= self.run_bytes:
+            self.buffer.sort()
+            self._write(self.buffer)
+            self.buffer, self.size = [], 0
+
+    def _write(self, items: Iterable[tuple]) -> None:
+        fd, tmp = tempfile.mkstemp(prefix=owned_temp_prefix(self.name), suffix=".run", dir=self.folder)
+        self.runs.append(Path(tmp))
+        batch_bytes = max(1 << 16, self.run_bytes // _FAN_IN)
+        with os.fdopen(fd, "wb") as handle:
+            batch: list[tuple] = []
+            size = 0
+            for item in items:
+                batch.append(item)
+                size += len(item[-1]) + 100 if isinstance(item[-1], bytes) else 100
+                if size >= batch_bytes:
+                    pickle.dump(batch, handle, protocol=pickle.HIGHEST_PROTOCOL)
+                    batch, size = [], 0
+            if batch:
+                pickle.dump(batch, handle, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @staticmethod
+    def _read(path: Path) -> Iterator[tuple]:
+        with open(path, "rb") as handle:
+            while True:
+                try:
+                    batch = pickle.load(handle)
+                except EOFError:
+                    return
+                yield from batch
+
+    def __iter__(self) -> Iterator[tuple]:
+        if not self.runs:  # it all fit: no file written
+            self.buffer.sort()
+            yield from self.buffer
+            return
+        if self.buffer:
+            self.buffer.sort()
+            self._write(self.buffer)
+            self.buffer, self.size = [], 0
+        while len(self.runs) > _FAN_IN:  # merge the oldest runs into one until few enough are left
+            first, self.runs = self.runs[:_FAN_IN], self.runs[_FAN_IN:]
+            self._write(heapq.merge(*(self._read(run) for run in first)))
+            for run in first:
+                run.unlink(missing_ok=True)
+        yield from heapq.merge(*(self._read(run) for run in self.runs))
+
+    def close(self) -> None:
+        for run in self.runs:
+            run.unlink(missing_ok=True)
+        self.runs, self.buffer = [], []
+
+
+def _shown(key: bytes) -> str:
+    """A sort key (`_id_key`) as the id or location it stands for."""
+    return str(orjson.loads(key[1:])) if key[:1] == b"j" else key[1:].decode("utf-8", "surrogatepass")
+
+
+def _id_key(record_id: Any) -> bytes:
+    """A string id sorts as its UTF-8 bytes; another JSON value (a user's number) by its JSON
+    with another mark, so 5 and "5" stay two ids as they are in a dict."""
+    if isinstance(record_id, str):
+        return b"i" + record_id.encode("utf-8", "surrogatepass")
+    return b"j" + orjson.dumps(record_id)
+
 
 def merge(inputs: Iterable[str | os.PathLike], out: str | os.PathLike,
-          manifest: str | os.PathLike | None = None, allow_gaps: bool = False) -> dict[str, int]:
+          manifest: str | os.PathLike | None = None, allow_gaps: bool = False,
+          run_bytes: int = MERGE_RUN_BYTES) -> dict[str, int]:
     """Join shard outputs (and their rejects) into `out`, atomically.
 
     An id in two shards is an overlap (an error: shards were cut differently). With
     `manifest`, every manifest id must be in some shard's output or rejects, else it is a
-    gap (an error unless `allow_gaps`), and rows come out in manifest order.
+    gap (an error unless `allow_gaps`), and rows come out in manifest order; rejects too
+    (those keyed by a manifest location at their line), so a merge of the same shards gives
+    the same bytes however the shards' runs went. Without it, rows and rejects come in the
+    order of the inputs.
+
+    Memory is bounded whatever the sizes (an external sort): the rows of every shard and the
+    manifest's ids are sorted by id in runs of `run_bytes` spilled to temporary files in
+    OUT's folder, joined in one pass (overlaps, gaps, ids not in the manifest, each row's
+    manifest line), then sorted into output order the same way and copied out.
     """
     inputs = [Path(p) for p in inputs]
-    rows: dict[str, bytes] = {}
-    rejects: dict[str, bytes] = {}
-    origin: dict[str, Path] = {}
+    out = Path(out)
     for path in inputs:
         if not path.exists():
             raise MergeError(f"shard output not found: {path}")
-        for target, source in ((rows, path), (rejects, sidecar(path, "rejects.jsonl"))):
+    folder = out.parent
+    created = [f for f in (folder, *folder.parents) if not f.exists()]  # deepest first
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_dead_leftovers(folder, out.name)  # a killed merge's runs
+    by_id = _SpillSort(folder, out.name, run_bytes)
+    in_order = _SpillSort(folder, out.name, run_bytes)
+    try:
+        counts = _merge_into(inputs, out, Path(manifest) if manifest is not None else None, allow_gaps,
+                             by_id, in_order)
+    except BaseException:
+        for f in created:
+            with contextlib.suppress(OSError):
+                f.rmdir()
+        raise
+    finally:
+        by_id.close()
+        in_order.close()
+    return counts
+
+
+def _merge_into(inputs: list[Path], out: Path, manifest: Path | None, allow_gaps: bool,
+                by_id: _SpillSort, in_order: _SpillSort) -> dict[str, int]:
+    seq = 0
+    for index, path in enumerate(inputs):
+        for kind, source in ((0, path), (1, sidecar(path, "rejects.jsonl"))):
             if not source.exists():
                 continue
             for number, row, error in iter_jsonl(source):
                 if row is None:
                     raise MergeError(f"{source}:{number}: {error} (rerun that shard to repair it)")
-                record_id = row.get("id") or f"{source}:{number}"
-                if record_id in origin:
-                    raise MergeError(f"overlap: {record_id} is in {origin[record_id]} and {path}")
-                origin[record_id] = path
-                target[record_id] = orjson.dumps(row)
-    order = list(rows)
-    missing: list[str] = []
+                record_id = row.get("id")
+                key = _id_key(record_id) if record_id else b"l" + f"{source}:{number}".encode("utf-8", "surrogatepass")
+                location_keyed = kind == 1 and str(row.get("reason")).split(":")[0] in LOCATION_KEYED
+                line = orjson.dumps(row)
+                fallback = manifest_line(row, {}) if kind == 1 else None
+                by_id.add((key, 1, seq, kind, index, location_keyed, _AFTER if fallback is None else fallback, line),
+                          len(line) + len(key))
+                seq += 1
     if manifest is not None:
         # Malformed manifest rows have no id: generate rejects them keyed by their location.
-        manifest_ids = [row["id"] for _, row, _ in iter_jsonl(manifest) if row is not None and "id" in row]
-        known = set(manifest_ids)
-        missing = [i for i in manifest_ids if i not in origin]
-        if missing and not allow_gaps:
-            raise MergeError(f"gap: {len(missing)} id(s) of {manifest} are in no shard, e.g. "
-                             f"{', '.join(missing[:5])} (run the missing shards, or --allow-gaps)")
-        location_keyed = {i for i, row in rejects.items() if str(orjson.loads(row).get("reason")).split(":")[0] in LOCATION_KEYED}
-        unknown = [i for i in origin if i not in known and i not in location_keyed]
-        if unknown:
-            raise MergeError(f"{len(unknown)} id(s) are not in {manifest}, e.g. {', '.join(unknown[:5])}")
-        order = [i for i in dict.fromkeys(manifest_ids) if i in rows]
-        # Rejects in manifest order too (those keyed by location at their line), so a merge of
-        # the same shards gives the same bytes however the shards' runs went.
-        positions = manifest_positions(Path(manifest))
+        for number, row, _ in iter_jsonl(manifest):
+            if row is not None and "id" in row:
+                key = _id_key(row["id"])
+                by_id.add((key, 0, number), len(key))
 
-        def line_of(record_id: str) -> int:
-            where = manifest_line(orjson.loads(rejects[record_id]), positions)
-            return where if where is not None else 1 << 40
+    counts = {"rows": 0, "rejects": 0, "shards": len(inputs), "missing": 0}
+    overlap: tuple[int, str] | None = None
+    missing: list[tuple[int, str]] = []   # the first 5 in manifest order, as a max-heap
+    unknown: list[tuple[int, str]] = []   # the first 5 in input order, as a max-heap
+    unknown_count = 0
 
-        rejects = {i: rejects[i] for i in sorted(rejects, key=line_of)}
+    def first_five(heap: list[tuple[int, str]], order: int, text: str) -> None:
+        heapq.heappush(heap, (-order, text))
+        if len(heap) > 5:
+            heapq.heappop(heap)
+
+    # One pass over the ids in order: each id's manifest lines (first) and shard rows.
+    key: bytes | None = None
+    lines: list[int] = []          # the id's first manifest lines (5 are all a message needs)
+    line_count = 0
+    entries: list[tuple] = []      # the id's first two rows in the shards
+
+    def close_group() -> None:
+        nonlocal overlap, unknown_count
+        if key is None:
+            return
+        if not entries:
+            counts["missing"] += line_count
+            for number in lines:
+                first_five(missing, number, _shown(key))
+            return
+        if len(entries) > 1:
+            second = entries[1]
+            if overlap is None or second[2] < overlap[0]:
+                overlap = (second[2], f"overlap: {_shown(key)} is in {inputs[entries[0][4]]} and {inputs[second[4]]}")
+        _, _, entry_seq, kind, _, location_keyed, fallback, line = entries[0]
+        if manifest is None:
+            position = 0
+        elif lines and (kind == 0 or key[:1] == b"i"):  # a reject's own id, not its location
+            position = lines[0]
+        else:
+            position = fallback
+            if not lines and not location_keyed:
+                unknown_count += 1
+                first_five(unknown, entry_seq, _shown(key))
+        counts["rows" if kind == 0 else "rejects"] += 1
+        in_order.add((kind, position, entry_seq, line), len(line))
+
+    for item in by_id:
+        if item[0] != key:
+            close_group()
+            key, lines, line_count, entries = item[0], [], 0, []
+        if item[1] == 0:  # a manifest line: they sort before the shards' rows of the same id
+            line_count += 1
+            if len(lines) < 5:
+                lines.append(item[2])
+        elif len(entries) < 2:
+            entries.append(item)
+    close_group()
+
+    if overlap is not None:
+        raise MergeError(overlap[1])
+    if counts["missing"] and not allow_gaps:
+        raise MergeError(f"gap: {counts['missing']} id(s) of {manifest} are in no shard, e.g. "
+                         f"{', '.join(text for _, text in sorted(missing, reverse=True))} "
+                         "(run the missing shards, or --allow-gaps)")
+    if unknown_count:
+        raise MergeError(f"{unknown_count} id(s) are not in {manifest}, e.g. "
+                         f"{', '.join(text for _, text in sorted(unknown, reverse=True))}")
     with JsonlWriter(out) as writer, JsonlWriter(sidecar(out, "rejects.jsonl")) as reject_writer:
-        for record_id in order:
-            writer.write(orjson.loads(rows[record_id]))
-        for row in rejects.values():
-            reject_writer.write(orjson.loads(row))
-    return {"rows": len(rows), "rejects": len(rejects), "shards": len(inputs), "missing": len(missing)}
+        for kind, _, _, line in in_order:
+            (writer if kind == 0 else reject_writer).write_line(line)
+    return counts

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from blspdata.generate import prompts
 from blspdata.generate.backends import Request, Result
 from blspdata.generate.engine import DEFAULT_REQUEST_TIMEOUT, GenerateError, make_engine, run_requests
-from blspdata.generate.resume import (AppendWriter, drop_rows, exclusive, manifest_line, manifest_positions,
+from blspdata.generate.resume import (AppendWriter, DoneIds, drop_rows, exclusive, manifest_line, manifest_positions,
                                       parse_shard, recover, shard_of, sort_rows)
 from blspdata.records import Record, Reject, iter_jsonl, read_row, sidecar, write_json
 
@@ -238,7 +238,7 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
                                 executor, ray_actors, retry_rejects)
 
 
-def _release_transient(manifest: Path, out: Path, job: Job, kept: dict[str, Any]) -> int:
+def _release_transient(manifest: Path, out: Path, job: Job, kept: DoneIds) -> int:
     """Take this shard's transient rejects out of OUT's rejects file (atomically), so this
     run generates those rows again; how many. Only ids still in the manifest and not in OUT
     are taken: a reject whose row would not be redone stays where it is."""
@@ -269,14 +269,14 @@ def _generate_locked(manifest: Path, out: Path, job: Job, engine_spec: dict[str,
     rejects = sidecar(out, "rejects.jsonl")
     recover(rejects)  # a torn last line is cut before anything reads or rewrites the file
     retried = _release_transient(manifest, out, job, kept) if retry_rejects else 0
-    done = set(kept) | set(recover(rejects))
+    done = kept | recover(rejects)  # compact: 64-bit hashes, a hit confirmed against the row (resume.DoneIds)
     summary = Summary(output=str(out), already_done=len(done), retried=retried)
     total = sum(1 for _ in manifest_rows(manifest, job, done))
     if limit is not None:
         total = min(total, max(0, limit - len(done)))
 
     def check_settings(generator: dict[str, Any]) -> None:
-        previous = next((g for g in kept.values() if g is not None), None)
+        previous = kept.first_generator
         if previous is not None and previous != generator:
             raise GenerateError(f"{out} holds rows made with other settings ({previous}); now: {generator}. "
                                 "Use another output, or delete it to start over.")
