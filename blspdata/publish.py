@@ -481,9 +481,6 @@ def _write_card(build: Path, counts: dict[str, dict[str, int]], sizes: dict[str,
 
 def verify(directory: str | Path, sample: int = 8) -> list[str]:
     """Problems found in a published dataset (empty: it checks out)."""
-    import datasets
-    from huggingface_hub import DatasetCard
-
     directory = Path(directory)
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
@@ -498,7 +495,23 @@ def verify(directory: str | Path, sample: int = 8) -> list[str]:
         elif _sha256(path) != digest:
             problems.append(f"{name}: checksum differs from publish time")
     problems += [f"{name}: not listed at publish time" for name in sorted(present - set(manifest["files"]))]
-    cache = Path(tempfile.mkdtemp(prefix="blspdata-verify-"))  # parquet is read through a cache: not the user's
+    # Parquet is read through a datasets cache: a temporary one, not the user's; one a killed
+    # verify left behind is removed by the next (owned names carry host and PID).
+    remove_dead_leftovers(tempfile.gettempdir(), "verify")
+    cache = Path(tempfile.mkdtemp(prefix=owned_temp_prefix("verify")))
+    try:
+        return problems + _verify_rows(directory, manifest, cache, sample)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _verify_rows(directory: Path, manifest: dict, cache: Path, sample: int) -> list[str]:
+    """Each config opens with `datasets`, its row counts match the card and the manifest, and
+    a sample of embedded audio decodes at 16 kHz."""
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    problems = []
     card = DatasetCard.load(directory / "README.md").data.to_dict() if (directory / "README.md").is_file() else {}
     card_rows = {}
     entries = card.get("dataset_info") or []
@@ -526,7 +539,6 @@ def verify(directory: str | Path, sample: int = 8) -> list[str]:
                             problems.append(f"{config}/{split}[{index}]: audio is not 16 kHz or empty")
                     except Exception as exc:
                         problems.append(f"{config}/{split}[{index}]: audio does not decode: {exc}")
-    shutil.rmtree(cache, ignore_errors=True)
     return problems
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from blspdata.records import owned_temp_prefix
 from conftest import REPO, blspdata, read_jsonl
 
 SAMPLE = REPO / "manifests" / "sample"
@@ -97,7 +100,19 @@ def test_parquet_layout_loads_with_load_dataset(records, tmp_path: Path):
     assert "config_name: emotion" in card and "path: data/emotion/train-*" in card
     assert "Continue the following sentence that reflects" in card  # the template text
     assert "BLSP-Emo: Towards Empathetic Large Speech-Language Models" in card
-    assert blspdata("verify", out).returncode == 0
+    # verify reads parquet through a temporary datasets cache: gone afterwards, and one that a
+    # killed verify left (a dead PID in its owned name) is cleaned up by the next verify.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait(timeout=60)  # its PID is free once it has exited and been reaped
+    mine = owned_temp_prefix("verify")
+    leftover = temp / (mine.replace(f".{os.getpid()}.", f".{dead.pid}.") + "abc123")
+    (leftover / "datasets").mkdir(parents=True)
+    result = subprocess.run([sys.executable, "-m", "blspdata", "verify", str(out)], capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "TMPDIR": str(temp)})
+    assert result.returncode == 0, result.stderr
+    assert list(temp.iterdir()) == []
 
 
 def test_verify_catches_tampering(arrow: Path, tmp_path: Path):
@@ -138,7 +153,6 @@ def test_existing_output_failures_and_the_offline_hub(records, arrow: Path, tmp_
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_TOKEN": "hf_secret_never_printed"}
     out = tmp_path / "hub"
-    import subprocess, sys
     run = subprocess.run([sys.executable, "-m", "blspdata", "publish", *map(str, records[:1]), "-o", str(out),
                           "--push-to-hub", "someone/blsp-sample", "--no-progress"], capture_output=True, text=True,
                          env=env, cwd=REPO, timeout=600)
