@@ -201,6 +201,23 @@ def ingest_esd(
     _run("esd", root, out, jobs, strict, normalizer, progress, splits=_split_list(splits), label_map=label_map)
 
 
+@ingest_app.command("commonvoice")
+def ingest_commonvoice(
+    root: Path = typer.Argument(..., help="A locale folder of a Common Voice release (cv-corpus-*/<locale>, holding "
+                                "train.tsv, dev.tsv, test.tsv and clips/), or the cv-corpus-* folder holding locales."),
+    out: Path = OutOpt,
+    splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated TSVs to import from train, dev, test, validated, "
+                                         "other, invalidated [default: train,dev,test; validated repeats them]."),
+    locales: Optional[str] = typer.Option(None, "--locales", help="Comma-separated locale folders (en, zh-CN, ...) when ROOT "
+                                          "holds several [default: all]."),
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """Common Voice: tab-separated TSVs (no CSV quoting) + clips/*.mp3, read in place; speaker =
+    client_id, language = the locale; unreadable clips rejected."""
+    _run("commonvoice", root, out, jobs, strict, normalizer, progress, splits=_split_list(splits),
+         locales=_split_list(locales))
+
+
 def _generic(fmt: str, file: Path, out: Path, audio_col: str, text_col: str, emotion_col: Optional[str],
              id_col: Optional[str], speaker_col: Optional[str], split_col: Optional[str], split: str,
              offset_col: Optional[str], duration_col: Optional[str], corpus: Optional[str], language: str,

@@ -42,6 +42,7 @@ CORPORA: dict[str, Importer] = {
     "iemocap": Importer("iemocap", "emotion"),
     "meld": Importer("meld", "emotion", writes_audio=True),
     "esd": Importer("esd", "emotion"),
+    "commonvoice": Importer("commonvoice", "semantic"),
     "jsonl": Importer("generic", None, fixed={"fmt": "jsonl"}),
     "csv": Importer("generic", None, fixed={"fmt": "csv"}),
 }
