@@ -33,7 +33,8 @@ import numpy as np
 from tqdm import tqdm
 
 from blspdata.labels import CANONICAL
-from blspdata.curate.dedup import ExactDuplicates, NearDuplicates, exact_key_of_words, transcript_group
+from blspdata.curate.dedup import (ExactDuplicates, NearDuplicates, duplicate_reasons, exact_key_of_words,
+                                   transcript_group)
 from blspdata.curate.filters import FILTERS, FilterSettings, cached_words, first_reason
 from blspdata.curate.options import CurateError, DedupSettings, checked, names, options
 from blspdata.records import JsonlWriter, Record, Reject, SeenIds, iter_jsonl, read_row, sidecar, write_json
@@ -255,45 +256,40 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
     def indexes_of(task: str | None) -> tuple[ExactDuplicates | None, NearDuplicates | None]:
         if task not in indexes:
             indexes[task] = (ExactDuplicates() if dedup.exact_dedup else None,
-                             NearDuplicates(dedup.near_dup_threshold, dedup.num_perm, dedup.ngram) if near else None)
+                             NearDuplicates(dedup.near_dup_threshold, dedup.num_perm, dedup.ngram,
+                                            spill_dir=out.parent) if near else None)
         return indexes[task]
     bar = tqdm(desc="curate", unit=" rec", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     # Rejects are committed first, OUT last (writers close in reverse), stats.json once both are.
     with JsonlWriter(out) as kept, JsonlWriter(sidecar(out, "rejects.jsonl")) as rejected:
 
-        def duplicate_reason(item: Pending, sketch: tuple | None) -> str | None:
-            """Exact, then near-duplicate check against the rows kept before this one; a row of
-            the original's own group (same transcript, and label for the emotion task) is
-            another recording and is kept. Only a kept row's exact key is remembered: a reject
-            is never named as an original."""
-            record = item.record
-            if not (dedup.exact_dedup or near):
-                return None
-            exact, near_index = indexes_of(record.task)
-            group = transcript_group(record.text, record.emotion if record.task == "emotion" else None)
-            key = exact_key_of_words(item.tokens) if exact else None
-            if key is not None:
-                original = exact.original(key)
-                if original is not None:
-                    original_id, original_group = original
-                    return None if original_group == group else f"exact_duplicate_of:{original_id}"
-            if near_index:
-                original_id = near_index.check(record.id, *sketch, group)  # indexes the row when it is new
-                if original_id is not None:
-                    return f"near_duplicate_of:{original_id}"
-            if key is not None:
-                exact.add(key, record.id, group)
-            return None
+        def decide_duplicates(passed: list[Pending]) -> None:
+            """Exact, then near-duplicate check of the rows that passed the filters, against
+            the rows kept before them, task by task (dedup.duplicate_reasons)."""
+            if near:  # signatures and band keys in one numpy pass per batch
+                signatures = near.signatures_of_words([item.tokens for item in passed])
+                band_keys = near.band_keys(signatures)
+            by_task: dict[str | None, list[int]] = {}
+            for position, item in enumerate(passed):
+                by_task.setdefault(item.record.task, []).append(position)
+            for task, positions in by_task.items():
+                exact, near_index = indexes_of(task)
+                items = [passed[position] for position in positions]
+                reasons = duplicate_reasons(
+                    exact, near_index, [item.record.id for item in items],
+                    [transcript_group(item.record.text, item.record.emotion if task == "emotion" else None)
+                     for item in items],
+                    [exact_key_of_words(item.tokens) for item in items] if exact else None,
+                    signatures[positions] if near else None, band_keys[positions] if near else None)
+                for item, reason in zip(items, reasons):
+                    item.reason = reason
 
         def flush(pending: list[Pending]) -> None:
             """Decide the pending rows and write them, all in input order."""
             passed = [item for item in pending if item.reason is None]
-            if near and passed:  # signatures and band keys in one numpy pass per batch
-                signatures = near.signatures_of_words([item.tokens for item in passed])
-                sketches = iter(zip(signatures, near.band_keys(signatures)))
+            if passed and (dedup.exact_dedup or near):
+                decide_duplicates(passed)
             for item in pending:
-                if item.reason is None:
-                    item.reason = duplicate_reason(item, next(sketches) if near else None)
                 if item.reason:
                     stats.reasons[item.reason] += 1
                     if item.record and item.record.task == "emotion" and item.record.emotion is not None:
