@@ -218,6 +218,26 @@ def ingest_commonvoice(
          locales=_split_list(locales))
 
 
+@ingest_app.command("mead")
+def ingest_mead(
+    root: Path = typer.Argument(..., help="The folder holding the actor folders (M003/audio/<emotion>/level_<n>/<nnn>.m4a, ...)."),
+    out: Path = OutOpt,
+    sentences: Optional[Path] = typer.Option(None, "--sentences", exists=True, dir_okay=False, help="CSV emotion,number,text "
+                                             "[,actor]: the text of each numbered sentence (the release has none; without "
+                                             "it every clip is rejected as transcript_missing)."),
+    test_actors: str = typer.Option("", "--test-actors", help="Comma-separated actors (M003,W009) that form the test split [default: none]."),
+    dev_actors: str = typer.Option("", "--dev-actors", help="Comma-separated actors that form the dev split [default: none]."),
+    audio_dir: Optional[Path] = typer.Option(None, "--audio-dir", help="Where extracted 16 kHz FLAC goes [default: OUT's folder/<OUT name>.audio]."),
+    label_map: Optional[Path] = LabelMapOpt,
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """MEAD (audio): m4a clips extracted to 16 kHz mono FLAC, the emotion folder as label
+    (surprised -> surprise; fear, disgusted, contempt rejected unless --label-map maps them),
+    the level as intensity, texts from --sentences."""
+    _run("mead", root, out, jobs, strict, normalizer, progress, audio_dir=audio_dir, sentences=sentences,
+         test_actors=_split_list(test_actors) or (), dev_actors=_split_list(dev_actors) or (), label_map=label_map)
+
+
 def _generic(fmt: str, file: Path, out: Path, audio_col: str, text_col: str, emotion_col: Optional[str],
              id_col: Optional[str], speaker_col: Optional[str], split_col: Optional[str], split: str,
              offset_col: Optional[str], duration_col: Optional[str], corpus: Optional[str], language: str,

@@ -434,6 +434,46 @@ def commonvoice(out: Path, rng: random.Random) -> None:
         (root / f"{split}.tsv").write_text("\n".join("\t".join(r) for r in [header, *lines]) + "\n", encoding="utf-8")
 
 
+# ---------------------------------------------------------------------------- MEAD
+
+MEAD_FOLDERS = {"neutral": "neutral", "happy": "happy", "angry": "angry", "sad": "sad", "surprise": "surprised"}
+
+
+def write_m4a(path: Path, audio: np.ndarray, rate: int = 48000) -> None:
+    """A clip like MEAD's audio: AAC in an MP4 (.m4a) container, no video."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format="ipod") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        stream.bit_rate = 32000
+        frame = av.AudioFrame.from_ndarray(resample(audio, RATE, rate).reshape(1, -1).astype(np.float32),
+                                           format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, 0
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def mead(out: Path, rng: random.Random) -> None:
+    """Two actors, sentence 001 (MEAD's first sentences are common to every emotion) in each
+    emotion folder, a contempt clip (rejected by default), and the --sentences table the
+    release lacks, written by us beside the actor folders (the importer reads only those)."""
+    root = out / "MEAD"
+    common = "The kettle is on the stove"
+    table = [["emotion", "number", "text"]]
+    for actor, voice in (("M003", "en-us+m3"), ("W009", "en-gb+f2")):
+        for emotion, folder in MEAD_FOLDERS.items():
+            if actor == "W009" and emotion not in ("happy", "sad"):
+                continue
+            level = "level_1" if emotion == "neutral" else f"level_{rng.randint(1, 3)}"
+            write_m4a(root / actor / "audio" / folder / level / "001.m4a", emotional(common, voice, emotion, rng))
+    write_m4a(root / "M003" / "audio" / "contempt" / "level_2" / "001.m4a", emotional(common, "en-us+m3", "neutral", rng))
+    table += [[folder, "1", common + "."] for folder in [*MEAD_FOLDERS.values(), "contempt"]]
+    with open(root / "sentences.csv", "w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows(table)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "corpora")
@@ -442,7 +482,7 @@ def main() -> None:
         raise SystemExit("espeak-ng not found: apt-get install espeak-ng (or `make samples`, which installs it)")
     if args.out.exists():
         shutil.rmtree(args.out)
-    for build in (librispeech, gigaspeech, iemocap, meld, esd, commonvoice):
+    for build in (librispeech, gigaspeech, iemocap, meld, esd, commonvoice, mead):
         build(args.out, random.Random(build.__name__))
         print(f"built {build.__name__}")
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())

@@ -43,6 +43,7 @@ CORPORA: dict[str, Importer] = {
     "meld": Importer("meld", "emotion", writes_audio=True),
     "esd": Importer("esd", "emotion"),
     "commonvoice": Importer("commonvoice", "semantic"),
+    "mead": Importer("mead", "emotion", writes_audio=True),
     "jsonl": Importer("generic", None, fixed={"fmt": "jsonl"}),
     "csv": Importer("generic", None, fixed={"fmt": "csv"}),
 }
