@@ -238,6 +238,27 @@ def ingest_mead(
          test_actors=_split_list(test_actors) or (), dev_actors=_split_list(dev_actors) or (), label_map=label_map)
 
 
+@ingest_app.command("mosei")
+def ingest_mosei(
+    root: Path = typer.Argument(..., help="The CMU-MOSEI folder (holding Raw/Audio/Full/WAV_16000/<video>.wav and "
+                                "Raw/Transcript/Segmented/Combined/<video>.txt)."),
+    out: Path = OutOpt,
+    labels_csv: Optional[Path] = typer.Option(None, "--labels", exists=True, dir_okay=False, help="The segment labels as CSV: "
+                                              "video_id,start,end,happy,sad,anger,surprise,disgust,fear [,segment,sentiment,"
+                                              "split,text] (the SDK's CMU_MOSEI_Labels.csd flattened, one row per segment) "
+                                              "[default: CMU_MOSEI_Labels.csv under ROOT]."),
+    min_intensity: float = typer.Option(1.0, "--min-intensity", min=0.0, help="The dominant (largest) emotion intensity "
+                                        "(0-3) a segment needs; weaker ones are rejected as label_weak, ties as "
+                                        "label_ambiguous, all-zero segments are neutral."),
+    label_map: Optional[Path] = LabelMapOpt,
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """CMU-MOSEI: segments of each video's long audio (offset/duration), labelled with the dominant
+    emotion intensity; anger -> angry, disgust and fear rejected unless --label-map maps them."""
+    _run("mosei", root, out, jobs, strict, normalizer, progress, labels_csv=labels_csv, min_intensity=min_intensity,
+         label_map=label_map)
+
+
 def _generic(fmt: str, file: Path, out: Path, audio_col: str, text_col: str, emotion_col: Optional[str],
              id_col: Optional[str], speaker_col: Optional[str], split_col: Optional[str], split: str,
              offset_col: Optional[str], duration_col: Optional[str], corpus: Optional[str], language: str,

@@ -44,8 +44,35 @@ MOSEI = {
     "disgust": None, "fear": None,
 }
 
+# RAVDESS's emotion codes 01-08, by their documented names (corpora/ravdess.py). Calm is not
+# neutral: an actor asked to sound calm is not sounding neutral (map it with --label-map).
+RAVDESS = {
+    "neutral": "neutral", "happy": "happy", "sad": "sad", "angry": "angry", "surprised": "surprise",
+    "calm": None, "fearful": None, "disgust": None,
+}
+
+# CREMA-D's file-name codes (ANG, ...; matched case-insensitively).
+CREMA_D = {"neu": "neutral", "hap": "happy", "ang": "angry", "sad": "sad", "fea": None, "dis": None}
+
+# SAVEE's file-name letters: a01.wav is anger, sa01.wav sadness, su01.wav surprise.
+SAVEE = {"n": "neutral", "h": "happy", "a": "angry", "sa": "sad", "su": "surprise", "f": None, "d": None}
+
+# TESS's file-name emotions (OAF_back_ps.wav: ps is pleasant surprise).
+TESS = {"neutral": "neutral", "happy": "happy", "angry": "angry", "sad": "sad", "ps": "surprise",
+        "fear": None, "disgust": None}
+
 # Generic corpora: canonical names map to themselves.
 GENERIC = {label: label for label in CANONICAL}
+
+# Hub datasets (`ingest hf`) and Lhotse supervisions carry copies of the corpora above under
+# their own names (IEMOCAP copies' ClassLabels are often ang/hap/neu/sad, MELD's joy/anger/...),
+# or the full words: all of them, excluded ones (frustrated, fear, calm, ...) as excluded.
+HUB = {
+    **IEMOCAP, **MELD, **GENERIC,
+    "happiness": "happy", "excited": "happy", "excitement": "happy", "surprised": "surprise",
+    "frustrated": None, "frustration": None, "fearful": None, "disgusted": None, "contempt": None,
+    "other": None, "calm": None,  # RAVDESS's calm is not neutral unless a --label-map says so
+}
 
 
 class LabelMapError(BlspdataError, ValueError):

@@ -474,6 +474,49 @@ def mead(out: Path, rng: random.Random) -> None:
         csv.writer(handle).writerows(table)
 
 
+# ---------------------------------------------------------------------------- CMU-MOSEI
+
+MOSEI_COLUMNS = ("happy", "sad", "anger", "surprise", "disgust", "fear")
+MOSEI_DOMINANT = {"happy": "happy", "sad": "sad", "angry": "anger", "surprise": "surprise"}
+
+
+def mosei(out: Path, rng: random.Random) -> None:
+    """One video's long 16 kHz wav, its segmented transcript and the label CSV (the SDK's
+    sequence flattened): one segment per emotion, the dominant intensity carrying the label,
+    and short pauses between the segments."""
+    root = out / "CMU_MOSEI"
+    video = "sAmPlE0mOsE"
+    texts = {"neutral": "I bought it last week", "happy": "I loved every minute", "angry": "That was a waste",
+             "sad": "I miss the old one", "surprise": "I did not expect that"}
+    order = ["neutral", "happy", "angry", "sad", "surprise"]
+    rng.shuffle(order)
+    pieces, rows, lines, at = [silence(0.2)], [], [], 0.2
+    for segment, emotion in enumerate(order):
+        clip = emotional(texts[emotion], "en-us+m1", emotion, rng)
+        start, end = at, at + len(clip) / RATE
+        pieces += [clip, silence(0.1)]
+        at = end + 0.1
+        intensities = {c: 0.0 for c in MOSEI_COLUMNS}
+        if emotion in MOSEI_DOMINANT:
+            intensities[MOSEI_DOMINANT[emotion]] = rng.choice([1.333, 1.667, 2.0])
+            intensities[rng.choice([c for c in MOSEI_COLUMNS if c != MOSEI_DOMINANT[emotion]])] = 0.333
+        sentiment = {"happy": 2.0, "angry": -2.0, "sad": -1.333}.get(emotion, 0.0)
+        split = "test" if segment == len(order) - 1 else "train"
+        rows.append([video, str(segment), f"{start:.3f}", f"{end:.3f}", f"{sentiment:g}",
+                     *(f"{intensities[c]:g}" for c in MOSEI_COLUMNS), split])
+        lines.append(f"{video}___{segment}___{start:.3f}___{end:.3f}___{texts[emotion].lower()}")
+    wav = root / "Raw" / "Audio" / "Full" / "WAV_16000" / f"{video}.wav"
+    wav.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(wav, np.concatenate(pieces), RATE, subtype="PCM_16")
+    transcript = root / "Raw" / "Transcript" / "Segmented" / "Combined" / f"{video}.txt"
+    transcript.parent.mkdir(parents=True, exist_ok=True)
+    transcript.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with open(root / "CMU_MOSEI_Labels.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["video_id", "segment", "start", "end", "sentiment", *MOSEI_COLUMNS, "split"])
+        writer.writerows(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "corpora")
@@ -482,7 +525,7 @@ def main() -> None:
         raise SystemExit("espeak-ng not found: apt-get install espeak-ng (or `make samples`, which installs it)")
     if args.out.exists():
         shutil.rmtree(args.out)
-    for build in (librispeech, gigaspeech, iemocap, meld, esd, commonvoice, mead):
+    for build in (librispeech, gigaspeech, iemocap, meld, esd, commonvoice, mead, mosei):
         build(args.out, random.Random(build.__name__))
         print(f"built {build.__name__}")
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())

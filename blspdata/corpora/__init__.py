@@ -44,6 +44,7 @@ CORPORA: dict[str, Importer] = {
     "esd": Importer("esd", "emotion"),
     "commonvoice": Importer("commonvoice", "semantic"),
     "mead": Importer("mead", "emotion", writes_audio=True),
+    "mosei": Importer("mosei", "emotion"),
     "jsonl": Importer("generic", None, fixed={"fmt": "jsonl"}),
     "csv": Importer("generic", None, fixed={"fmt": "csv"}),
 }

@@ -1,5 +1,6 @@
 """What every corpus importer builds on: the item it yields (`AudioItem`), the error that stops
-a run (`IngestError`), and the readers for the raw files corpora ship (CSV, text lines).
+a run (`IngestError`), the readers for the raw files corpora ship (CSV, text lines), and the
+speaker-held-out split of the corpora that have no official one (`speaker_splits`).
 
 Here, beside the importers, so that they need nothing from the `ingest` driver that runs them.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from blspdata.errors import BlspdataError
 from blspdata.records import Record
@@ -40,6 +41,41 @@ def segment_problem(offset: float, duration: float) -> str | None:
     if offset < 0 or duration <= 0:
         return f"segment offset {offset} / duration {duration} out of range"
     return None
+
+
+def layout_root(root: str, holds: Callable[[str], bool]) -> str | None:
+    """ROOT itself when `holds(ROOT)`, else the first folder below it (by name) that does: a
+    corpus unzipped into a folder of its own (Kaggle's copies). Hidden folders and macOS's
+    `__MACOSX` (AppleDouble `._*` files shadowing the real ones) are never taken."""
+    import os
+
+    if holds(root):
+        return root
+    for name in sorted(os.listdir(root)):
+        folder = os.path.join(root, name)
+        if not name.startswith((".", "__MACOSX")) and os.path.isdir(folder) and holds(folder):
+            return folder
+    return None
+
+
+def speaker_splits(found: Iterable[str], test: Iterable[Any] | None, dev: Iterable[Any], default_test: Iterable[str],
+                   corpus: str, name: Callable[[Any], str] = str) -> dict[str, str]:
+    """`{speaker: split}` for a corpus with no official split, held out by speaker: the `test`
+    speakers (`default_test` when None), the `dev` ones, the rest train. `name` turns what a
+    user wrote (`21`, `Actor_21`) into the corpus's speaker id. A speaker named explicitly that
+    is not in `found` is an error (a typo would move nothing), as is one named for both."""
+    found = sorted(set(found))
+    named_test = {name(s) for s in test} if test is not None else set()
+    dev_set = {name(s) for s in dev}
+    test_set = named_test if test is not None else set(default_test)
+    absent = sorted((named_test | dev_set) - set(found))
+    if absent:
+        raise IngestError(f"speaker(s) {', '.join(absent)} named for the test/dev split not found in this {corpus} "
+                          f"copy (it has {', '.join(found) or 'none'})")
+    overlap = sorted(test_set & dev_set)
+    if overlap:
+        raise IngestError(f"speaker(s) {', '.join(overlap)} are in both the test and the dev split")
+    return {s: "test" if s in test_set else "dev" if s in dev_set else "train" for s in found}
 
 
 
