@@ -218,6 +218,86 @@ def ingest_commonvoice(
          locales=_split_list(locales))
 
 
+def _speakers_opts(default: str):
+    test = typer.Option(None, "--test-speakers", help=f"Comma-separated speakers that form the test split [default: {default}]. "
+                        "The corpus has no official split; a speaker named that is not there is an error.")
+    dev = typer.Option("", "--dev-speakers", help="Comma-separated speakers that form the dev split [default: none].")
+    return test, dev
+
+
+RavdessTest, RavdessDev = _speakers_opts("actors 21,22,23,24")
+
+
+@ingest_app.command("ravdess")
+def ingest_ravdess(
+    root: Path = typer.Argument(..., help="The unzipped Audio_Speech_Actors_01-24 (holding Actor_01..Actor_24), or the folder above it."),
+    out: Path = OutOpt,
+    test_speakers: Optional[str] = RavdessTest, dev_speakers: str = RavdessDev,
+    label_map: Optional[Path] = LabelMapOpt,
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """RAVDESS speech: Actor_NN/03-01-EE-II-SS-RR-AA.wav, everything coded in the name; text = the
+    statement; surprised -> surprise; calm, fearful, disgust rejected unless --label-map maps them
+    (calm is not neutral); song and video files rejected (modality_excluded). Actors as 21 or Actor_21."""
+    _run("ravdess", root, out, jobs, strict, normalizer, progress, test_speakers=_split_list(test_speakers),
+         dev_speakers=_split_list(dev_speakers) or [], label_map=label_map)
+
+
+CremadTest, CremadDev = _speakers_opts("actors 1082..1091")
+
+
+@ingest_app.command("cremad")
+def ingest_cremad(
+    root: Path = typer.Argument(..., help="The CREMA-D folder (holding AudioWAV/ and, optionally, VideoDemographics.csv), or AudioWAV/ itself."),
+    out: Path = OutOpt,
+    test_speakers: Optional[str] = CremadTest, dev_speakers: str = CremadDev,
+    label_map: Optional[Path] = LabelMapOpt,
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """CREMA-D: AudioWAV/<actor>_<sentence>_<EMO>_<level>.wav; text = the sentence the code names;
+    the portrayed emotion (NEU HAP ANG SAD; FEA and DIS rejected unless --label-map maps them);
+    gender from VideoDemographics.csv where present."""
+    _run("cremad", root, out, jobs, strict, normalizer, progress, test_speakers=_split_list(test_speakers),
+         dev_speakers=_split_list(dev_speakers) or [], label_map=label_map)
+
+
+SaveeTest, SaveeDev = _speakers_opts("KL")
+
+
+@ingest_app.command("savee")
+def ingest_savee(
+    root: Path = typer.Argument(..., help="The SAVEE folder holding AudioData/ (DC/, JE/, JK/, KL/ with a01.wav ...), AudioData/ itself, or a flat folder of DC_a01.wav files."),
+    out: Path = OutOpt,
+    sentences: Optional[Path] = typer.Option(None, "--sentences", exists=True, dir_okay=False, help="The texts, which SAVEE's "
+                                             "audio lacks: lines 'CODE text' (a01 ..., sa03 ...), or 'DC_a01 text' for one speaker. "
+                                             "Without it every file is rejected as transcript_missing."),
+    test_speakers: Optional[str] = SaveeTest, dev_speakers: str = SaveeDev,
+    label_map: Optional[Path] = LabelMapOpt,
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """SAVEE: <speaker>/<code><NN>.wav, the emotion in the code (a h n sa su; d and f rejected unless
+    --label-map maps them); texts from --sentences."""
+    _run("savee", root, out, jobs, strict, normalizer, progress, sentences=sentences,
+         test_speakers=_split_list(test_speakers), dev_speakers=_split_list(dev_speakers) or [], label_map=label_map)
+
+
+TessTest, TessDev = _speakers_opts("none: two speakers only; YAF holds the younger one out")
+
+
+@ingest_app.command("tess")
+def ingest_tess(
+    root: Path = typer.Argument(..., help="The TESS folder holding OAF_angry/, ..., YAF_sad/ (or the folder above it)."),
+    out: Path = OutOpt,
+    test_speakers: Optional[str] = TessTest, dev_speakers: str = TessDev,
+    label_map: Optional[Path] = LabelMapOpt,
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """TESS: <OAF|YAF>_<emotion>/<OAF|YAF>_<word>_<emotion>.wav; text "Say the word <word>"; ps
+    (pleasant surprise) -> surprise; fear and disgust rejected unless --label-map maps them."""
+    _run("tess", root, out, jobs, strict, normalizer, progress, test_speakers=_split_list(test_speakers),
+         dev_speakers=_split_list(dev_speakers) or [], label_map=label_map)
+
+
 @ingest_app.command("mead")
 def ingest_mead(
     root: Path = typer.Argument(..., help="The folder holding the actor folders (M003/audio/<emotion>/level_<n>/<nnn>.m4a, ...)."),

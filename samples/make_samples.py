@@ -516,6 +516,62 @@ def mosei(out: Path, rng: random.Random) -> None:
         writer.writerow(["video_id", "segment", "start", "end", "sentiment", *MOSEI_COLUMNS, "split"])
         writer.writerows(rows)
 
+# ---------------------------------------------------------------------------- RAVDESS, CREMA-D, SAVEE, TESS
+# Acted corpora whose file names code the label: a few 16 kHz clips each (the real ones are 48,
+# 16, 44.1 and 24.4 kHz), in the folders and names of the release.
+
+def ravdess(out: Path, rng: random.Random) -> None:
+    """Actor_01 (train, male) and Actor_22 (test by default, female); one calm clip, which the
+    importer rejects unless a label map says otherwise."""
+    root = out / "RAVDESS"
+    statements = {"01": "Kids are talking by the door", "02": "Dogs are sitting by the door"}
+    plan = [("01", "en-us+m3", "01", "01", "01", "neutral"), ("01", "en-us+m3", "02", "01", "02", None),
+            ("22", "en-us+f2", "05", "02", "02", "angry")]  # (actor, voice, emotion, intensity, statement, prosody)
+    for actor, voice, code, intensity, statement, prosody in plan:
+        folder = root / f"Actor_{actor}"
+        folder.mkdir(parents=True, exist_ok=True)
+        text = statements[statement]
+        audio = emotional(text, voice, prosody, rng) if prosody else speak(text, voice, 40, 140, 60)  # calm
+        sf.write(folder / f"03-01-{code}-{intensity}-{statement}-01-{actor}.wav", audio, RATE, subtype="PCM_16")
+
+
+def cremad(out: Path, rng: random.Random) -> None:
+    """AudioWAV/ with two train clips of actor 1001 and a test one of 1091, and the demographics table."""
+    root = out / "CREMA-D"
+    (root / "AudioWAV").mkdir(parents=True, exist_ok=True)
+    plan = [("1001", "en-us+m2", "DFA", "Don't forget a jacket", "HAP", "HI", "happy"),
+            ("1001", "en-us+m2", "TSI", "The surface is slick", "NEU", "XX", "neutral"),
+            ("1091", "en-us+f3", "IEO", "It's eleven o'clock", "SAD", "LO", "sad")]
+    for actor, voice, code, text, emotion, level, prosody in plan:
+        sf.write(root / "AudioWAV" / f"{actor}_{code}_{emotion}_{level}.wav", emotional(text, voice, prosody, rng),
+                 RATE, subtype="PCM_16")
+    (root / "VideoDemographics.csv").write_text(
+        "ActorID,Age,Sex,Race,Ethnicity\n1001,51,Male,Caucasian,Not Hispanic\n1091,29,Female,Asian,Not Hispanic\n")
+
+
+def savee(out: Path, rng: random.Random) -> None:
+    """AudioData/DC (train) and KL (test by default), and a sentences table as a user writes one
+    (SAVEE ships no transcripts)."""
+    root = out / "SAVEE"
+    plan = [("DC", "en-gb+m1", "a01", "angry"), ("DC", "en-gb+m1", "su01", "surprise"), ("KL", "en-gb+m4", "n01", "neutral")]
+    texts = {"a01": "The kettle is on the stove", "su01": "He left his coat in the car", "n01": "We are having fish for dinner"}
+    for speaker, voice, code, prosody in plan:
+        folder = root / "AudioData" / speaker
+        folder.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / f"{code}.wav", emotional(texts[code], voice, prosody, rng), RATE, subtype="PCM_16")
+    (root / "sentences.txt").write_text("".join(f"{code}\t{text}\n" for code, text in texts.items()))
+
+
+def tess(out: Path, rng: random.Random) -> None:
+    """Three clips in the release's folder spellings (OAF_Pleasant_surprise, OAF_Sad, YAF_happy)."""
+    root = out / "TESS"
+    plan = [("OAF", "en-us+f4", "Pleasant_surprise", "back", "ps", "surprise"),
+            ("OAF", "en-us+f4", "Sad", "bath", "sad", "sad"), ("YAF", "en-us+f1", "happy", "back", "happy", "happy")]
+    for speaker, voice, folder, word, emotion, prosody in plan:
+        path = root / f"{speaker}_{folder}" / f"{speaker}_{word}_{emotion}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, emotional(f"Say the word {word}", voice, prosody, rng), RATE, subtype="PCM_16")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -525,7 +581,7 @@ def main() -> None:
         raise SystemExit("espeak-ng not found: apt-get install espeak-ng (or `make samples`, which installs it)")
     if args.out.exists():
         shutil.rmtree(args.out)
-    for build in (librispeech, gigaspeech, iemocap, meld, esd, commonvoice, mead, mosei):
+    for build in (librispeech, gigaspeech, iemocap, meld, esd, commonvoice, mead, mosei, ravdess, cremad, savee, tess):
         build(args.out, random.Random(build.__name__))
         print(f"built {build.__name__}")
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
