@@ -16,6 +16,9 @@ def corpus(tmp_path: Path) -> Path:
     root = tmp_path / "CMU_MOSEI"
     write_audio(root / "Raw" / "Audio" / "Full" / "WAV_16000" / "vidA.wav", 30.0)
     write_audio(root / "Raw" / "Audio" / "Full" / "WAV_16000" / "vidB.wav", 10.0)
+    full = root / "Raw" / "Transcript" / "Full" / "Combined"  # whole-video text, same file names: not read
+    full.mkdir(parents=True)
+    (full / "vidA.txt").write_text("I really loved this movie. It made me so sad at the end.\n", encoding="utf-8")
     transcripts = root / "Raw" / "Transcript" / "Segmented" / "Combined"
     transcripts.mkdir(parents=True)
     (transcripts / "vidA.txt").write_text(

@@ -70,7 +70,7 @@ def _walk(root: str, keep) -> dict[str, str]:
         dirs.sort()
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
-            if keep(folder, ext.lower()):
+            if keep(os.path.relpath(folder, root).lower(), ext.lower()):
                 found.setdefault(stem, os.path.join(folder, name))
     return found
 
@@ -100,8 +100,9 @@ def scan(root: str, labels_csv: str | os.PathLike | None = None, min_intensity: 
         raise IngestError(f"{table}: the label CSV lacks column(s) {', '.join(absent)} (needs video_id, start, end and "
                           f"{', '.join(EMOTIONS)})")
     mapping = labels.merged({**labels.MOSEI, "neutral": "neutral"}, labels.load_label_map(label_map) if label_map else None)
-    audio = _walk(root, lambda folder, ext: ext in AUDIO_EXTENSIONS and "segmented" not in folder.lower())
-    transcripts = _walk(root, lambda folder, ext: ext == ".txt" and "transcript" in folder.lower())
+    # folders below ROOT: the full-video audio, not Segmented/ clips; text from Transcript/.../Segmented/
+    audio = _walk(root, lambda folder, ext: ext in AUDIO_EXTENSIONS and "segmented" not in folder)
+    transcripts = _walk(root, lambda folder, ext: ext == ".txt" and "transcript" in folder and "full" not in folder.split(os.sep))
     by_video: dict[str, list[tuple[int, dict]]] = defaultdict(list)
     for line, row, reason, detail in csv_rows(table):
         location = f"{table}:{line}"
