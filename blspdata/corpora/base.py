@@ -64,9 +64,12 @@ def speaker_splits(found: Iterable[str], test: Iterable[Any] | None, dev: Iterab
     speakers (`default_test` when None), the `dev` ones, the rest train. `name` turns what a
     user wrote (`21`, `Actor_21`) into the corpus's speaker id. A speaker named explicitly that
     is not in `found` is an error (a typo would move nothing), as is one named for both."""
+    def listed(value: Iterable[Any] | str) -> list[Any]:  # a run config may write "21,22"
+        return [v for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+
     found = sorted(set(found))
-    named_test = {name(s) for s in test} if test is not None else set()
-    dev_set = {name(s) for s in dev}
+    named_test = {name(s) for s in listed(test)} if test is not None else set()
+    dev_set = {name(s) for s in listed(dev)}
     test_set = named_test if test is not None else set(default_test)
     absent = sorted((named_test | dev_set) - set(found))
     if absent:
