@@ -150,6 +150,17 @@ def test_cremad_from_its_audio_folder_with_a_label_map(cremad: Path, tmp_path: P
     assert records["cremad/train/1001_IEO_HAP_HI"]["extra"]["gender"] == "male"  # the table beside AudioWAV/
 
 
+def test_cremad_clone_without_lfs_is_a_clear_error(tmp_path: Path):
+    audio = tmp_path / "CREMA-D" / "AudioWAV"
+    audio.mkdir(parents=True)
+    for name in ("1001_DFA_ANG_XX", "1001_DFA_DIS_XX"):
+        (audio / f"{name}.wav").write_text("version https://git-lfs.github.com/spec/v1\n"
+                                           "oid sha256:4d7a21\nsize 43244\n")
+    result = ingest("cremad", tmp_path / "CREMA-D", tmp_path / "c.jsonl", check=False)
+    assert result.returncode == 1 and "git lfs pull" in result.stderr
+    assert not (tmp_path / "c.jsonl").exists()
+
+
 # ---------------------------------------------------------------------------- SAVEE
 
 @pytest.fixture

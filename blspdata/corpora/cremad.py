@@ -24,7 +24,7 @@ VideoDemographics.csv, where present, gives each actor's sex (into `extra["gende
 The labels are the ones the actors were asked to portray (the file names), not the crowd's
 perceived ones (processedResults/). CREMA-D has no official split: the test split is actors
 1082-1091 (the last ten of 91), the rest train (`test_speakers`, `dev_speakers`). A clone
-without `git lfs pull` holds pointer files, not audio: each is rejected as `audio_unreadable`.
+without `git lfs pull` holds pointer files, not audio: that stops the run with the fix.
 """
 
 from __future__ import annotations
@@ -47,10 +47,20 @@ SENTENCES = {
 LEVELS = {"LO": "low", "MD": "medium", "HI": "high", "XX": "unspecified"}
 DEFAULT_TEST_SPEAKERS = tuple(str(actor) for actor in range(1082, 1092))
 _NAME = re.compile(r"^(\d{4})_([A-Z]{3})_([A-Z]{3})_([A-Z]{2})$")
+_LFS = b"version https://git-lfs"
 
 
 def _holds_wavs(folder: str) -> bool:
     return any(_NAME.match(n[:-4]) for n in os.listdir(folder) if n.lower().endswith(".wav"))
+
+
+def _lfs_pointer(path: str) -> bool:
+    """A Git LFS pointer (`version https://git-lfs.github.com/spec/v1`, ...) where a wav should be."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(_LFS)) == _LFS
+    except OSError:
+        return False
 
 
 def _sexes(root: str) -> tuple[dict[str, str], list[Reject]]:
@@ -78,6 +88,9 @@ def scan(root: str, test_speakers: Sequence[Any] | None = None, dev_speakers: Se
     if audio_dir is None:
         raise IngestError(f"no AudioWAV/ folder of <actor>_<sentence>_<emotion>_<level>.wav files under {root}")
     names = sorted(n for n in os.listdir(audio_dir) if n.lower().endswith(".wav") and not n.startswith("."))
+    if names and _lfs_pointer(os.path.join(audio_dir, names[0])):
+        raise IngestError(f"{audio_dir} holds Git LFS pointer files, not audio (a clone without LFS): "
+                          "run `git lfs pull` in the CREMA-D clone, then ingest again")
     actors = {m[1] for m in (_NAME.match(n[:-4]) for n in names) if m}
     splits = speaker_splits(actors, test_speakers, dev_speakers, DEFAULT_TEST_SPEAKERS, "CREMA-D")
     mapping = labels.merged(labels.CREMA_D, labels.load_label_map(label_map) if label_map else None)
