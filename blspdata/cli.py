@@ -298,6 +298,9 @@ def ingest_tess(
          dev_speakers=_split_list(dev_speakers) or [], label_map=label_map)
 
 
+MeadTest, MeadDev = _speakers_opts("none: actors such as M003,W009")
+
+
 @ingest_app.command("mead")
 def ingest_mead(
     root: Path = typer.Argument(..., help="The folder holding the actor folders (M003/audio/<emotion>/level_<n>/<nnn>.m4a, ...)."),
@@ -305,8 +308,7 @@ def ingest_mead(
     sentences: Optional[Path] = typer.Option(None, "--sentences", exists=True, dir_okay=False, help="CSV emotion,number,text "
                                              "[,actor]: the text of each numbered sentence (the release has none; without "
                                              "it every clip is rejected as transcript_missing)."),
-    test_actors: str = typer.Option("", "--test-actors", help="Comma-separated actors (M003,W009) that form the test split [default: none]."),
-    dev_actors: str = typer.Option("", "--dev-actors", help="Comma-separated actors that form the dev split [default: none]."),
+    test_speakers: Optional[str] = MeadTest, dev_speakers: str = MeadDev,
     audio_dir: Optional[Path] = typer.Option(None, "--audio-dir", help="Where extracted 16 kHz FLAC goes [default: OUT's folder/<OUT name>.audio]."),
     label_map: Optional[Path] = LabelMapOpt,
     jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
@@ -315,7 +317,7 @@ def ingest_mead(
     (surprised -> surprise; fear, disgusted, contempt rejected unless --label-map maps them),
     the level as intensity, texts from --sentences."""
     _run("mead", root, out, jobs, strict, normalizer, progress, audio_dir=audio_dir, sentences=sentences,
-         test_actors=_split_list(test_actors) or (), dev_actors=_split_list(dev_actors) or (), label_map=label_map)
+         test_speakers=_split_list(test_speakers), dev_speakers=_split_list(dev_speakers) or [], label_map=label_map)
 
 
 @ingest_app.command("mosei")

@@ -52,7 +52,7 @@ def corpus(tmp_path: Path) -> Path:
 
 def test_mead_extracts_maps_and_rejects(corpus: Path, tmp_path: Path):
     out = tmp_path / "out" / "mead.jsonl"
-    blspdata("ingest", "mead", corpus, "-o", out, "--sentences", tmp_path / "sentences.csv", "--test-actors", "W009", "--jobs", "2")
+    blspdata("ingest", "mead", corpus, "-o", out, "--sentences", tmp_path / "sentences.csv", "--test-speakers", "W009", "--jobs", "2")
     records = by_id(read_jsonl(out))
     assert {k: (v["emotion"], v["split"]) for k, v in records.items()} == {
         "mead/train/M003_angry_level_3_001": ("angry", "train"),
@@ -88,7 +88,7 @@ def test_without_sentences_every_clip_is_rejected_saying_why(corpus: Path, tmp_p
 
 
 def test_bad_options_are_clear_errors(corpus: Path, tmp_path: Path):
-    result = blspdata("ingest", "mead", corpus, "-o", tmp_path / "m.jsonl", "--test-actors", "M999", check=False)
+    result = blspdata("ingest", "mead", corpus, "-o", tmp_path / "m.jsonl", "--test-speakers", "M999", check=False)
     assert result.returncode == 1 and "M999" in result.stderr
     (tmp_path / "bad.csv").write_text("id,sentence\n1,x\n")
     result = blspdata("ingest", "mead", corpus, "-o", tmp_path / "m.jsonl", "--sentences", tmp_path / "bad.csv", check=False)
@@ -98,7 +98,7 @@ def test_bad_options_are_clear_errors(corpus: Path, tmp_path: Path):
 def test_the_bundled_sample_ingests(tmp_path: Path):
     out = tmp_path / "mead.jsonl"
     blspdata("ingest", "mead", SAMPLES / "MEAD", "-o", out, "--sentences", SAMPLES / "MEAD" / "sentences.csv",
-             "--test-actors", "W009")
+             "--test-speakers", "W009")
     records = read_jsonl(out)
     assert {r["emotion"] for r in records} == {"neutral", "happy", "angry", "sad", "surprise"}
     assert {r["split"] for r in records} == {"train", "test"}

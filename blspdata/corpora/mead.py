@@ -17,18 +17,18 @@ with an actor wins over one without, for the actors whose takes differ):
     angry,1,She had your dark suit in greasy wash water all year.
 
 Without it every clip is rejected as `transcript_missing`, saying so: every task of the recipe
-prompts with the transcript. MEAD has no official split: `--test-actors` / `--dev-actors`
-name the actors held out, the others are train.
+prompts with the transcript. MEAD has no official split: `--test-speakers` / `--dev-speakers`
+name the actors held out (as for the other acted corpora), the others are train.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from blspdata import labels
-from blspdata.corpora.base import AudioItem, IngestError, csv_header, csv_rows, undecodable_fields
+from blspdata.corpora.base import AudioItem, IngestError, csv_header, csv_rows, speaker_splits, undecodable_fields
 from blspdata.records import Record, Reject
 
 _ACTOR = re.compile(r"^[MW]\d{3}$")
@@ -40,26 +40,21 @@ Sentences = dict[tuple[str, str, int], str]  # (actor or "", emotion, number) ->
 
 
 def scan(root: str, audio_dir: str | os.PathLike, sentences: str | os.PathLike | None = None,
-         test_actors: Sequence[str] = (), dev_actors: Sequence[str] = (),
+         test_speakers: Sequence[Any] | None = None, dev_speakers: Sequence[Any] = (),
          label_map: str | os.PathLike | None = None) -> Iterator[AudioItem | Reject]:
     if not os.path.isdir(root):
         raise IngestError(f"MEAD root not found: {root}")
     actors = sorted(n for n in os.listdir(root) if _ACTOR.match(n) and os.path.isdir(os.path.join(root, n, "audio")))
     if not actors:
         raise IngestError(f"no actor folders with audio/ (M003/audio/, W009/audio/, ...) under {root}")
-    absent = sorted((set(test_actors) | set(dev_actors)) - set(actors))
-    if absent:
-        raise IngestError(f"actor(s) {', '.join(absent)} named for the test/dev split not found under {root}")
-    overlap = set(test_actors) & set(dev_actors)
-    if overlap:
-        raise IngestError(f"actor(s) {', '.join(sorted(overlap))} are in both the test and the dev split")
+    splits = speaker_splits(actors, test_speakers, dev_speakers, (), "MEAD")
     mapping = labels.merged(labels.MEAD, labels.load_label_map(label_map) if label_map else None)
     table: Sentences | None = None
     if sentences is not None:
         table, bad = read_sentences(str(sentences))
         yield from bad
     for actor in actors:
-        split = "test" if actor in test_actors else "dev" if actor in dev_actors else "train"
+        split = splits[actor]
         yield from _scan_actor(root, actor, split, str(audio_dir), table, sentences, mapping)
 
 
