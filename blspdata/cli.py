@@ -12,6 +12,8 @@ from typer.core import TyperGroup
 
 from blspdata import __version__
 from blspdata.errors import BlspdataError
+from blspdata.generate.options import Backend, Executor, GenerateSettings, Server  # light: no engine
+from blspdata.publish_options import AudioMode, Format, PublishSettings  # light: no audio libraries
 
 
 # The one place user errors become one line: `BlspdataError` (blspdata/errors.py) and OSError
@@ -384,11 +386,32 @@ class Task(str, Enum):
     emotion = "emotion"
 
 
-class BackendName(str, Enum):
-    embedded = "embedded"
-    openai = "openai"
-    vllm = "vllm"
-    dry_run = "dry-run"
+def _setting(settings: type, name: str, *flags: str, default=None):
+    """The flag of an option declared once as a field of a settings dataclass (blspdata/options.py):
+    its default, its help and its bounds (a value outside them is a usage error naming the flag)
+    come from the field; its choices from the field's type, which the command's parameter names."""
+    from blspdata.options import checked, condition, default_of, options
+
+    f, kind = options(settings)[name]
+
+    def within_bounds(value):
+        try:
+            return checked(name, value, kind, f, ValueError)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    bound = condition(f)
+    return typer.Option(default_of(f) if default is None else default, *flags,
+                        help=f"{f.metadata['help']}." + (f"  [{bound}]" if bound else ""),
+                        callback=within_bounds if bound else None)
+
+
+def _settings_given(ctx: typer.Context, settings: type) -> dict:
+    """The values of the flags named as the fields of a settings dataclass (engine_args apart:
+    its flag is a KEY=VALUE list)."""
+    from dataclasses import fields
+
+    return {f.name: ctx.params[f.name] for f in fields(settings) if f.name != "engine_args"}
 
 
 TrustRemoteCodeOpt = typer.Option(False, "--trust-remote-code", help="Let vLLM run the model folder's own Python "
@@ -400,6 +423,7 @@ LoadRemoteCodeOpt = typer.Option(False, "--trust-remote-code", help="Run the che
 
 @app.command("generate")
 def generate_command(
+    ctx: typer.Context,
     manifest: Path = typer.Argument(..., help="Manifest from `blspdata ingest` (.jsonl or .jsonl.gz)."),
     out: Path = typer.Option(..., "--out", "-o", help="Continuations to write (.jsonl, appended as they come: "
                              "rerun with the same OUT to resume; put in manifest order when the run completes). "
@@ -408,64 +432,37 @@ def generate_command(
                               "emotion: continue it in its emotion label's tone (stage 2 data; records without a label are rejected)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", help="Template name in prompts/ (semantic, emotion, "
                                          "semantic-blsp) or a .toml file [default: the task's own]."),
-    backend: BackendName = typer.Option(BackendName.embedded, "--backend", help="embedded: llama.cpp servers with "
-                                        "a packaged model (Qwen2.5-Coder-1.5B-Instruct) started on loopback, one per core (CPU, no setup); openai: any OpenAI-compatible "
-                                        "server at --base-url (vllm serve, SGLang, TGI, llama.cpp); vllm: in-process vllm.LLM; "
-                                        "dry-run: a fake LLM for testing plumbing only."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible server, e.g. http://node:8000/v1 "
-                                           "(implies --backend openai)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Model name (openai: as served [default: the server's first]; "
-                                        "vllm and --serve: a Hugging Face id or folder; embedded: a packaged model "
-                                        "[qwen2.5-coder-1.5b, the default; qwen2.5-coder-0.5b; smollm2], a .gguf file, or a Hub "
-                                        "GGUF as hf:OWNER/REPO:FILE.gguf, downloaded once)."),
+    # One flag per field of GenerateSettings, named as the field (tests/test_options.py).
+    backend: Backend = _setting(GenerateSettings, "backend", "--backend"),
+    base_url: Optional[str] = _setting(GenerateSettings, "base_url", "--base-url"),
+    model: Optional[str] = _setting(GenerateSettings, "model", "--model"),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", show_envvar=True,
                                           help="Key for the server, if it wants one."),
-    serve: Optional[str] = typer.Option(None, "--serve", help="'vllm': start `vllm serve MODEL` on a free loopback port, "
-                                        "generate through it, stop it."),
-    concurrency: Optional[int] = typer.Option(None, "--concurrency", min=1, help="Requests in flight [default: 64 for openai, "
-                                              "256 with --serve vllm, 2 per embedded server]."),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Override the template's (48 in the recipe)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Override the template's (0 = greedy, the recipe)."),
-    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="Override the template's "
-                                                       "(1.1, Qwen-7B-Chat's own, which the recipe keeps; 1.0 = none). "
-                                                       "Sent as each engine names it: repetition_penalty (vLLM), "
-                                                       "repeat_penalty (llama.cpp, over the last 64 tokens only)."),
-    seed: int = typer.Option(0, "--seed", help="Sampling seed."),
+    serve: Optional[Server] = _setting(GenerateSettings, "serve", "--serve"),
+    concurrency: Optional[int] = _setting(GenerateSettings, "concurrency", "--concurrency"),
+    max_new_tokens: Optional[int] = _setting(GenerateSettings, "max_new_tokens", "--max-new-tokens"),
+    temperature: Optional[float] = _setting(GenerateSettings, "temperature", "--temperature"),
+    repetition_penalty: Optional[float] = _setting(GenerateSettings, "repetition_penalty", "--repetition-penalty"),
+    seed: int = _setting(GenerateSettings, "seed", "--seed"),
     shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only the records whose id hashes to shard I of N "
                                         "(for Slurm-style arrays; join with `blspdata merge`)."),
-    server_timeout: float = typer.Option(120.0, "--server-timeout", help="Give up (non-zero exit, work kept) when the "
-                                         "server has not answered for this many seconds."),
-    request_timeout: float = typer.Option(300.0, "--request-timeout", min=0.001, help="Seconds one request may take "
-                                          "before it is a `timeout` reject (retried by the next run)."),
-    retry_rejects: bool = typer.Option(True, "--retry-rejects/--no-retry-rejects", help="Rerunning on an OUT: "
-                                       "generate again the rows an earlier run rejected for a transient reason "
-                                       "(server_error, bad_response, timeout), taking them out of its rejects file. "
-                                       "Other rejects (prompt_too_long, ...) are never retried."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Stop after this many records (done ones included)."),
-    engine_arg: List[str] = typer.Option([], "--engine-arg", "-E", help="KEY=VALUE for the vLLM engine (vllm backend: "
-                                         "vllm.LLM(KEY=VALUE); --serve vllm: --KEY VALUE), e.g. -E tensor_parallel_size=4 "
-                                         "-E max_model_len=4096; embedded: -E servers=N -E threads=T [one one-thread server per core for a "
-                                         "packaged model, one server with every core for a --model of yours], -E prefill=true "
-                                         "[the assistant's turn starts with the transcript, >= 6 new tokens: fewer echoes from a "
-                                         "small model, but not the recipe's target; embedded only]; dry-run: -E jitter=SECONDS [each answer takes "
-                                         "a random 0..SECONDS, so answers come back out of order]. Repeatable."),
-    executor: str = typer.Option("local", "--executor", help="local: this process drives one engine; ray: Ray Data "
-                                 "actors, one engine each (local Ray, or the cluster in RAY_ADDRESS; `ray` extra)."),
-    ray_actors: int = typer.Option(2, "--ray-actors", min=1, help="With --executor ray: how many actors (engines)."),
+    server_timeout: float = _setting(GenerateSettings, "server_timeout", "--server-timeout"),
+    request_timeout: float = _setting(GenerateSettings, "request_timeout", "--request-timeout"),
+    retry_rejects: bool = _setting(GenerateSettings, "retry_rejects", "--retry-rejects/--no-retry-rejects"),
+    limit: Optional[int] = _setting(GenerateSettings, "limit", "--limit"),
+    engine_args: List[str] = _setting(GenerateSettings, "engine_args", "--engine-arg", "-E", default=[]),
+    executor: Executor = _setting(GenerateSettings, "executor", "--executor"),
+    ray_actors: int = _setting(GenerateSettings, "ray_actors", "--ray-actors"),
     trust_remote_code: bool = TrustRemoteCodeOpt,
     strict: bool = StrictOpt, progress: bool = ProgressOpt,
 ) -> None:
     """Write semantic or emotion-aware continuations of a manifest's transcripts with an LLM."""
     from blspdata.generate.run import generate
 
+    settings = GenerateSettings(**_settings_given(ctx, GenerateSettings), engine_args=_engine_args(engine_args))
     with error_note(f"(what was done is kept in {out}; rerun the same command to resume)"):
-        summary = generate(manifest, out, task=task.value, prompt=prompt, backend=backend.value, base_url=base_url,
-                           model=model, api_key=api_key, serve=serve, concurrency=concurrency,
-                           max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, shard=shard,
-                           server_timeout=server_timeout, limit=limit, strict=strict, progress=progress,
-                           executor=executor, ray_actors=ray_actors, engine_args=_engine_args(engine_arg),
-                           repetition_penalty=repetition_penalty, trust_remote_code=trust_remote_code,
-                           request_timeout=request_timeout, retry_rejects=retry_rejects)
+        summary = generate(manifest, out, task=task.value, prompt=prompt, settings=settings, api_key=api_key,
+                           shard=shard, strict=strict, progress=progress, trust_remote_code=trust_remote_code)
     typer.echo(f"generate {task.value}: {summary.render()}")
 
 
@@ -565,23 +562,20 @@ def curate_command(
 
 @app.command("publish")
 def publish_command(
+    ctx: typer.Context,
     inputs: List[Path] = typer.Argument(..., help="Curated records (outputs of `blspdata curate`)."),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset folder to create (built beside it, renamed at the end)."),
-    fmt: str = typer.Option("arrow", "--format", help="arrow: save_to_disk layout, open with "
-                            "datasets.load_from_disk('OUT/<config>'); parquet: the Hub layout "
-                            "(data/<config>/<split>-NNNNN-of-NNNNN.parquet), open with load_dataset('OUT', '<config>')."),
-    audio: str = typer.Option("embed", "--audio", help="embed: the segment as 16 kHz mono FLAC in an Audio column "
-                              "(self-contained); path: keep paths (relative to --audio-root)."),
+    # One flag per field of PublishSettings, named as the field (tests/test_options.py).
+    format: Format = _setting(PublishSettings, "format", "--format"),
+    audio: AudioMode = _setting(PublishSettings, "audio", "--audio"),
     audio_root: Optional[Path] = typer.Option(None, "--audio-root", help="With --audio path: write paths relative to this."),
-    max_shard_size: str = typer.Option("500MB", "--max-shard-size", help="Largest shard, e.g. 500MB, 2GB."),
-    validation: float = typer.Option(0.05, "--validation-fraction", min=0.0, max=1.0, help="For corpora without "
-                                     "their own splits: share of speakers in validation."),
-    test: float = typer.Option(0.05, "--test-fraction", min=0.0, max=1.0, help="Likewise for test."),
-    license: str = typer.Option("other", "--license", help="License field of the dataset card (check your corpora's)."),
+    max_shard_size: str = _setting(PublishSettings, "max_shard_size", "--max-shard-size"),
+    validation_fraction: float = _setting(PublishSettings, "validation_fraction", "--validation-fraction"),
+    test_fraction: float = _setting(PublishSettings, "test_fraction", "--test-fraction"),
+    license: str = _setting(PublishSettings, "license", "--license"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it exists (only once the new one is complete)."),
-    push_to_hub: Optional[str] = typer.Option(None, "--push-to-hub", help="OWNER/NAME: upload the dataset to the Hub "
-                                              "(token from HF_TOKEN or `huggingface-cli login`; never printed)."),
-    private: bool = typer.Option(False, "--private", help="With --push-to-hub: create the repository private."),
+    push_to_hub: Optional[str] = _setting(PublishSettings, "push_to_hub", "--push-to-hub"),
+    private: bool = _setting(PublishSettings, "private", "--private"),
     dry_run: bool = typer.Option(False, "--dry-run", help="With --push-to-hub: list what would go up, upload nothing."),
     jobs: Optional[int] = JobsOpt, progress: bool = ProgressOpt,
 ) -> None:
@@ -591,8 +585,8 @@ def publish_command(
     (duplicate_id) go to OUT.rejects.jsonl; the same input gives byte-identical files."""
     from blspdata.publish import publish, push_to_hub as push
 
-    result = publish(inputs, out, fmt=fmt, audio=audio, audio_root=audio_root, max_shard_size=max_shard_size,
-                     validation=validation, test=test, jobs=jobs or _default_jobs(), license=license,
+    settings = PublishSettings(**_settings_given(ctx, PublishSettings))
+    result = publish(inputs, out, **settings.publish_args(), audio_root=audio_root, jobs=jobs or _default_jobs(),
                      overwrite=overwrite, progress=progress)
     typer.echo(f"published {out}: " + "; ".join(
         f"{config} " + ", ".join(f"{split} {n}" for split, n in splits.items())

@@ -25,7 +25,7 @@ import shutil
 import sys
 import time
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
@@ -80,24 +80,9 @@ class Corpus(_Strict):
         return self
 
 
-class Generate(_Strict):
-    backend: Literal["embedded", "openai", "vllm", "dry-run"] = "embedded"
-    base_url: Optional[str] = None
-    model: Optional[str] = None
-    serve: Optional[Literal["vllm"]] = None
-    concurrency: Optional[int] = Field(None, ge=1)
-    max_new_tokens: Optional[int] = Field(None, ge=1)
-    temperature: Optional[float] = Field(None, ge=0)
-    repetition_penalty: Optional[float] = Field(None, gt=0)  # [the template's: 1.1, the recipe's]
-    seed: int = 0
-    server_timeout: float = Field(120.0, gt=0)
-    request_timeout: float = Field(300.0, gt=0)  # seconds one request may take (then a `timeout` reject)
-    retry_rejects: bool = True  # a resumed generate retries transient rejects (server_error, bad_response, timeout)
-    limit: Optional[int] = Field(None, ge=1)
+class _GenerateExtras(_Strict):
+    """The generate: section's per-task prompts; its options are added from GenerateSettings' fields."""
     prompts: dict[Literal["semantic", "emotion"], str] = {}  # task -> template name or .toml file
-    engine_args: dict[str, Any] = {}
-    executor: Literal["local", "ray"] = "local"
-    ray_actors: int = Field(2, ge=1)
 
 
 class _CurateChecks(_Strict):
@@ -121,31 +106,28 @@ class _CurateChecks(_Strict):
         return values
 
 
-class Publish(_Strict):
-    format: Literal["arrow", "parquet"] = "arrow"
-    audio: Literal["embed", "path"] = "embed"
-    max_shard_size: str = "500MB"
-    validation_fraction: float = Field(0.05, ge=0, le=1)
-    test_fraction: float = Field(0.05, ge=0, le=1)
-    license: str = "other"
-    push_to_hub: Optional[str] = None
-    private: bool = False
-
-
 def _section(name: str, *settings: type, skip: frozenset[str] | set[str] = frozenset(),
-             base: type[BaseModel] = _Strict):
-    """A config section straight from settings dataclasses (one list of names and types): each
-    field optional (None: the dataclass's default), described by its `help` metadata and read
-    under its older names too (`aliases` metadata, curate.options.option)."""
+             base: type[BaseModel] = _Strict, typed: bool = False):
+    """A config section straight from settings dataclasses (one list of names and types),
+    each field described by its `help` metadata and read under its older names too (`aliases`
+    metadata, blspdata.options.option). Each field optional (None: the stage's default, the
+    stage checks the value), or with `typed` as the dataclass declares it: its type, its
+    default and its bounds, checked here."""
     definitions: dict[str, Any] = {}
     for cls in settings:
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
             if f.name not in skip:
                 aliases = f.metadata.get("aliases", ())
-                definitions[f.name] = (Optional[hints[f.name]], Field(
-                    None, description=f.metadata.get("help"),
-                    validation_alias=AliasChoices(f.name, *aliases) if aliases else None))
+                described = dict(description=f.metadata.get("help"),
+                                 validation_alias=AliasChoices(f.name, *aliases) if aliases else None)
+                if not typed:
+                    definitions[f.name] = (Optional[hints[f.name]], Field(None, **described))
+                    continue
+                limits = {k: f.metadata[k] for k in ("ge", "gt", "le") if f.metadata.get(k) is not None}
+                default = {"default_factory": f.default_factory} if f.default_factory is not MISSING \
+                    else {"default": f.default}
+                definitions[f.name] = (hints[f.name], Field(**default, **described, **limits))
     return create_model(name, __base__=base, **definitions)
 
 
@@ -164,7 +146,23 @@ def _curate_model():
     return _section("Curate", FilterSettings, DedupSettings, skip={"enabled"}, base=_CurateChecks)
 
 
+def _generate_model():
+    """Generate's options, straight from GenerateSettings (generate/options.py)."""
+    from blspdata.generate.options import GenerateSettings
+
+    return _section("Generate", GenerateSettings, base=_GenerateExtras, typed=True)
+
+
+def _publish_model():
+    """Publish's options, straight from PublishSettings (publish_options.py)."""
+    from blspdata.publish_options import PublishSettings
+
+    return _section("Publish", PublishSettings, typed=True)
+
+
+Generate = _generate_model()
 Curate = _curate_model()
+Publish = _publish_model()
 Stage1 = _stage_model("Stage1")
 Stage2 = _stage_model("Stage2")
 
@@ -434,14 +432,12 @@ def _generate(config: Config, task: str, prompt: Optional[str], manifest: Path, 
 
         if not resume:
             _remove([out, sidecar(out, "rejects.jsonl"), sidecar(out, "summary.json")])
-        g = config.generate
-        summary = generate(manifest, out, task=task, prompt=prompt, backend=g.backend, base_url=g.base_url,
-                           model=g.model, api_key=os.environ.get("OPENAI_API_KEY"), serve=g.serve,
-                           concurrency=g.concurrency, max_new_tokens=g.max_new_tokens, temperature=g.temperature,
-                           seed=g.seed, server_timeout=g.server_timeout, limit=g.limit, progress=progress,
-                           executor=g.executor, ray_actors=g.ray_actors, engine_args=dict(g.engine_args),
-                           repetition_penalty=g.repetition_penalty, trust_remote_code=trust_remote_code,
-                           request_timeout=g.request_timeout, retry_rejects=g.retry_rejects)
+        from blspdata.generate.options import GenerateSettings
+
+        settings = GenerateSettings(**config.generate.model_dump(exclude={"prompts"}))
+        summary = generate(manifest, out, task=task, prompt=prompt, settings=settings,
+                           api_key=os.environ.get("OPENAI_API_KEY"), progress=progress,
+                           trust_remote_code=trust_remote_code)
         print(f"  {summary.render()}", file=sys.stderr)
         return summary.to_dict()
     return work
@@ -462,10 +458,10 @@ def _publish(config: Config, curated: Path, dataset: Path, progress: bool) -> Ca
     def work(resume: bool) -> dict:
         from blspdata.publish import publish, push_to_hub, verify
 
-        p = config.publish
-        result = publish([curated], dataset, fmt=p.format, audio=p.audio, max_shard_size=p.max_shard_size,
-                         validation=p.validation_fraction, test=p.test_fraction, jobs=cores(), license=p.license,
-                         overwrite=True, progress=progress)
+        from blspdata.publish_options import PublishSettings
+
+        p = PublishSettings(**config.publish.model_dump())
+        result = publish([curated], dataset, **p.publish_args(), jobs=cores(), overwrite=True, progress=progress)
         problems = verify(dataset)
         if problems:
             raise RunError(f"{dataset} does not verify: " + "; ".join(problems))

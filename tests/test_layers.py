@@ -22,14 +22,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "blspdata"
 # Lowest first. A module matches the longest prefix listed ("blspdata.generate" also names its
 # submodules); every module must match one, so a new module is placed here on purpose.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base: errors, one record type, locks, labels, audio, workers",
+    ("base: errors, one record type, locks, labels, audio, workers, how options are declared",
      ("blspdata", "blspdata.errors", "blspdata.records", "blspdata.locks", "blspdata.labels",
-      "blspdata.audio", "blspdata.parallel")),
+      "blspdata.audio", "blspdata.parallel", "blspdata.options")),
     ("corpora: one importer per corpus and their base types", ("blspdata.corpora",)),
     ("stage ingest", ("blspdata.ingest",)),
     ("stage generate", ("blspdata.generate",)),
     ("stage curate", ("blspdata.curate",)),
-    ("stage publish", ("blspdata.publish",)),
+    ("stage publish", ("blspdata.publish", "blspdata.publish_options")),
     ("stage train", ("blspdata.train",)),
     ("orchestration: pipeline, report", ("blspdata.pipeline", "blspdata.report")),
     ("command line", ("blspdata.cli", "blspdata.__main__")),

@@ -29,13 +29,12 @@ from tqdm import tqdm
 
 from blspdata.generate import prompts
 from blspdata.generate.backends import Request, Result
-from blspdata.generate.engine import DEFAULT_REQUEST_TIMEOUT, GenerateError, make_engine, run_requests
+from blspdata.generate.engine import GenerateError, make_engine, run_requests
+from blspdata.generate.options import GenerateSettings, settings_of
 from blspdata.generate.resume import (AppendWriter, DoneIds, drop_rows, exclusive, manifest_line, manifest_positions,
                                       parse_shard, recover, shard_of, sort_rows)
 from blspdata.records import Record, Reject, iter_jsonl, read_row, sidecar, write_json
 
-BACKENDS = ("embedded", "openai", "vllm", "dry-run")
-EXECUTORS = ("local", "ray")
 # Rejects that say the server failed, not the row: a rerun tries them again (unless
 # --no-retry-rejects). Every other reason (prompt_too_long, request_rejected, emotion_missing,
 # text_empty, malformed_row, duplicate_id, an invalid row) would fail the same way again.
@@ -179,16 +178,16 @@ class _Sink:
 # ---------------------------------------------------------------------------- the command
 
 def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", prompt: str | None = None,
-             backend: str = "embedded", base_url: str | None = None, model: str | None = None,
-             api_key: str | None = None, serve: str | None = None, concurrency: int | None = None,
-             max_new_tokens: int | None = None, temperature: float | None = None, seed: int = 0,
-             shard: str | None = None, server_timeout: float = 120.0, limit: int | None = None,
-             strict: bool = False, progress: bool = True, executor: str = "local", ray_actors: int = 2,
-             engine_args: dict[str, Any] | None = None, repetition_penalty: float | None = None,
-             trust_remote_code: bool = False, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-             retry_rejects: bool = True) -> Summary:
+             settings: GenerateSettings | None = None, api_key: str | None = None, shard: str | None = None,
+             strict: bool = False, progress: bool = True, trust_remote_code: bool = False,
+             **options: Any) -> Summary:
     """Write continuations of the records in `manifest` to `out` (resumable). The Python face
-    of `blspdata generate`; see its --help for the options."""
+    of `blspdata generate`; see its --help for the options. The generation options are
+    GenerateSettings' fields (generate/options.py): pass `settings`, or any of them by name
+    (`backend="dry-run", seed=1`), or both (the names win)."""
+    s = settings_of(settings, **options)
+    backend, base_url, model, serve, seed = s.backend, s.base_url, s.model, s.serve, s.seed
+    executor, ray_actors = s.executor, s.ray_actors
     manifest, out = Path(manifest), Path(out)
     if not manifest.is_file():
         raise GenerateError(f"manifest not found: {manifest}")
@@ -197,25 +196,17 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
     if out.name.endswith(".gz"):
         raise GenerateError(f"{out}: generate appends as it goes (so it can resume) and writes plain JSONL; "
                             "name the output .jsonl")
-    if backend not in BACKENDS:
-        raise GenerateError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-    if executor not in EXECUTORS:
-        raise GenerateError(f"unknown executor {executor!r}; choose from {', '.join(EXECUTORS)}")
-    if not request_timeout > 0:
-        raise GenerateError(f"--request-timeout must be a positive number of seconds, got {request_timeout}")
     template = prompts.load(prompt or task)
     if template.task != task:
         raise GenerateError(f"prompt {template.id!r} is for the {template.task} task, not {task}")
-    engine_args = check_engine_args(engine_args, trust_remote_code, backend, serve)
+    engine_args = check_engine_args(s.engine_args, trust_remote_code, backend, serve)
     sampling = {**prompts.DEFAULT_GENERATION, **template.generation}
-    if max_new_tokens is not None:
-        sampling["max_new_tokens"] = max_new_tokens
-    if temperature is not None:
-        sampling["temperature"] = temperature
-    if repetition_penalty is not None:
-        if not repetition_penalty > 0:
-            raise GenerateError(f"--repetition-penalty must be positive (1.0 = none), got {repetition_penalty}")
-        sampling["repetition_penalty"] = float(repetition_penalty)
+    if s.max_new_tokens is not None:
+        sampling["max_new_tokens"] = s.max_new_tokens
+    if s.temperature is not None:
+        sampling["temperature"] = s.temperature
+    if s.repetition_penalty is not None:
+        sampling["repetition_penalty"] = s.repetition_penalty
     sampling["seed"] = seed
     if prefill_option(engine_args, backend, base_url, serve):
         sampling.update(prefill="transcript", min_new_tokens=max(PREFILL_MIN_NEW_TOKENS, sampling["min_new_tokens"]))
@@ -227,15 +218,15 @@ def generate(manifest: str | Path, out: str | Path, *, task: str = "semantic", p
         engine_args = {"servers": 1, "threads": max(1, cores() // max(1, ray_actors)),
                        **(engine_args or {})}
     engine_spec = dict(backend=backend, base_url=base_url, model=model, api_key=api_key, serve=serve,
-                       concurrency=concurrency, server_timeout=server_timeout, seed=seed, engine_args=engine_args,
-                       request_timeout=request_timeout)
+                       concurrency=s.concurrency, server_timeout=s.server_timeout, seed=seed, engine_args=engine_args,
+                       request_timeout=s.request_timeout)
 
     if executor == "ray" and serve:
         raise GenerateError("--serve with --executor ray would start one server per actor; start vLLM yourself "
                             "and pass --base-url, or use --backend vllm")
     with exclusive(out):
-        return _generate_locked(manifest, out, job, engine_spec, template, sampling, limit, strict, progress,
-                                executor, ray_actors, retry_rejects)
+        return _generate_locked(manifest, out, job, engine_spec, template, sampling, s.limit, strict, progress,
+                                executor, ray_actors, s.retry_rejects)
 
 
 def _release_transient(manifest: Path, out: Path, job: Job, kept: DoneIds) -> int:
