@@ -543,6 +543,7 @@ def curate_command(
                                                        help=_curate_help("near_dup_threshold")),
     num_perm: Optional[int] = typer.Option(None, "--num-perm", help=_curate_help("num_perm")),
     ngram: Optional[int] = typer.Option(None, "--ngram", help=_curate_help("ngram")),
+    executor: Optional[str] = typer.Option(None, "--executor", help=_curate_help("executor")),
     progress: bool = ProgressOpt,
 ) -> None:
     """Filter generated continuations (each drop with its reason) and remove exact and near duplicates.

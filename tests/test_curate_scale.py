@@ -67,7 +67,7 @@ def digest(lines: list[str]) -> str:
 
 def outcome(out: Path) -> tuple[list[str], list[str]]:
     kept = [row["id"] for row in read_jsonl(out)]
-    rejects = [f"{row['id']} {row['reason']}" for row in read_jsonl(out.parent / (out.name.split(".")[0] + ".rejects.jsonl"))]
+    rejects = [f"{row.get('id')} {row['reason']}" for row in read_jsonl(out.parent / (out.name.split(".")[0] + ".rejects.jsonl"))]
     return kept, rejects
 
 
@@ -90,3 +90,29 @@ def test_the_flat_index_keeps_the_rows_the_old_one_kept(tmp_path: Path, monkeypa
     families = Counter(reject.split(" ", 1)[1].split(":")[0].replace("_of", "") for reject in rejects)
     assert (len(kept), digest(kept), digest(rejects)) == (BEFORE["kept"], BEFORE["kept_ids"], BEFORE["rejects"])
     assert {family: families[family] for family in BEFORE["families"]} == BEFORE["families"]
+
+
+@pytest.mark.timeout(900)
+def test_ray_executor_keeps_the_rows_the_local_one_keeps(tmp_path: Path):
+    """`--executor ray` on a local Ray: signatures and candidates on Ray Data, the same kept
+    rows, rejects (reasons, originals named, order) and statistics as the local executor,
+    across two inputs with rows that are not records and rows the filters drop."""
+    pytest.importorskip("ray")
+    rows = synthetic_rows(800, seed=3)
+    rows[5].continuation = "I'm sorry, but I cannot help with that."  # a filter's reject, between the duplicates
+    first, second = write_rows(tmp_path / "a.jsonl", rows[:300]), write_rows(tmp_path / "b.jsonl", rows[300:])
+    with second.open("a") as handle:
+        handle.write("{not json\n" + json.dumps(rows[0].to_dict()) + "\n")  # malformed, then a duplicate_id
+    results = {}
+    for executor in ("local", "ray"):
+        out = tmp_path / executor / "out.jsonl"
+        out.parent.mkdir()
+        result = blspdata("curate", first, second, "-o", out, "--executor", executor, "--no-progress")
+        stats = json.loads((out.parent / "out.stats.json").read_text())
+        results[executor] = (*outcome(out), {key: value for key, value in stats.items() if key != "output"},
+                             result.stdout.replace(str(out.parent), "DIR"))
+    local, ray = results["local"], results["ray"]
+    assert ray[0] == local[0] and ray[1] == local[1] and ray[2] == local[2] and ray[3] == local[3]
+    reasons = Counter(reject.split(" ", 1)[1].split(":")[0] for reject in local[1])
+    assert reasons["near_duplicate_of"] > 10 and reasons["exact_duplicate_of"] > 10 and reasons["refusal"] == 1
+    assert len(local[0]) + len(local[1]) == 802  # the malformed row and the repeated id among the rejects

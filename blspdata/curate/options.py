@@ -14,7 +14,7 @@ its defaults without importing numpy.
 from __future__ import annotations
 
 from dataclasses import Field, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from blspdata.errors import BlspdataError
 from blspdata.options import TYPE_NAMES, described, names, option, options, shown  # noqa: F401  (curate's names)
@@ -34,6 +34,9 @@ class DedupSettings:
     # No bound against the LSH bands: optimal_bands() never picks more bands than permutations.
     num_perm: int = option(128, "MinHash permutations", ge=1)
     ngram: int = option(2, "Word n-gram size of the MinHash shingles", ge=1)
+    executor: Literal["local", "ray"] = option(
+        "local", "Where duplicates are found: local (this process) or ray (signatures and candidate groups on Ray "
+        "Data: the cluster in RAY_ADDRESS, else a local Ray; pip install 'blspdata[ray]'); the same rows are kept")
 
 
 def checked(key: str, value: Any, kind: type, f: Field | None = None) -> Any:

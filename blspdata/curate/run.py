@@ -235,6 +235,25 @@ class Pending:
     tokens: tuple[str, ...] = ()
     reason: str | None = None
     detail: str = ""
+    number: int = -1  # its place among the input rows, from 0 (the Ray executor's verdicts are by number)
+
+
+def line_group(record: Record) -> int:
+    """The record's group for dedup (dedup.transcript_group): its line, and its label for the
+    emotion task."""
+    return transcript_group(record.text, record.emotion if record.task == "emotion" else None)
+
+
+def _first_pass(inputs: list[Path], filters: FilterSettings) -> Iterator[tuple[Record | None, str | None, int]]:
+    """For the Ray executor: per input row, the record to curate (None where it is not one),
+    the filters' reason and its group."""
+    for _, record, _, reason, _ in _rows(inputs):
+        if reason:
+            yield None, None, 0
+        else:
+            cached_words(record.continuation or "")  # the filters' words, as in the second pass
+            verdict = first_reason(record, filters)
+            yield record, verdict, 0 if verdict else line_group(record)
 
 
 def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings | None = None,
@@ -259,13 +278,23 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
                              NearDuplicates(dedup.near_dup_threshold, dedup.num_perm, dedup.ngram,
                                             spill_dir=out.parent) if near else None)
         return indexes[task]
+
+    verdicts = None  # --executor ray: the filters' and the duplicate verdicts, by row number
+    if dedup.executor == "ray":
+        from blspdata.curate.ray_executor import duplicates_on_ray
+
+        verdicts = duplicates_on_ray(_first_pass(inputs, filters), dedup, spill_dir=out.parent, progress=progress)
     bar = tqdm(desc="curate", unit=" rec", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     # Rejects are committed first, OUT last (writers close in reverse), stats.json once both are.
     with JsonlWriter(out) as kept, JsonlWriter(sidecar(out, "rejects.jsonl")) as rejected:
 
         def decide_duplicates(passed: list[Pending]) -> None:
             """Exact, then near-duplicate check of the rows that passed the filters, against
-            the rows kept before them, task by task (dedup.duplicate_reasons)."""
+            the rows kept before them, task by task (dedup.duplicate_reasons), or as decided on Ray."""
+            if verdicts is not None:
+                for item in passed:
+                    item.reason = verdicts.duplicate_reason(item.number)
+                return
             if near:  # signatures and band keys in one numpy pass per batch
                 signatures = near.signatures_of_words([item.tokens for item in passed])
                 band_keys = near.band_keys(signatures)
@@ -277,8 +306,7 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
                 items = [passed[position] for position in positions]
                 reasons = duplicate_reasons(
                     exact, near_index, [item.record.id for item in items],
-                    [transcript_group(item.record.text, item.record.emotion if task == "emotion" else None)
-                     for item in items],
+                    [line_group(item.record) for item in items],
                     [exact_key_of_words(item.tokens) for item in items] if exact else None,
                     signatures[positions] if near else None, band_keys[positions] if near else None)
                 for item, reason in zip(items, reasons):
@@ -314,12 +342,16 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
                 stats.before[(record.corpus, record.task, record.emotion)] += 1
                 tokens = cached_words(record.continuation or "")  # tokenized once: the filters get them from the cache
                 stats.lengths_before.append(len(tokens))
-                pending.append(Pending(location, record, row, tokens, first_reason(record, filters)))
+                number = stats.inputs - 1
+                verdict = verdicts.filter_reason(number) if verdicts is not None else first_reason(record, filters)
+                pending.append(Pending(location, record, row, tokens, verdict, number=number))
             if len(pending) >= batch_size:
                 flush(pending)
                 pending = []
         flush(pending)
         bar.close()
+        if verdicts is not None and len(verdicts) != stats.inputs:
+            raise CurateError(f"the inputs changed while curate read them: {len(verdicts)} rows, then {stats.inputs}")
         if kept.count + rejected.count != stats.inputs:  # nothing vanishes: rows written vs rows read
             raise CurateError(f"wrote {kept.count} kept + {rejected.count} rejected rows for {stats.inputs} read")
     write_json(sidecar(out, "stats.json"), stats.to_dict())
