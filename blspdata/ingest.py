@@ -28,16 +28,14 @@ from tqdm import tqdm
 from blspdata.corpora.base import AudioItem, IngestError
 from blspdata.audio import AudioError, extract_to_flac, probe
 from blspdata.corpora.text import get_normalizer
-from blspdata.errors import cut
 from blspdata.parallel import ordered_map
 from blspdata.records import JsonlWriter, Record, Reject, sidecar, write_json
+from blspdata.rejects import Rejects
 
 # A segment may end this far past the audio's end (rounding in corpus metadata).
 END_TOLERANCE_S = 0.05
 # `duration` of a record whose utterance is its whole audio file (filled in from the header).
 WHOLE_FILE = 0.0
-# The longest reject detail written: details quote the input (a line, a label), which may be huge.
-MAX_DETAIL = 500
 
 
 @dataclass
@@ -48,7 +46,11 @@ class Summary:
     splits: dict[str, dict[str, float]] = field(default_factory=dict)
     emotions: Counter = field(default_factory=Counter)
     emotion_seconds: Counter = field(default_factory=Counter)
-    rejects: Counter = field(default_factory=Counter)
+    rejects: Rejects | None = None  # OUT.rejects.jsonl and its reasons (default: from `output`)
+
+    def __post_init__(self) -> None:
+        if self.rejects is None:
+            self.rejects = Rejects(sidecar(self.output, "rejects.jsonl"))
 
     def add(self, record: Record) -> None:
         self.records += 1
@@ -69,8 +71,8 @@ class Summary:
                        for k, v in sorted(self.splits.items())},
             "emotions": dict(sorted(self.emotions.items())),
             "emotion_hours": {k: round(v / 3600, 4) for k, v in sorted(self.emotion_seconds.items())},
-            "rejected": sum(self.rejects.values()),
-            "rejects": dict(self.rejects.most_common()),
+            "rejected": self.rejects.total,
+            "rejects": self.rejects.counts(),
         }
 
     def render(self) -> str:
@@ -79,13 +81,7 @@ class Summary:
             lines.append(f"  split {name:<18} {split['records']:>8} records {split['hours']:>9.3f} h")
         for label, count in sorted(self.emotions.items()):
             lines.append(f"  emotion {label:<16} {count:>8} records {self.emotion_seconds[label] / 3600:>9.3f} h")
-        rejected = sum(self.rejects.values())
-        if rejected:
-            lines.append(f"  rejected {rejected} (see {sidecar(self.output, 'rejects.jsonl')}):")
-            for reason, count in self.rejects.most_common():
-                lines.append(f"    {reason:<24} {count:>8}")
-        else:
-            lines.append("  rejected 0")
+        lines.append(self.rejects.render())
         return "\n".join(lines)
 
 
@@ -145,26 +141,22 @@ def run(items: Iterable[AudioItem | Reject], out: str | os.PathLike, *, jobs: in
     items = iter(items)
     first = next(items, None)
     items = itertools.chain([first] if first is not None else [], items)
-    summary = Summary(output=str(out))
+    summary = Summary(output=str(out), rejects=Rejects(sidecar(out, "rejects.jsonl"), strict=strict, error=IngestError))
     bar = tqdm(desc=desc, unit=" files", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
         # The inner writer commits first: the manifest, then its rejects, then the summary, so a
         # failure part way never leaves a new summary beside an old manifest.
-        with JsonlWriter(sidecar(out, "rejects.jsonl")) as rejects, JsonlWriter(out) as records:
+        with summary.rejects as rejects, JsonlWriter(out) as records:
             for results in ordered_map(process_item, items, jobs, initializer=_init_worker, initargs=(normalizer, all_caps)):
                 bar.update(1)
                 for result in results:
                     if isinstance(result, Reject):
-                        result.detail = cut(result.detail, MAX_DETAIL)
-                        if strict:
-                            raise IngestError(result.message())
-                        summary.rejects[result.reason] += 1
-                        rejects.write(result.to_dict())
+                        rejects.add(result)  # --strict: raises IngestError, nothing committed
                     else:
                         summary.add(result)
                         records.write(result.to_dict())
                 if progress and bar.n % 256 == 0:
-                    bar.set_postfix(records=summary.records, rejected=sum(summary.rejects.values()), refresh=False)
+                    bar.set_postfix(records=summary.records, rejected=rejects.total, refresh=False)
         write_json(sidecar(out, "summary.json"), summary.to_dict())
     finally:
         bar.close()  # also on errors, so an error message starts on its own line

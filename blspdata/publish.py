@@ -34,8 +34,9 @@ from blspdata.audio import RATE, flac_streaminfo, read_segment
 from blspdata.errors import BlspdataError
 from blspdata.labels import CANONICAL
 from blspdata.parallel import ordered_map
-from blspdata.records import (JsonlWriter, Record, Reject, SeenIds, iter_jsonl, owned_temp_prefix, read_row,
+from blspdata.records import (Record, Reject, SeenIds, iter_jsonl, owned_temp_prefix, read_rows,
                               remove_dead_leftovers)
+from blspdata.rejects import Rejects
 
 SPLITS = ("train", "validation", "test")
 MANIFEST = "blspdata.json"
@@ -245,47 +246,47 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
     remove_dead_leftovers(out.parent, out.name)  # build folders of killed publishes (only dead PIDs')
     work = Path(tempfile.mkdtemp(prefix=owned_temp_prefix(out.name), suffix=".build", dir=out.parent))
     try:
-        staging, staged_rows, rejects, provenance = _stage(inputs, work, validation, test)
-        build = work / "dataset"
-        build.mkdir()
-        writers: dict[tuple[str, str], _ShardWriter] = {}
-        for config in sorted(staging):
-            for split in (s for s in SPLITS if s in staging[config]):
-                folder = build / config if fmt == "arrow" else build / "data" / config
-                writers[(config, split)] = _ShardWriter(folder, split, fmt, audio, max_bytes)
-        total = sum(staged_rows.values())
-        jobs_iter = (((config, split), (row, audio, str(audio_root) if audio_root else None))
-                     for config, split in writers for _, row, _ in iter_jsonl(staging[config][split]))
-        from tqdm import tqdm
+        # Rejects are written as they come; the file is committed once the build is whole, just
+        # before the dataset is put in place (a failure on the way commits neither).
+        with Rejects(out.with_name(out.name + ".rejects.jsonl")) as rejects:
+            staging, staged_rows, provenance = _stage(inputs, work, validation, test, rejects)
+            build = work / "dataset"
+            build.mkdir()
+            writers: dict[tuple[str, str], _ShardWriter] = {}
+            for config in sorted(staging):
+                for split in (s for s in SPLITS if s in staging[config]):
+                    folder = build / config if fmt == "arrow" else build / "data" / config
+                    writers[(config, split)] = _ShardWriter(folder, split, fmt, audio, max_bytes)
+            total = sum(staged_rows.values())
+            jobs_iter = (((config, split), (row, audio, str(audio_root) if audio_root else None))
+                         for config, split in writers for _, row, _ in iter_jsonl(staging[config][split]))
+            from tqdm import tqdm
 
-        with tqdm(total=total, desc="publish", unit=" rows", disable=not progress) as bar:
-            for (config, split), result in ordered_map(_encode_tagged, jobs_iter, jobs, chunk_size=16):
-                if isinstance(result, dict) and "_read_from" in result:
-                    source = result.pop("_read_from")
-                    try:
-                        result["audio"]["bytes"] = Path(source).read_bytes()
-                    except OSError as exc:
-                        result = Reject("audio_unreadable", source, f"{type(exc).__name__}: {exc}", id=result["id"])
-                if isinstance(result, Reject):
-                    rejects.append(result)
-                else:
-                    writers[(config, split)].add(result)
-                bar.update(1)
-        counts: dict[str, dict[str, int]] = defaultdict(dict)
-        sizes: dict[str, dict[str, int]] = defaultdict(dict)
-        for (config, split), writer in writers.items():
-            writer.close()
-            counts[config][split], sizes[config][split] = writer.rows, writer.bytes
-        if fmt == "arrow":
-            for config in counts:
-                (build / config / "dataset_dict.json").write_text(json.dumps({"splits": list(counts[config])}))
-        _write_card(build, counts, sizes, features(audio), fmt, audio, license, provenance, rejects)
-        files = {str(p.relative_to(build)): _sha256(p) for p in sorted(build.rglob("*")) if p.is_file()}
-        (build / MANIFEST).write_text(json.dumps({"format": fmt, "audio": audio, "rows": counts, "files": files},
-                                                 indent=2, sort_keys=True) + "\n")
-        with JsonlWriter(out.with_name(out.name + ".rejects.jsonl")) as writer:
-            for reject in rejects:
-                writer.write(reject.to_dict())
+            with tqdm(total=total, desc="publish", unit=" rows", disable=not progress) as bar:
+                for (config, split), result in ordered_map(_encode_tagged, jobs_iter, jobs, chunk_size=16):
+                    if isinstance(result, dict) and "_read_from" in result:
+                        source = result.pop("_read_from")
+                        try:
+                            result["audio"]["bytes"] = Path(source).read_bytes()
+                        except OSError as exc:
+                            result = Reject("audio_unreadable", source, f"{type(exc).__name__}: {exc}", id=result["id"])
+                    if isinstance(result, Reject):
+                        rejects.add(result)
+                    else:
+                        writers[(config, split)].add(result)
+                    bar.update(1)
+            counts: dict[str, dict[str, int]] = defaultdict(dict)
+            sizes: dict[str, dict[str, int]] = defaultdict(dict)
+            for (config, split), writer in writers.items():
+                writer.close()
+                counts[config][split], sizes[config][split] = writer.rows, writer.bytes
+            if fmt == "arrow":
+                for config in counts:
+                    (build / config / "dataset_dict.json").write_text(json.dumps({"splits": list(counts[config])}))
+            _write_card(build, counts, sizes, features(audio), fmt, audio, license, provenance, rejects)
+            files = {str(p.relative_to(build)): _sha256(p) for p in sorted(build.rglob("*")) if p.is_file()}
+            (build / MANIFEST).write_text(json.dumps({"format": fmt, "audio": audio, "rows": counts, "files": files},
+                                                     indent=2, sort_keys=True) + "\n")
         if out.exists():
             trash = out.with_name(f"{owned_temp_prefix(out.name)}old")
             os.replace(out, trash)
@@ -295,15 +296,15 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
             os.replace(build, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"rows": dict(counts), "rejected": Counter(r.reason for r in rejects)}
+    return {"rows": dict(counts), "rejected": rejects.reasons}
 
 
-def _stage(inputs: list[Path], work: Path, validation: float, test: float):
-    """Sort the input rows into per-(config, split) JSONL files; count the provenance."""
+def _stage(inputs: list[Path], work: Path, validation: float, test: float, rejects: Rejects):
+    """Sort the input rows into per-(config, split) JSONL files, the rows that are not
+    generated records (or repeat a (task, id)) into `rejects`; count the provenance."""
     staging: dict[str, dict[str, Path]] = defaultdict(dict)
     writers: dict[tuple[str, str], Any] = {}
     staged_rows: Counter = Counter()
-    rejects: list[Reject] = []
     seen = SeenIds()  # (task, id): ids repeat across tasks, never within one
     provenance = {"corpora": Counter(), "hours": Counter(), "generators": {}, "curate": [], "inputs": []}
     try:
@@ -314,18 +315,16 @@ def _stage(inputs: list[Path], work: Path, validation: float, test: float):
             stats = _stats_beside(path)
             if stats:
                 provenance["curate"].append(stats)
-            for number, row, error in iter_jsonl(path):
-                location = f"{path}:{number}"
-                record, reject = read_row(location, row, error)  # malformed_row, invalid_row:<field>
+            for item in read_rows(path):
+                location, record, reject = item.location, item.record, item.reject  # malformed_row, invalid_row:<field>
                 if record is not None and (record.task not in ("semantic", "emotion") or record.continuation is None):
                     reject = Reject("malformed_row", location, "not a generated record (no task/continuation)",
                                     id=record.id)
-                elif record is not None and not seen.add(record.task, record.id):
-                    reject = Reject("duplicate_id", location, f"{record.id} ({record.task}) came before in the input",
-                                    id=record.id)
+                elif record is not None:
+                    reject = seen.repeat(record, location)  # duplicate_id
                 if reject is not None:
                     reject.record = None  # the rejects file names the row; the curated input still has it
-                    rejects.append(reject)
+                    rejects.add(reject)
                     continue
                 split = target_split(record, validation, test)
                 key = (record.task, split)
@@ -341,7 +340,7 @@ def _stage(inputs: list[Path], work: Path, validation: float, test: float):
     finally:
         for handle in writers.values():
             handle.close()
-    return staging, staged_rows, rejects, provenance
+    return staging, staged_rows, provenance
 
 
 def _stats_beside(path: Path) -> dict | None:
@@ -411,7 +410,7 @@ def _code(value: Any) -> str:
 
 
 def _write_card(build: Path, counts: dict[str, dict[str, int]], sizes: dict[str, dict[str, int]], features_,
-                fmt: str, audio: str, license: str, provenance: dict, rejects: list[Reject]) -> None:
+                fmt: str, audio: str, license: str, provenance: dict, rejects: Rejects) -> None:
     from datasets.info import DatasetInfo, DatasetInfosDict
     from datasets.splits import SplitDict, SplitInfo
     from huggingface_hub import DatasetCard, DatasetCardData
@@ -464,9 +463,9 @@ def _write_card(build: Path, counts: dict[str, dict[str, int]], sizes: dict[str,
     for stats in provenance["curate"]:
         lines.append(f"- curate: {card_text(stats.get('kept'))} of {card_text(stats.get('input'))} kept; dropped: "
                      + ", ".join(f"{card_text(k)} {card_text(v)}" for k, v in (stats.get("rejects") or {}).items()))
-    if rejects:
-        lines.append(f"- publish: {len(rejects)} rows dropped (" + ", ".join(
-            f"{card_text(k)} {v}" for k, v in Counter(r.reason for r in rejects).items()) + ")")
+    if rejects.total:
+        lines.append(f"- publish: {rejects.total} rows dropped (" + ", ".join(
+            f"{card_text(k)} {v}" for k, v in rejects.reasons.items()) + ")")
     lines += ["", f"Audio: {'16 kHz mono FLAC, cut to the utterance' if audio == 'embed' else 'paths (not embedded)'}. "
               "Emotion labels: " + ", ".join(f"{i} {n}" for i, n in enumerate(CANONICAL)) + " (null for semantic rows). "
               "`extra` and `generator` are JSON strings.", "", "## Load it", "", "```python"]

@@ -255,15 +255,34 @@ def _undecodable(line: bytes) -> str:
     return ""
 
 
+@dataclass(slots=True)
+class Row:
+    """One line of a manifest as a stage meets it: where it is, the JSON object (None when the
+    line is not one), and either the record or the Reject the stage writes for it."""
+
+    location: str                # "path:line"
+    row: dict[str, Any] | None
+    record: Record | None
+    reject: Reject | None
+
+
+def read_rows(path: str | os.PathLike) -> Iterator[Row]:
+    """The one record reader every stage uses: each non-blank line of `path`, checked
+    (`read_row`): a line that is not JSON, not an object or not a valid record comes with its
+    Reject (`malformed_row`, `invalid_row:<field>`). Streaming; a `.gz` cut short raises
+    UnreadableFile."""
+    for number, row, error in iter_jsonl(path):
+        location = f"{path}:{number}"
+        record, reject = read_row(location, row, error)
+        yield Row(location, row, record, reject)
+
+
 def read_records(path: str | os.PathLike) -> Iterator[Record]:
     """Yield the records of a manifest; a malformed or invalid row raises RowError naming path:line."""
-    for number, row, error in iter_jsonl(path):
-        if row is None:
-            raise RowError(f"{path}:{number}: {error}")
-        try:
-            yield Record.from_dict(row)
-        except RowError as exc:
-            raise RowError(f"{path}:{number}: {exc}") from None
+    for item in read_rows(path):
+        if item.reject is not None:
+            raise RowError(f"{item.location}: {item.reject.detail}")
+        yield item.record
 
 
 def read_row(location: str, row: dict[str, Any] | None, error: str = "") -> tuple[Record | None, Reject | None]:
@@ -293,6 +312,13 @@ class SeenIds:
             return False
         self._seen.add(key)
         return True
+
+    def repeat(self, record: Record, location: str) -> Reject | None:
+        """The `duplicate_id` Reject for a later row of one (task, id); None for the first
+        (which is then remembered)."""
+        if self.add(record.task, record.id):
+            return None
+        return Reject("duplicate_id", location, f"{record.id} ({record.task}) came before in the input", id=record.id)
 
 
 # ---------------------------------------------------------------------------- temporary names

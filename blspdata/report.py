@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 
 from blspdata.labels import CANONICAL
 from blspdata.records import atomic_path, iter_jsonl, sidecar
+from blspdata.rejects import family
 
 TRAIN_KEYS = ("response_kl", "response_ce", "input_er", "er_accuracy")
 SAMPLES = (("emotion", 6), ("semantic", 4))   # published config, rows shown from it
@@ -316,8 +317,8 @@ def rejects_section(run_dir: Path) -> str:
         files = sorted(place.glob("*.rejects.jsonl")) if place.is_dir() else [place] if place.is_file() else []
         before = sum(counts.values())
         for row in _rows(files):
-            # near_duplicate_of:<id> counted as near_duplicate, as curate's stats do.
-            counts[(stage, str(row.get("reason", "unknown")).split(":", 1)[0].removesuffix("_of"))] += 1
+            # near_duplicate_of:<id> counted as near_duplicate, as curate's stats do (rejects.family).
+            counts[(stage, family(str(row.get("reason", "unknown"))))] += 1
         if not files or sum(counts.values()) == before:
             notes.append(f"{stage}: " + ("no rejects." if files else "not run yet (no rejects file)."))
     if not counts:

@@ -22,9 +22,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "blspdata"
 # Lowest first. A module matches the longest prefix listed ("blspdata.generate" also names its
 # submodules); every module must match one, so a new module is placed here on purpose.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base: errors, one record type, locks, labels, audio, workers, how options are declared",
+    ("base: errors, one record type, locks, labels, audio, workers, how options are declared, "
+     "the rejects contract",
      ("blspdata", "blspdata.errors", "blspdata.records", "blspdata.locks", "blspdata.labels",
-      "blspdata.audio", "blspdata.parallel", "blspdata.options")),
+      "blspdata.audio", "blspdata.parallel", "blspdata.options", "blspdata.rejects")),
     ("corpora: one importer per corpus and their base types", ("blspdata.corpora",)),
     ("stage ingest", ("blspdata.ingest",)),
     ("stage generate", ("blspdata.generate",)),

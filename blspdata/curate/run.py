@@ -37,16 +37,12 @@ from blspdata.curate.dedup import (ExactDuplicates, NearDuplicates, duplicate_re
                                    transcript_group)
 from blspdata.curate.filters import FILTERS, FilterSettings, cached_words, first_reason
 from blspdata.curate.options import CurateError, DedupSettings, checked, names, options
-from blspdata.records import JsonlWriter, Record, Reject, SeenIds, iter_jsonl, read_row, sidecar, write_json
+from blspdata.records import JsonlWriter, Record, Reject, SeenIds, read_rows, sidecar, write_json
+from blspdata.rejects import Rejects, family as reason_family  # reason_family: its name here before rejects.py
 
 LENGTH_BINS = [0, 5, 10, 15, 20, 25, 30, 40, 60, 100, 200]
 LABEL_SHARE_GAP = 0.2   # 60% of sad rows kept against 90% of the rest is a warning; 80% against 90% is not
 LABEL_MIN_ROWS = 10
-
-
-def reason_family(reason: str) -> str:
-    """`near_duplicate_of:<id>` -> `near_duplicate`; other reasons as they are."""
-    return reason.split(":", 1)[0].replace("_of", "")
 
 
 @dataclass
@@ -54,12 +50,21 @@ class Stats:
     output: str
     inputs: int = 0
     kept: int = 0
-    reasons: Counter = field(default_factory=Counter)
+    rejects: Rejects | None = None  # OUT.rejects.jsonl, its reasons summed by family (default: from `output`)
     before: Counter = field(default_factory=Counter)   # (corpus, task, emotion) -> n
     after: Counter = field(default_factory=Counter)
     label_rejects: Counter = field(default_factory=Counter)  # (emotion, reason family) -> n, emotion task
     lengths_before: list[int] = field(default_factory=list)
     lengths_after: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.rejects is None:
+            self.rejects = Rejects(sidecar(self.output, "rejects.jsonl"), by_family=True)
+
+    @property
+    def reasons(self) -> Counter:
+        """Rows dropped per reason as written (`near_duplicate_of:<id>` each on its own)."""
+        return self.rejects.reasons
 
     @staticmethod
     def _group(counter: Counter, position: int) -> dict[str, int]:
@@ -83,10 +88,7 @@ class Stats:
 
     def reason_family(self) -> Counter:
         """`near_duplicate_of:<id>` counted as `near_duplicate`, and so on."""
-        families: Counter = Counter()
-        for reason, n in self.reasons.items():
-            families[reason_family(reason)] += n
-        return families
+        return self.rejects.families()
 
     def label_shares(self) -> dict[str, dict[str, Any]]:
         """Per label of the emotion task (the stage-2 set), in the canonical order: rows before
@@ -125,7 +127,7 @@ class Stats:
     def to_dict(self) -> dict[str, Any]:
         return {
             "output": self.output, "input": self.inputs, "kept": self.kept, "rejected": self.inputs - self.kept,
-            "rejects": dict(self.reason_family().most_common()),
+            "rejects": self.rejects.counts(),
             "by_corpus": {"before": self._group(self.before, 0), "after": self._group(self.after, 0)},
             "by_task": {"before": self._group(self.before, 1), "after": self._group(self.after, 1)},
             "by_emotion": {"before": self._group(self.before, 2), "after": self._group(self.after, 2)},
@@ -136,11 +138,7 @@ class Stats:
         }
 
     def render(self) -> str:
-        lines = [f"{self.kept} of {self.inputs} kept -> {self.output}"]
-        rejected = self.inputs - self.kept
-        if rejected:
-            lines.append(f"  rejected {rejected} (see {sidecar(self.output, 'rejects.jsonl')}):")
-            lines += [f"    {reason:<24} {n:>8}" for reason, n in self.reason_family().most_common()]
+        lines = [f"{self.kept} of {self.inputs} kept -> {self.output}", self.rejects.render()]
         shares = self.label_shares()
         if shares:
             lines.append("  kept per emotion: " + ", ".join(
@@ -211,17 +209,17 @@ def _rows(inputs: Iterable[Path]) -> Iterator[tuple[str, Record | None, dict | N
     second and later rows of one (task, id) as `duplicate_id`."""
     seen = SeenIds()
     for path in inputs:
-        for number, row, error in iter_jsonl(path):
-            location = f"{path}:{number}"
-            record, reject = read_row(location, row, error)
-            if reject is not None:
-                yield location, None, row, reject.reason, reject.detail
+        for item in read_rows(path):
+            location, record, row = item.location, item.record, item.row
+            if item.reject is not None:
+                yield location, None, row, item.reject.reason, item.reject.detail
                 continue
             if record.continuation is None:
                 yield location, None, row, "malformed_row", "no continuation: is this a generate output?"
                 continue
-            if not seen.add(record.task, record.id):
-                yield location, record, row, "duplicate_id", f"{record.id} ({record.task}) came before in the input"
+            repeat = seen.repeat(record, location)
+            if repeat is not None:
+                yield location, record, row, repeat.reason, repeat.detail
                 continue
             yield location, record, row, "", ""
 
@@ -286,7 +284,7 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
         verdicts = duplicates_on_ray(_first_pass(inputs, filters), dedup, spill_dir=out.parent, progress=progress)
     bar = tqdm(desc="curate", unit=" rec", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     # Rejects are committed first, OUT last (writers close in reverse), stats.json once both are.
-    with JsonlWriter(out) as kept, JsonlWriter(sidecar(out, "rejects.jsonl")) as rejected:
+    with JsonlWriter(out) as kept, stats.rejects as rejected:
 
         def decide_duplicates(passed: list[Pending]) -> None:
             """Exact, then near-duplicate check of the rows that passed the filters, against
@@ -319,12 +317,10 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
                 decide_duplicates(passed)
             for item in pending:
                 if item.reason:
-                    stats.reasons[item.reason] += 1
                     if item.record and item.record.task == "emotion" and item.record.emotion is not None:
                         stats.label_rejects[(item.record.emotion, reason_family(item.reason))] += 1
                     record_id = item.record.id if item.record else (item.row or {}).get("id")
-                    rejected.write(Reject(item.reason, item.location, item.detail, id=record_id,
-                                          record=item.row).to_dict())
+                    rejected.add(Reject(item.reason, item.location, item.detail, id=record_id, record=item.row))
                     continue
                 record = item.record
                 stats.kept += 1
@@ -352,8 +348,8 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
         bar.close()
         if verdicts is not None and len(verdicts) != stats.inputs:
             raise CurateError(f"the inputs changed while curate read them: {len(verdicts)} rows, then {stats.inputs}")
-        if kept.count + rejected.count != stats.inputs:  # nothing vanishes: rows written vs rows read
-            raise CurateError(f"wrote {kept.count} kept + {rejected.count} rejected rows for {stats.inputs} read")
+        if kept.count + rejected.written != stats.inputs:  # nothing vanishes: rows written vs rows read
+            raise CurateError(f"wrote {kept.count} kept + {rejected.written} rejected rows for {stats.inputs} read")
     write_json(sidecar(out, "stats.json"), stats.to_dict())
     for warning in stats.warnings():
         print(f"warning: {warning}", file=sys.stderr)

@@ -20,8 +20,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,7 +32,8 @@ from blspdata.generate.engine import GenerateError, make_engine, run_requests
 from blspdata.generate.options import GenerateSettings, settings_of
 from blspdata.generate.resume import (AppendWriter, DoneIds, drop_rows, exclusive, manifest_line, manifest_positions,
                                       parse_shard, recover, shard_of, sort_rows)
-from blspdata.records import Record, Reject, iter_jsonl, read_row, sidecar, write_json
+from blspdata.records import Record, Reject, iter_jsonl, read_rows, sidecar, write_json
+from blspdata.rejects import Rejects
 
 # Rejects that say the server failed, not the row: a rerun tries them again (unless
 # --no-retry-rejects). Every other reason (prompt_too_long, request_rejected, emotion_missing,
@@ -50,24 +50,26 @@ class Summary:
     finished: int = 0
     output_tokens: int = 0
     seconds: float = 0.0
-    rejects: Counter = field(default_factory=Counter)
+    rejects: Rejects | None = None  # OUT.rejects.jsonl and this run's reasons (default: from `output`)
+
+    def __post_init__(self) -> None:
+        if self.rejects is None:
+            self.rejects = Rejects(sidecar(self.output, "rejects.jsonl"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"output": self.output, "already_done": self.already_done, "retried": self.retried,
                 "written": self.written,
                 "finished": self.finished, "output_tokens": self.output_tokens, "seconds": round(self.seconds, 2),
                 "output_tokens_per_s": round(self.output_tokens / self.seconds, 1) if self.seconds else 0.0,
-                "rejected": sum(self.rejects.values()), "rejects": dict(self.rejects.most_common())}
+                "rejected": self.rejects.total, "rejects": self.rejects.counts()}
 
     def render(self) -> str:
         rate = self.output_tokens / self.seconds if self.seconds else 0.0
         lines = [f"{self.written} continuations written ({self.finished} finished by the model), "
                  f"{self.already_done} already done"
                  + (f", {self.retried} earlier rejects retried" if self.retried else "") + f" -> {self.output}",
-                 f"  {self.output_tokens} output tokens in {self.seconds:.1f} s ({rate:.1f} tok/s)"]
-        if self.rejects:
-            lines.append(f"  rejected {sum(self.rejects.values())} (see {sidecar(self.output, 'rejects.jsonl')}):")
-            lines += [f"    {reason:<24} {count:>8}" for reason, count in self.rejects.most_common()]
+                 f"  {self.output_tokens} output tokens in {self.seconds:.1f} s ({rate:.1f} tok/s)",
+                 self.rejects.render()]
         return "\n".join(lines)
 
 
@@ -107,9 +109,8 @@ def manifest_rows(manifest: Path, job: Job, done: set[str] | frozenset[str]) -> 
     row with an id seen before comes with a `duplicate_id` Reject, even when the first was done
     by an earlier run (so a resumed run rejects it as a clean one does)."""
     seen: set[str] = set()
-    for number, row, error in iter_jsonl(manifest):
-        location = f"{manifest}:{number}"
-        record, bad = read_row(location, row, error)
+    for item in read_rows(manifest):
+        location, record, bad = item.location, item.record, item.reject
         if record is None:
             if location not in done and job.shard[0] == 0:
                 yield location, None, bad
@@ -127,10 +128,13 @@ class _Sink:
     """Writes results as they arrive: rows to OUT, rejects beside it; counts; progress."""
 
     def __init__(self, out: Path, job: Job, generator: dict[str, Any], summary: Summary, total: int,
-                 strict: bool, progress: bool):
-        self.job, self.generator, self.summary, self.strict = job, generator, summary, strict
+                 progress: bool):
+        self.job, self.generator, self.summary = job, generator, summary
         self.writer = AppendWriter(out)
         self.reject_writer = AppendWriter(sidecar(out, "rejects.jsonl"))
+        # Appended as they come (a rerun resumes from them), not committed at the end; --strict
+        # is the summary's Rejects' (see _generate_locked).
+        self.rejects = summary.rejects.write_to(self.reject_writer)
         self.bar = tqdm(total=total, desc=f"generate {job.task}", unit=" rec", disable=not progress,
                         file=sys.stderr, dynamic_ncols=True)
         self.started = time.monotonic()
@@ -140,14 +144,8 @@ class _Sink:
         """A reject row is keyed by the record's id, so a rerun skips it; rows without an id
         (malformed) and duplicates of an id (whose first copy is generated) by location."""
         keyed_by_id = record is not None and reason != "duplicate_id"
-        item = Reject(reason, location, detail, id=record.id if keyed_by_id else None,
-                      record=record.to_dict() if record else None)
-        if self.strict:
-            raise GenerateError(item.message())
-        self.summary.rejects[reason] += 1
-        row = item.to_dict()
-        row.setdefault("id", location)
-        self.reject_writer.write(row)
+        self.rejects.add(Reject(reason, location, detail, id=record.id if keyed_by_id else None,
+                                record=record.to_dict() if record else None), key=location)
         self.bar.update(1)
 
     def result(self, record: Record, location: str, instruction: str, result: Result) -> None:
@@ -261,7 +259,8 @@ def _generate_locked(manifest: Path, out: Path, job: Job, engine_spec: dict[str,
     recover(rejects)  # a torn last line is cut before anything reads or rewrites the file
     retried = _release_transient(manifest, out, job, kept) if retry_rejects else 0
     done = kept | recover(rejects)  # compact: 64-bit hashes, a hit confirmed against the row (resume.DoneIds)
-    summary = Summary(output=str(out), already_done=len(done), retried=retried)
+    summary = Summary(output=str(out), already_done=len(done), retried=retried,
+                      rejects=Rejects(rejects, strict=strict, error=GenerateError))
     total = sum(1 for _ in manifest_rows(manifest, job, done))
     if limit is not None:
         total = min(total, max(0, limit - len(done)))
@@ -282,7 +281,7 @@ def _generate_locked(manifest: Path, out: Path, job: Job, engine_spec: dict[str,
             generator = generator_info(engine_spec, template, sampling)
             check_settings(generator)
             started = time.monotonic()
-            sink = _Sink(out, job, generator, summary, total, strict, progress)
+            sink = _Sink(out, job, generator, summary, total, progress)
             try:
                 run_on_ray(manifest, job, done, engine_spec, sink, total, ray_actors)
             finally:
@@ -296,7 +295,7 @@ def _generate_locked(manifest: Path, out: Path, job: Job, engine_spec: dict[str,
                     check_settings(generator)
                     started = time.monotonic()
 
-                asyncio.run(_drive_local(engine, manifest, job, done, out, summary, total, strict, progress,
+                asyncio.run(_drive_local(engine, manifest, job, done, out, summary, total, progress,
                                          template, sampling, check_and_start))
         completed = True
     finally:
@@ -389,11 +388,11 @@ def generator_info(engine_spec: dict[str, Any], template: prompts.Template, samp
 
 
 async def _drive_local(engine, manifest: Path, job: Job, done: set[str], out: Path, summary: Summary, total: int,
-                       strict: bool, progress: bool, template, sampling, check_settings) -> None:
+                       progress: bool, template, sampling, check_settings) -> None:
     async with engine:
         generator = generator_info({}, template, sampling, engine)
         check_settings(generator)
-        sink = _Sink(out, job, generator, summary, total, strict, progress)
+        sink = _Sink(out, job, generator, summary, total, progress)
 
         def items() -> Iterator[tuple[Request, Any]]:
             budget = total
