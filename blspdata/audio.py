@@ -3,8 +3,9 @@
 evaluate (`read_segment`, `resample`), and the one FLAC STREAMINFO parser (`flac_streaminfo`).
 
 Headers come from libsndfile (`soundfile`): FLAC, WAV, OGG/Opus. MELD's mp4 videos are
-decoded with PyAV (FFmpeg bundled in its wheel) and written as 16 kHz mono FLAC.
-Every failure in `probe` and `extract_to_flac` is an `AudioError` carrying a reject reason.
+decoded with PyAV (FFmpeg bundled in its wheel) and written as 16 kHz mono FLAC; audio held in
+memory (a Hub dataset's embedded files) is written out as FLAC by `write_flac`.
+Every failure in `probe`, `extract_to_flac` and `write_flac` is an `AudioError` carrying a reject reason.
 """
 
 from __future__ import annotations
@@ -296,6 +297,75 @@ def extract_to_flac(source: str, target: str, rate: int = RATE) -> bool:
     except (sf.LibsndfileError, OSError) as exc:  # libsndfile says only "System error." for ENOSPC
         Path(tmp).unlink(missing_ok=True)
         raise AudioWriteError(_write_problem(target, exc, samples.nbytes)) from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return True
+
+
+# Subtypes kept at 24 bits when re-encoded to FLAC (which has no float samples); the rest 16.
+_DEEP = {"PCM_24", "PCM_32", "FLOAT", "DOUBLE"}
+
+
+def write_flac(data: bytes, target: str, stamp_ns: int | None = None, name: str | None = None) -> bool:
+    """Write an encoded audio file held in memory (`data`: a Hub dataset's embedded bytes) to
+    `target` as FLAC, once: skipped when `target` exists with modification time `stamp_ns` (the
+    source's, set on the file written). Returns True if it wrote. `name` names the source in errors.
+
+    FLAC is copied as it is; what libsndfile reads (WAV, OGG, MP3, ...) is re-encoded at its
+    native rate and channels (16 or 24 bit); anything else (AAC, ...) is decoded with PyAV to
+    16 kHz mono, as `extract_to_flac` does. Written to a temporary name and renamed.
+    """
+    import io
+
+    name = name or target
+    if stamp_ns is not None:
+        try:
+            if os.stat(target).st_mtime_ns == stamp_ns:
+                return False
+        except FileNotFoundError:
+            pass
+    if not data:
+        raise AudioError("audio_empty", f"zero-length audio: {name}")
+    samples, rate, subtype = None, RATE, "PCM_16"
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as audio:
+            native = audio.format == "FLAC"
+            if not native:
+                deep = audio.subtype in _DEEP
+                if audio.samplerate <= 655350 and audio.channels <= 8:  # FLAC's limits
+                    # int32 is full scale to libsndfile: writing PCM_24 keeps the top 24 bits
+                    samples = audio.read(dtype="int32" if deep else "int16", always_2d=True)
+                    rate, subtype = audio.samplerate, "PCM_24" if deep else "PCM_16"
+    except Exception:  # not a format libsndfile reads (its errors are RuntimeError/LibsndfileError/TypeError)
+        native = False
+    if samples is None and not native:
+        try:
+            samples = _decode(io.BytesIO(data), RATE)
+        except AudioError as exc:
+            raise AudioError(exc.reason, f"{name}: {exc.detail.split(': ', 1)[-1]}") from None
+    if samples is not None and samples.size == 0:
+        raise AudioError("audio_empty", f"no audio samples in {name}")
+    folder = os.path.dirname(target) or "."
+    needed = len(data) if samples is None else samples.nbytes
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".flac.tmp", dir=folder)
+    except OSError as exc:
+        raise AudioWriteError(_write_problem(target, exc, needed)) from None
+    os.close(fd)
+    try:
+        if samples is None:
+            Path(tmp).write_bytes(data)
+        else:
+            sf.write(tmp, samples, rate, format="FLAC", subtype=subtype)
+        if stamp_ns is not None:
+            os.utime(tmp, ns=(stamp_ns, stamp_ns))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except (sf.LibsndfileError, OSError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise AudioWriteError(_write_problem(target, exc, needed)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -44,7 +44,7 @@ class _PipelineOrder(TyperGroup):
     `timeout`, `kill`) exits through the same path as Ctrl-C, so `finally` blocks remove
     temporary folders and stop workers and servers."""
 
-    ORDER = ("run", "report", "ingest", "generate", "merge", "curate", "publish", "verify", "train", "evaluate", "chat")
+    ORDER = ("run", "report", "ingest", "generate", "merge", "curate", "publish", "verify", "export", "train", "evaluate", "chat")
 
     def invoke(self, ctx):
         from blspdata.parallel import sigterm_exits
@@ -88,6 +88,9 @@ train_app = typer.Typer(help="Train the reference BLSP-Emo model (Whisper encode
 app.add_typer(train_app, name="train")
 evaluate_app = typer.Typer(help="Evaluate a trained checkpoint.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(evaluate_app, name="evaluate")
+export_app = typer.Typer(help="Write a manifest (from ingest, generate or curate) in another toolkit's format.",
+                         no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(export_app, name="export")
 
 
 class Normalizer(str, Enum):
@@ -379,6 +382,88 @@ def _generic_command(fmt: str):
 
 ingest_app.command("jsonl")(_generic_command("jsonl"))
 ingest_app.command("csv")(_generic_command("csv"))
+
+
+@ingest_app.command("hf")
+def ingest_hf(
+    dataset: str = typer.Argument(..., help="A `save_to_disk` folder, a parquet file or a folder of them (a Hub "
+                                  "repository's data/<split>-*.parquet layout gives the splits), or a Hub id (streamed)."),
+    out: Path = OutOpt,
+    audio_dir: Optional[Path] = typer.Option(None, "--audio-dir", help="Where the embedded audio is written as FLAC "
+                                             "[default: OUT's folder/<OUT name>.audio]."),
+    audio_col: Optional[str] = typer.Option(None, "--audio-col", help="Column with the audio [default: the one Audio "
+                                            "feature, else 'audio']."),
+    text_col: Optional[str] = typer.Option(None, "--text-col", help="Column with the transcript [default: the first of "
+                                           "text, sentence, transcription, transcript, normalized_text]."),
+    emotion_col: Optional[str] = typer.Option(None, "--emotion-col", help="Column with the emotion (a ClassLabel is read "
+                                              "by its names, strings as they are; mapped like the corpus importers', "
+                                              "see --label-map) [default: 'emotion' if there is one; '-' for none]."),
+    speaker_col: Optional[str] = typer.Option(None, "--speaker-col", help="Column with the speaker [default: 'speaker' "
+                                              "or 'speaker_id' if there is one; '-' for none]."),
+    id_col: Optional[str] = typer.Option(None, "--id-col", help="Column with a unique utterance id [default: the row's "
+                                         "index in its split]."),
+    split_col: Optional[str] = typer.Option(None, "--split-col", help="Column with the split [default: the DatasetDict's "
+                                            "splits, or the parquet files' names]."),
+    split: str = typer.Option("train", "--split", help="Split of a single Dataset (or of parquet files named by no split)."),
+    splits: Optional[str] = typer.Option(None, "--splits", help="Comma-separated splits to import [default: all]."),
+    config: Optional[str] = typer.Option(None, "--config", help="A Hub dataset's configuration (subset) name."),
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Corpus name used in ids [default: the folder's or "
+                                         "file's name, or the Hub id's last part]."),
+    language: str = typer.Option("en", "--language", help="Language code of the transcripts."),
+    label_map: Optional[Path] = LabelMapOpt,
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """A Hugging Face dataset with an audio column: the stored audio bytes (never decoded
+    through `datasets`) written once to FLAC beside the manifest, in parallel; ClassLabels
+    resolved by name; splits kept. Needs a `task:` in a `run` config."""
+    _run("hf", dataset, out, jobs, strict, normalizer, progress, audio_dir=audio_dir, audio_col=audio_col,
+         text_col=text_col, emotion_col=emotion_col, speaker_col=speaker_col, id_col=id_col, split_col=split_col,
+         split=split, splits=_split_list(splits), config=config, corpus_name=corpus, language=language,
+         label_map=label_map)
+
+
+@ingest_app.command("lhotse")
+def ingest_lhotse(
+    manifests: List[Path] = typer.Argument(..., help="A CutSet (CUTS.jsonl.gz), or a recordings manifest and its "
+                                           "supervisions manifest (.jsonl, .jsonl.gz or .json).", exists=True, dir_okay=False),
+    out: Path = OutOpt,
+    corpus: Optional[str] = typer.Option(None, "--corpus", help="Corpus name used in ids [default: from the Lhotse "
+                                         "name <corpus>_cuts_<part>.jsonl.gz, else the file's name]."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split of every record [default: <part> of the Lhotse "
+                                        "name, else train]."),
+    audio_root: Optional[Path] = typer.Option(None, "--audio-root", help="Folder relative source paths are relative "
+                                              "to [default: the current folder, as Lhotse reads them]."),
+    language: str = typer.Option("en", "--language", help="Language of supervisions that do not say."),
+    label_map: Optional[Path] = LabelMapOpt,
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, normalizer: Normalizer = NormOpt, progress: bool = ProgressOpt,
+) -> None:
+    """Lhotse manifests: one record per supervision, pointing into its recording's file
+    (offset/duration); the emotion from the supervision's custom "emotion". Read without
+    lhotse. Needs a `task:` in a `run` config."""
+    if len(manifests) > 2:
+        raise typer.BadParameter("give a CutSet, or a recordings and a supervisions manifest", param_hint="MANIFESTS")
+    _run("lhotse", manifests[0], out, jobs, strict, normalizer, progress,
+         supervisions=str(manifests[1]) if len(manifests) > 1 else None, corpus_name=corpus, split=split,
+         audio_root=audio_root, language=language, label_map=label_map)
+
+
+@export_app.command("lhotse")
+def export_lhotse_command(
+    manifest: Path = typer.Argument(..., help="A manifest (.jsonl or .jsonl.gz) from ingest, generate or curate.",
+                                    exists=True, dir_okay=False),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Folder for <prefix>_recordings_<split>.jsonl.gz and "
+                                 "<prefix>_supervisions_<split>.jsonl.gz (plus rejects and a summary)."),
+    prefix: Optional[str] = typer.Option(None, "--prefix", help="File name prefix [default: the manifest's name]."),
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, progress: bool = ProgressOpt,
+) -> None:
+    """Lhotse recordings and supervisions (emotion, continuation and the rest of the record in
+    the supervision's custom), for Lhotse/icefall loaders: `lhotse.load_manifest(...)`,
+    `CutSet.from_manifests(...)`. Written without lhotse."""
+    from blspdata.export import export_lhotse
+
+    summary = export_lhotse(manifest, out_dir, prefix=prefix, jobs=jobs or _default_jobs(), strict=strict,
+                            progress=progress)
+    typer.echo(f"lhotse: {summary.render()}")
 
 
 class Task(str, Enum):

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 from tqdm import tqdm
 
 from blspdata.corpora.base import AudioItem, IngestError
-from blspdata.audio import AudioError, extract_to_flac, probe
+from blspdata.audio import AudioError, extract_to_flac, probe, write_flac
 from blspdata.corpora.text import get_normalizer
 from blspdata.parallel import ordered_map
 from blspdata.records import JsonlWriter, Record, Reject, sidecar, write_json
@@ -103,6 +103,8 @@ def process_item(item: AudioItem | Reject) -> list[Record | Reject]:
     try:
         if item.source is not None:
             extract_to_flac(item.source, item.audio)
+        elif item.data is not None:
+            write_flac(item.data, item.audio, item.stamp_ns, name=item.locations[0])
         frames, rate = probe(item.audio)
     except AudioError as exc:
         return [Reject(exc.reason, loc, exc.detail, id=r.id) for r, loc in zip(item.records, item.locations)]

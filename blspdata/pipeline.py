@@ -232,9 +232,12 @@ def load_config(path: str | Path, run_dir: str | Path | None = None) -> Config:
     base = path.resolve().parent
     config.run_dir = str((base / Path(config.run_dir).expanduser()).resolve() if run_dir is None else Path(run_dir).resolve())
     for corpus in config.corpora:
-        corpus.root = str((base / Path(corpus.root).expanduser()).resolve())
-        if corpus.options.get("label_map"):
-            corpus.options["label_map"] = str(base / corpus.options["label_map"])
+        root = (base / Path(corpus.root).expanduser()).resolve()
+        if corpus.kind != "hf" or root.exists():  # an hf root that is no path here is a Hub id
+            corpus.root = str(root)
+        for option in ("label_map", "supervisions", "audio_root"):  # paths beside the config
+            if corpus.options.get(option):
+                corpus.options[option] = str(base / corpus.options[option])
     for task, prompt in config.generate.prompts.items():
         if prompt.endswith(".toml"):
             config.generate.prompts[task] = str(base / prompt)

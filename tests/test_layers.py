@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("stage generate", ("blspdata.generate",)),
     ("stage curate", ("blspdata.curate",)),
     ("stage publish", ("blspdata.publish", "blspdata.publish_options")),
+    ("stage export: manifests in other toolkits' formats", ("blspdata.export",)),
     ("stage train", ("blspdata.train",)),
     ("orchestration: pipeline, report", ("blspdata.pipeline", "blspdata.report")),
     ("command line", ("blspdata.cli", "blspdata.__main__")),

@@ -51,6 +51,8 @@ CORPORA: dict[str, Importer] = {
     "mosei": Importer("mosei", "emotion"),
     "jsonl": Importer("generic", None, fixed={"fmt": "jsonl"}),
     "csv": Importer("generic", None, fixed={"fmt": "csv"}),
+    "hf": Importer("hf", None, writes_audio=True),
+    "lhotse": Importer("lhotse", None),
 }
 
 

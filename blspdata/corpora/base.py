@@ -24,12 +24,16 @@ class AudioItem:
     """One audio file and the records that point into it: one utterance for most corpora,
     many segments of one long recording for GigaSpeech. `locations[i]` says where record i
     came from (transcript `path:line`) for the rejects file. With `source`, the audio is
-    first extracted from that file (a video) to `audio`."""
+    first extracted from that file (a video) to `audio`; with `data` (an encoded file's bytes,
+    a Hub dataset's embedded audio), first written to `audio` as FLAC, skipped when `audio`
+    already has modification time `stamp_ns` (that of the file the bytes came from)."""
 
     audio: str
     records: list[Record]
     locations: list[str]
     source: str | None = None
+    data: bytes | None = None
+    stamp_ns: int | None = None
 
 
 def segment_problem(offset: float, duration: float) -> str | None:
