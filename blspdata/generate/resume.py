@@ -378,9 +378,10 @@ class MergeError(BlspdataError, ValueError):
 # Rejects that are keyed by their manifest location rather than a record id.
 LOCATION_KEYED = ("malformed_row", "duplicate_id", "invalid_row")  # invalid_row:<field>
 
-MERGE_RUN_BYTES = 64 << 20  # rows held in memory before a sorted run is spilled to disk
+MERGE_RUN_BYTES = 32 << 20  # rows held in memory before a sorted run is spilled to disk
 _FAN_IN = 64                # runs merged at once (open files)
 _AFTER = 1 << 40            # the position of a reject that points nowhere in the manifest
+_ITEM_OVERHEAD = 300        # Python's bytes per buffered item beyond its row: tuple, key, numbers
 
 
 class _SpillSort:
@@ -398,7 +399,7 @@ class _SpillSort:
 
     def add(self, item: tuple, size: int) -> None:
         self.buffer.append(item)
-        self.size += size + 100
+        self.size += size + _ITEM_OVERHEAD
         if self.size >= self.run_bytes:
             self.buffer.sort()
             self._write(self.buffer)
@@ -413,7 +414,7 @@ class _SpillSort:
             size = 0
             for item in items:
                 batch.append(item)
-                size += len(item[-1]) + 100 if isinstance(item[-1], bytes) else 100
+                size += (len(item[-1]) if isinstance(item[-1], bytes) else 0) + _ITEM_OVERHEAD
                 if size >= batch_bytes:
                     pickle.dump(batch, handle, protocol=pickle.HIGHEST_PROTOCOL)
                     batch, size = [], 0
@@ -431,9 +432,11 @@ class _SpillSort:
                 yield from batch
 
     def __iter__(self) -> Iterator[tuple]:
-        if not self.runs:  # it all fit: no file written
-            self.buffer.sort()
-            yield from self.buffer
+        if not self.runs:  # it all fit: no file written; each item let go of once yielded
+            buffer, self.buffer = self.buffer, []
+            buffer.sort(reverse=True)
+            while buffer:
+                yield buffer.pop()
             return
         if self.buffer:
             self.buffer.sort()
@@ -520,7 +523,7 @@ def _merge_into(inputs: list[Path], out: Path, manifest: Path | None, allow_gaps
                 record_id = row.get("id")
                 key = _id_key(record_id) if record_id else b"l" + f"{source}:{number}".encode("utf-8", "surrogatepass")
                 location_keyed = kind == 1 and str(row.get("reason")).split(":")[0] in LOCATION_KEYED
-                line = orjson.dumps(row)
+                line = memoryview(orjson.dumps(row)).tobytes()  # orjson's own bytes keep a 4 KB buffer
                 fallback = manifest_line(row, {}) if kind == 1 else None
                 by_id.add((key, 1, seq, kind, index, location_keyed, _AFTER if fallback is None else fallback, line),
                           len(line) + len(key))
