@@ -67,7 +67,7 @@ app = typer.Typer(
     "`blspdata run CONFIG.yaml` runs the whole pipeline from one config (see examples/demo.yaml) and "
     "`blspdata report RUN_DIR` draws it. The stages, in pipeline order: ingest (corpora -> manifest), generate (manifest -> continuations "
     "through an LLM; merge joins sharded runs), curate (filters with reasons, exact and near-duplicate removal), publish (Hugging Face shards + card; "
-    "verify checks them), train (stage1 semantic / stage2 emotion alignment), evaluate, chat.",
+    "verify checks them), export (a manifest as Lhotse recordings + supervisions), train (stage1 semantic / stage2 emotion alignment), evaluate, chat.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +31,11 @@ from typing import Any
 from tqdm import tqdm
 
 from blspdata.audio import AudioError, flac_streaminfo
-from blspdata.errors import BlspdataError, cut
+from blspdata.errors import BlspdataError
 from blspdata.parallel import ordered_map
-from blspdata.records import JsonlWriter, Record, Reject, iter_jsonl, read_row, write_json
+from blspdata.records import JsonlWriter, Record, Reject, read_rows, write_json
+from blspdata.rejects import Rejects
 
-MAX_DETAIL = 500
 _CUSTOM = ("corpus", "split", "emotion", "raw_emotion", "raw_text", "task", "instruction", "continuation",
            "finished", "generator")
 
@@ -49,15 +48,15 @@ class ExportError(BlspdataError):
 class ExportSummary:
     out_dir: str
     prefix: str
+    rejects: Rejects
     splits: dict[str, dict[str, float]] = field(default_factory=dict)
-    rejects: Counter = field(default_factory=Counter)
 
     def to_dict(self) -> dict[str, Any]:
         return {"out_dir": self.out_dir, "prefix": self.prefix,
                 "supervisions": sum(int(s["supervisions"]) for s in self.splits.values()),
                 "recordings": sum(int(s["recordings"]) for s in self.splits.values()),
                 "splits": {k: {**v, "hours": round(v["hours"], 4)} for k, v in sorted(self.splits.items())},
-                "rejected": sum(self.rejects.values()), "rejects": dict(self.rejects.most_common())}
+                "rejected": self.rejects.total, "rejects": self.rejects.counts()}
 
     def render(self) -> str:
         data = self.to_dict()
@@ -65,11 +64,7 @@ class ExportSummary:
         for name, split in data["splits"].items():
             lines.append(f"  split {name:<18} {split['supervisions']:>8} supervisions {split['recordings']:>8} "
                          f"recordings {split['hours']:>9.3f} h")
-        if data["rejected"]:
-            lines.append(f"  rejected {data['rejected']} (see {Path(self.out_dir) / f'{self.prefix}.rejects.jsonl'}):")
-            lines += [f"    {reason:<24} {n:>8}" for reason, n in data["rejects"].items()]
-        else:
-            lines.append("  rejected 0")
+        lines.append(self.rejects.render())
         return "\n".join(lines)
 
 
@@ -129,12 +124,8 @@ def export_lhotse(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, pr
         raise ExportError(f"manifest not found: {manifest}")
     out_dir = Path(out_dir)
     prefix = prefix or manifest.name.split(".")[0]
-    summary = ExportSummary(str(out_dir), prefix)
-
-    def rows():
-        for number, row, error in iter_jsonl(manifest):
-            record, reject = read_row(f"{manifest}:{number}", row, error)
-            yield f"{manifest}:{number}", record, reject
+    summary = ExportSummary(str(out_dir), prefix, Rejects(out_dir / f"{prefix}.rejects.jsonl", strict=strict, error=ExportError))
+    rows = ((row.location, row.record, row.reject) for row in read_rows(manifest))
 
     seen: set[str] = set()
     recordings: dict[tuple[str, str], str] = {}  # (split, audio path) -> recording id
@@ -142,7 +133,7 @@ def export_lhotse(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, pr
     bar = tqdm(desc="export lhotse", unit=" rec", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
         with ExitStack() as stack:
-            rejects = stack.enter_context(JsonlWriter(out_dir / f"{prefix}.rejects.jsonl"))
+            drop = stack.enter_context(summary.rejects).add  # --strict: raises ExportError, nothing committed
             writers: dict[tuple[str, str], JsonlWriter] = {}
 
             def writer(kind: str, split: str) -> JsonlWriter:
@@ -150,14 +141,7 @@ def export_lhotse(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, pr
                     writers[kind, split] = stack.enter_context(JsonlWriter(out_dir / f"{prefix}_{kind}_{split}.jsonl.gz"))
                 return writers[kind, split]
 
-            def drop(reject: Reject) -> None:
-                reject.detail = cut(reject.detail, MAX_DETAIL)
-                if strict:
-                    raise ExportError(reject.message())
-                summary.rejects[reject.reason] += 1
-                rejects.write(reject.to_dict())
-
-            for location, record, reject, info in ordered_map(_read_header, rows(), jobs):
+            for location, record, reject, info in ordered_map(_read_header, rows, jobs):
                 bar.update(1)
                 if record is None:
                     drop(reject)

@@ -218,3 +218,26 @@ def test_emotion_column_can_be_left_out(saved: Path, tmp_path: Path):
     blspdata("ingest", "hf", saved, "-o", out, "--emotion-col", "-", "--speaker-col", "-", "--splits", "test")
     (record,) = read_jsonl(out)
     assert record["emotion"] is None and record["speaker"] is None and record["extra"]["emotion"] == "neu"
+
+
+def test_run_config_takes_hf_and_lhotse_corpora(saved: Path, tmp_path: Path):
+    """`blspdata run` configs accept both kinds; like jsonl/csv they need a task; paths are read
+    beside the config, a Hub id is left as it is."""
+    import yaml
+
+    from blspdata.pipeline import ConfigError, load_config
+
+    path = tmp_path / "run.yaml"
+    corpora = [
+        {"kind": "hf", "root": saved.name, "task": "emotion", "options": {"emotion_col": "emotion", "splits": ["train"]}},
+        {"kind": "hf", "name": "hub", "root": "someone/iemocap", "task": "emotion", "options": {"config": "default"}},
+        {"kind": "lhotse", "root": "cuts.jsonl.gz", "task": "semantic", "options": {"supervisions": "sup.jsonl.gz",
+                                                                                   "audio_root": "audio"}},
+    ]
+    path.write_text(yaml.safe_dump({"run_dir": "run", "corpora": corpora}))
+    local, hub, cuts = load_config(path).corpora
+    assert local.root == str(saved) and hub.root == "someone/iemocap"
+    assert cuts.root == str(tmp_path / "cuts.jsonl.gz") and cuts.options["supervisions"] == str(tmp_path / "sup.jsonl.gz")
+    path.write_text(yaml.safe_dump({"run_dir": "run", "corpora": [{"kind": "hf", "root": saved.name}]}))
+    with pytest.raises(ConfigError, match="needs task"):
+        load_config(path)
