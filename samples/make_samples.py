@@ -574,6 +574,72 @@ def tess(out: Path, rng: random.Random) -> None:
 
 
 def main() -> None:
+# ---------------------------------------------------------------------------- a Hub dataset, Lhotse
+
+HUB_ORDER = ["ang", "hap", "neu", "sad"]  # an IEMOCAP copy's ClassLabel, in its own (not our) order
+HUB_CODES = {"angry": "ang", "happy": "hap", "neutral": "neu", "sad": "sad"}
+
+
+def hub(out: Path, rng: random.Random) -> None:
+    """An IEMOCAP-like copy as the Hub serves it: data/{train,test}-00000-of-00001.parquet with
+    the audio embedded (FLAC bytes in train, WAV in test) and the emotion a ClassLabel."""
+    from datasets import Audio, ClassLabel, Dataset, Features, Value
+
+    root = out / "hf_emotion" / "data"
+    root.mkdir(parents=True, exist_ok=True)
+    features = Features({"audio": Audio(), "text": Value("string"), "emotion": ClassLabel(names=HUB_ORDER),
+                         "speaker": Value("string")})
+    plan = {"train": ("FLAC", "en-us+f2", ["The kettle is on", "Close the door"]),
+            "test": ("WAV", "en-gb+m2", ["We won the game"])}
+    for split, (fmt, voice, sentences) in plan.items():
+        rows = [(text, emotion) for text in sentences for emotion in HUB_CODES]
+        columns: dict[str, list] = {"audio": [], "text": [], "emotion": [], "speaker": []}
+        for n, (text, emotion) in enumerate(rows):
+            buffer = io.BytesIO()
+            sf.write(buffer, emotional(text, voice, emotion, rng), RATE, format=fmt, subtype="PCM_16")
+            columns["audio"].append({"bytes": buffer.getvalue(), "path": f"{split}_{n:03d}.{fmt.lower()}"})
+            columns["text"].append(f"{text}.")
+            columns["emotion"].append(HUB_ORDER.index(HUB_CODES[emotion]))
+            columns["speaker"].append(voice)
+        Dataset.from_dict(columns, features=features).to_parquet(str(root / f"{split}-00000-of-00001.parquet"))
+
+
+def lhotse_cuts(out: Path, rng: random.Random) -> None:
+    """A CutSet as Lhotse recipes write it: two FLAC recordings of three utterances each, one
+    MonoCut per recording, supervisions with the emotion in `custom`; sources relative to the
+    repository root (where a recipe ran)."""
+    import gzip
+
+    root = out / "Lhotse"
+    (root / "audio").mkdir(parents=True, exist_ok=True)
+    plan = {"rec1": ("en-us+m3", [("I found my keys", "happy"), ("The bus is late again", "angry"),
+                                  ("It is half past four", "neutral")]),
+            "rec2": ("en-us+f4", [("I lost the letter", "sad"), ("You came back", "surprise"),
+                                  ("We can talk later", "neutral")])}
+    lines = []
+    for recording, (voice, utterances) in plan.items():
+        audio, supervisions = [silence(0.3)], []
+        for n, (text, emotion) in enumerate(utterances):
+            start = sum(len(a) for a in audio) / RATE
+            clip = emotional(text, voice, emotion, rng)
+            audio += [clip, silence(0.4)]
+            supervisions.append({"id": f"{recording}-{n}", "recording_id": recording, "start": round(start, 4),
+                                 "duration": round(len(clip) / RATE, 4), "channel": 0, "text": f"{text}.",
+                                 "language": "English", "speaker": voice, "custom": {"emotion": emotion}})
+        samples = np.concatenate(audio)
+        path = root / "audio" / f"{recording}.flac"
+        sf.write(path, samples, RATE, subtype="PCM_16")
+        source = path.relative_to(Path(__file__).resolve().parent.parent) if path.is_relative_to(
+            Path(__file__).resolve().parent.parent) else path
+        record = {"id": recording, "sources": [{"type": "file", "channels": [0], "source": str(source)}],
+                  "sampling_rate": RATE, "num_samples": len(samples), "duration": len(samples) / RATE,
+                  "channel_ids": [0]}
+        lines.append({"id": f"{recording}-cut", "start": 0, "duration": len(samples) / RATE, "channel": 0,
+                      "supervisions": supervisions, "recording": record, "type": "MonoCut"})
+    with gzip.GzipFile(root / "lhotse-demo_cuts_train.jsonl.gz", "wb", mtime=0) as handle:
+        handle.write("".join(json.dumps(line) + "\n" for line in lines).encode())
+
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "corpora")
     args = parser.parse_args()
@@ -581,7 +647,8 @@ def main() -> None:
         raise SystemExit("espeak-ng not found: apt-get install espeak-ng (or `make samples`, which installs it)")
     if args.out.exists():
         shutil.rmtree(args.out)
-    for build in (librispeech, gigaspeech, iemocap, meld, esd, commonvoice, mead, mosei, ravdess, cremad, savee, tess):
+    for build in (librispeech, gigaspeech, iemocap, meld, esd, commonvoice, mead, mosei, ravdess, cremad, savee, tess,
+                  hub, lhotse_cuts):
         build(args.out, random.Random(build.__name__))
         print(f"built {build.__name__}")
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())

@@ -241,3 +241,15 @@ def test_run_config_takes_hf_and_lhotse_corpora(saved: Path, tmp_path: Path):
     path.write_text(yaml.safe_dump({"run_dir": "run", "corpora": [{"kind": "hf", "root": saved.name}]}))
     with pytest.raises(ConfigError, match="needs task"):
         load_config(path)
+
+
+def test_the_sample_hub_dataset(tmp_path: Path):
+    """samples/corpora/hf_emotion: an IEMOCAP-like copy in a Hub repository's parquet layout."""
+    from conftest import SAMPLES
+
+    out = tmp_path / "hf.jsonl"
+    blspdata("ingest", "hf", SAMPLES / "hf_emotion", "-o", out)
+    records = read_jsonl(out)
+    assert {(r["split"], r["emotion"]) for r in records} == {
+        (split, label) for split in ("train", "test") for label in ("angry", "happy", "neutral", "sad")}
+    assert len(records) == 12 and all(r["duration"] >= 1.0 for r in records) and read_jsonl(tmp_path / "hf.rejects.jsonl") == []

@@ -206,3 +206,19 @@ def test_export_rejects_and_needs_no_lhotse(tmp_path: Path):
     strict = blspdata("export", "lhotse", manifest, "-o", tmp_path / "strict", "--strict", "--no-progress", check=False)
     assert strict.returncode == 1 and strict.stderr.startswith("error: ") and "audio_missing" in strict.stderr
     assert not (tmp_path / "strict").exists()
+
+
+def test_the_sample_cutset(tmp_path: Path):
+    """samples/corpora/Lhotse: a CutSet as a recipe writes it (sources relative to the repository),
+    which lhotse reads and blspdata ingests."""
+    from conftest import REPO, SAMPLES
+
+    manifest = SAMPLES / "Lhotse" / "lhotse-demo_cuts_train.jsonl.gz"
+    cuts = lhotse.load_manifest(manifest)
+    assert len(cuts) == 2 and sum(len(c.supervisions) for c in cuts) == 6
+    out = tmp_path / "cuts.jsonl"
+    blspdata("ingest", "lhotse", manifest, "-o", out, cwd=REPO)
+    records = read_jsonl(out)
+    assert [r["id"] for r in records][:2] == ["lhotse-demo/train/rec1-0", "lhotse-demo/train/rec1-1"]
+    assert {r["emotion"] for r in records} == {"neutral", "happy", "angry", "sad", "surprise"}
+    assert read_jsonl(tmp_path / "cuts.rejects.jsonl") == []
