@@ -342,8 +342,9 @@ def write_flac(data: bytes, target: str, stamp_ns: int | None = None, name: str 
     if samples is None and not native:
         try:
             samples = _decode(io.BytesIO(data), RATE)
-        except AudioError as exc:
-            raise AudioError(exc.reason, f"{name}: {exc.detail.split(': ', 1)[-1]}") from None
+        except AudioError as exc:  # its detail names a BytesIO: name the source instead
+            raise AudioError(exc.reason, f"{name}: {len(data)} bytes that neither libsndfile nor FFmpeg decodes "
+                                         f"({exc.detail.split(': ', 1)[-1]})") from None
     if samples is not None and samples.size == 0:
         raise AudioError("audio_empty", f"no audio samples in {name}")
     folder = os.path.dirname(target) or "."
