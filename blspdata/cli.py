@@ -702,38 +702,19 @@ def verify_command(
     typer.echo(f"{directory}: rows, checksums and audio check out")
 
 
-def _train(stage: str, data: Path, out: Path, encoder: Optional[str], llm: Optional[str], llm_gguf: Optional[str],
-           init: Optional[Path], resume: bool, progress: bool, model_overrides: dict, trust_remote_code: bool = False,
-           **overrides) -> None:
-    from blspdata.train.config import checkpoint_config
-    from blspdata.train.loop import TrainConfig, train
-    from blspdata.train.model import ModelConfig
+def _train_help(name: str, stage: str) -> str:
+    """A train flag's help and its default for `stage`, from the field that declares the option
+    (TrainConfig or ModelConfig in train/config.py, which imports no torch)."""
+    from blspdata.train.config import described
 
-    folder = data / ("semantic" if stage == "stage1" else "emotion")
-    data = folder if folder.is_dir() else data
-    saved = checkpoint_config(init)["model"] if init is not None else {}  # a wrong --init is said before any model loads
-    if init is not None and (encoder is None or llm is None):  # stage 2 inherits the bases of stage 1
-        encoder, llm, llm_gguf = encoder or saved["encoder"], llm or saved["llm"], llm_gguf or saved.get("llm_gguf")
-    if not encoder or not llm:
-        raise typer.BadParameter("--encoder and --llm are required (stage2 takes them from --init)")
-    if stage == "stage2" and init is None:
-        typer.echo("warning: stage 2 without --init starts from an untrained adapter (the paper starts from the "
-                   "stage-1 checkpoint)", err=True)
-    # Local folders are recorded as absolute paths, so the checkpoint works from anywhere.
-    encoder, llm = (str(Path(p).resolve()) if Path(p).exists() else p for p in (encoder, llm))
-    if (overrides.get("eval_split") or "").lower() == "none":
-        overrides["eval_split"] = ""
-    # The configs check their own choices (TrainError, CheckpointError: one line from the CLI).
-    cfg = TrainConfig.for_stage(stage, data=str(data), out=str(out), init=str(init) if init else None, **overrides)
-    model_config = ModelConfig(encoder=encoder, llm=llm, llm_gguf=llm_gguf, trust_remote_code=trust_remote_code,
-                               **{k: v for k, v in model_overrides.items() if v is not None})
-    result = train(cfg, model_config, resume=resume, progress=progress)
-    if int(__import__("os").environ.get("RANK", "0")) == 0:
-        typer.echo(f"{stage}: {result['steps']} steps -> {out}/final (trainable weights), {out}/last (resumable), "
-                   f"{out}/metrics.jsonl" + (f"; skipped {result['skipped']}" if result["skipped"] else ""))
+    return described(name, stage)
 
 
 def _train_options(stage: str):
+    def h(name: str) -> str:
+        return _train_help(name, stage)
+
+    # One flag per option of TrainConfig and ModelConfig, named as the field (tests/test_train_options.py).
     def command(
         data: Path = typer.Argument(..., help="A dataset from `blspdata publish` (arrow); its "
                                     + ("semantic" if stage == "stage1" else "emotion") + " config is used."),
@@ -742,47 +723,51 @@ def _train_options(stage: str):
         encoder: Optional[str] = typer.Option(None, "--encoder", help="Whisper checkpoint (name or folder) whose encoder is used."),
         llm: Optional[str] = typer.Option(None, "--llm", help="Causal LM with a chat template, or a ChatML tokenizer without one (Qwen-7B-Chat) (name or folder)."),
         llm_gguf: Optional[str] = typer.Option(None, "--llm-gguf", help="GGUF file inside the --llm folder, if the LLM ships as GGUF."),
-        init: Optional[Path] = typer.Option(None, "--init", help="Checkpoint to start from (stage 2: the stage-1 result)."),
+        init: Optional[Path] = typer.Option(None, "--init", help="Checkpoint to start from (stage 2: the stage-1 result, whose encoder and LLM are then the default)."),
         mix: Optional[Path] = typer.Option(None, "--mix", help="Stage 2: also train on this semantic dataset (response_ce only)."),
-        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate [stage1 1e-4, stage2 2e-5]."),
-        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="[0.05]"),
-        warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="[stage1 1000, stage2 200]"),
-        schedule: Optional[str] = typer.Option(None, "--schedule", help="warmup_decay (DeepSpeed's WarmupDecayLR, the reference's: warm-up, then linear decay to 0), or cosine / linear (linear warm-up, then that decay) [warmup_decay]."),
-        warmup_type: Optional[str] = typer.Option(None, "--warmup-type", help="warmup_decay's warm-up: log (DeepSpeed's default) or linear [log]."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Per device [8]."),
-        grad_accum: Optional[int] = typer.Option(None, "--grad-accum", min=1, help="[stage1 24, stage2 4]: with --batch-size 8 on 4 GPUs, the paper's effective batches (768, 128)."),
-        epochs: Optional[float] = typer.Option(None, "--epochs", help="[stage1 1, stage2 3]"),
-        max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Optimizer steps (overrides --epochs)."),
-        max_length: Optional[int] = typer.Option(None, "--max-length", help="Tokens of the whole sequence (prompt, transcript, continuation); longer rows are skipped [256]."),
-        min_audio_s: Optional[float] = typer.Option(None, "--min-audio-s", help="Shorter audio is skipped [1.0]."),
-        max_audio_s: Optional[float] = typer.Option(None, "--max-audio-s", help="Longer audio is skipped [30.0; at most the encoder's window]."),
-        temperature: Optional[float] = typer.Option(None, "--temperature", help="Stage 1 KL temperature [2]."),
-        kl_positions: Optional[str] = typer.Option(None, "--kl-positions", help="Stage 1 KL at the continuation tokens' own positions (tokens, the reference's) or at the positions that predict them (predictions) [tokens]."),
-        kl_scale_t2: Optional[bool] = typer.Option(None, "--kl-scale-t2/--no-kl-scale-t2", help="Multiply the stage 1 KL by T^2, as distillation does [off, as the reference]."),
-        grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="[1.0]"),
-        seed: Optional[int] = typer.Option(None, "--seed", help="[42]"),
-        save_every: Optional[int] = typer.Option(None, "--save-every", help="Save a resumable checkpoint every N steps [end only]."),
-        eval_split: Optional[str] = typer.Option(None, "--eval-split", help="Log the stage's losses on this split before step 1 and at the end, as metrics.jsonl rows with \"eval\" [validation; none = off]."),
-        eval_every: Optional[int] = typer.Option(None, "--eval-every", min=1, help="Also evaluate every N steps."),
-        eval_limit: Optional[int] = typer.Option(None, "--eval-limit", min=1, help="Rows of the eval split used [256]."),
-        lora_scope: Optional[str] = typer.Option(None, "--lora-scope", help="Stage 2: audio (LoRA only at speech positions, the paper) or global."),
-        lora_r: Optional[int] = typer.Option(None, "--lora-r", help="[16]"),
-        lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="[16]"),
-        lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="[0.05]"),
-        audio_root: Optional[str] = typer.Option(None, "--audio-root", help="For datasets published with --audio path."),
-        base_dtype: Optional[str] = typer.Option(None, "--base-dtype", help="Frozen encoder and LLM weights: auto (bfloat16 on a GPU, float32 on a CPU), float32 or bfloat16 [auto]. The trained parts stay float32."),
+        lr: Optional[float] = typer.Option(None, "--lr", help=h("lr")),
+        weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help=h("weight_decay")),
+        warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help=h("warmup_steps")),
+        schedule: Optional[str] = typer.Option(None, "--schedule", help=h("schedule")),
+        warmup_type: Optional[str] = typer.Option(None, "--warmup-type", help=h("warmup_type")),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help=h("batch_size")),
+        grad_accum: Optional[int] = typer.Option(None, "--grad-accum", min=1, help=h("grad_accum")),
+        epochs: Optional[float] = typer.Option(None, "--epochs", help=h("epochs")),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help=h("max_steps")),
+        max_length: Optional[int] = typer.Option(None, "--max-length", help=h("max_length")),
+        min_audio_s: Optional[float] = typer.Option(None, "--min-audio-s", help=h("min_audio_s")),
+        max_audio_s: Optional[float] = typer.Option(None, "--max-audio-s", help=h("max_audio_s")),
+        temperature: Optional[float] = typer.Option(None, "--temperature", help=h("temperature")),
+        kl_positions: Optional[str] = typer.Option(None, "--kl-positions", help=h("kl_positions")),
+        kl_scale_t2: Optional[bool] = typer.Option(None, "--kl-scale-t2/--no-kl-scale-t2", help=h("kl_scale_t2")),
+        grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help=h("grad_clip")),
+        seed: Optional[int] = typer.Option(None, "--seed", help=h("seed")),
+        save_every: Optional[int] = typer.Option(None, "--save-every", help=h("save_every")),
+        eval_split: Optional[str] = typer.Option(None, "--eval-split", help=h("eval_split")),
+        eval_every: Optional[int] = typer.Option(None, "--eval-every", min=1, help=h("eval_every")),
+        eval_limit: Optional[int] = typer.Option(None, "--eval-limit", min=1, help=h("eval_limit")),
+        lora_scope: Optional[str] = typer.Option(None, "--lora-scope", help=h("lora_scope")),
+        lora_r: Optional[int] = typer.Option(None, "--lora-r", help=h("lora_r")),
+        lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help=h("lora_alpha")),
+        lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help=h("lora_dropout")),
+        audio_root: Optional[str] = typer.Option(None, "--audio-root", help=h("audio_root")),
+        base_dtype: Optional[str] = typer.Option(None, "--base-dtype", help=h("base_dtype")),
         trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the LLM's own modelling code (Qwen-7B-Chat needs it). Only for an LLM you trust: its Python runs here."),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last exactly (weights, optimizer, schedule, data position)."),
         progress: bool = ProgressOpt,
     ) -> None:
-        _train(stage, data, out, encoder, llm, llm_gguf, init, resume, progress,
-               {"lora_scope": lora_scope, "lora_r": lora_r, "lora_alpha": lora_alpha, "lora_dropout": lora_dropout},
-               trust_remote_code, mix=str(mix) if mix else None, lr=lr, weight_decay=weight_decay,
-               warmup_steps=warmup_steps, schedule=schedule, warmup_type=warmup_type, kl_positions=kl_positions,
-               kl_scale_t2=kl_scale_t2, batch_size=batch_size, grad_accum=grad_accum, epochs=epochs, max_steps=max_steps,
-               max_length=max_length, min_audio_s=min_audio_s, max_audio_s=max_audio_s, temperature=temperature, grad_clip=grad_clip, seed=seed, save_every=save_every,
-               eval_split=eval_split, eval_every=eval_every, eval_limit=eval_limit, audio_root=audio_root,
-               base_dtype=base_dtype)
+        # The options by their field names (None: not given, the stage's default).
+        given = dict(locals())
+        import os
+
+        from blspdata.train.run import MODEL_OPTIONS, TRAIN_OPTIONS, train
+
+        options = {k: v for k, v in given.items() if k in TRAIN_OPTIONS + MODEL_OPTIONS}
+        result = train(stage, data, out, encoder=encoder, llm=llm, llm_gguf=llm_gguf, init=init, mix=mix,
+                       resume=resume, progress=progress, trust_remote_code=trust_remote_code, **options)
+        if int(os.environ.get("RANK", "0")) == 0:
+            typer.echo(f"{stage}: {result['steps']} steps -> {out}/final (trainable weights), {out}/last (resumable), "
+                       f"{out}/metrics.jsonl" + (f"; skipped {result['skipped']}" if result["skipped"] else ""))
 
     command.__doc__ = ("Stage 1, semantic alignment: response_kl, only the adapter trains." if stage == "stage1" else
                        "Stage 2, emotion alignment: response_ce + input_er; adapter and (partial) LoRA train.")
@@ -861,8 +846,11 @@ def run_command(
     if plan_only:
         return
     typer.echo(f"== done: {out}")
-    for label, path in (("dataset", out / "dataset"), ("stage-1 checkpoint", out / "train/stage1/final"),
-                        ("stage-2 checkpoint", out / "train/stage2/final"), ("SER evaluation", out / "evaluate")):
+    from blspdata.layout import RunLayout
+
+    layout = RunLayout(out)
+    for label, path in (("dataset", layout.dataset), ("stage-1 checkpoint", layout.checkpoint("stage1")),
+                        ("stage-2 checkpoint", layout.checkpoint("stage2")), ("SER evaluation", layout.evaluate)):
         if path.exists():
             typer.echo(f"   {label}: {path}")
     if report:

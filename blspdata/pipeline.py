@@ -34,6 +34,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from blspdata.corpora import CORPORA
 from blspdata.errors import BlspdataError, cut
 from blspdata import __version__
+from blspdata.layout import RunLayout
 from blspdata.locks import exclusive
 from blspdata.parallel import cores
 from blspdata.records import sidecar, write_json
@@ -301,7 +302,7 @@ class State:
     """RUN_DIR/run.json: per unit, its fingerprint, status, timing and summary."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / "run.json"
+        self.path = RunLayout(run_dir).state
         try:
             self.data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {}
         except ValueError as exc:  # not JSON, or not UTF-8
@@ -365,15 +366,15 @@ def _remove(paths: list[Path]) -> None:
 
 def plan(config: Config, progress: bool = True, trust_remote_code: bool = False) -> list[Unit]:
     """Every unit of the pipeline, in order, with its fingerprint and work."""
-    run = Path(config.run_dir)
+    run = RunLayout(config.run_dir)
     units: list[Unit] = []
     generated: list[tuple[Path, str]] = []
     for corpus in config.corpora:
-        manifest = run / "manifests" / f"{corpus.name}.jsonl.gz"
+        manifest = run.manifest(corpus.name)
         ingest_fp = fingerprint("ingest", corpus.model_dump(exclude={"task"}), tree_fingerprint(corpus.root))
         units.append(Unit("ingest", f"ingest/{corpus.name}", ingest_fp, [manifest],
                           _ingest(corpus, manifest, progress)))
-        out = run / "continuations" / f"{corpus.name}.{corpus.task}.jsonl"
+        out = run.generated(corpus.name, corpus.task)
         settings = config.generate.model_dump(exclude={"prompts", "executor", "ray_actors", "concurrency",
                                                        "request_timeout", "retry_rejects"})
         if settings.get("model") is None and config.generate.backend == "embedded":
@@ -389,11 +390,11 @@ def plan(config: Config, progress: bool = True, trust_remote_code: bool = False)
                           _generate(config, corpus.task, prompt, manifest, out, progress, trust_remote_code),
                           resumable=True))
         generated.append((out, generate_fp))
-    curated = run / "curated" / "curated.jsonl.gz"
+    curated = run.curated
     curate_fp = fingerprint("curate", config.curate.model_dump(), [fp for _, fp in generated])
     units.append(Unit("curate", "curate", curate_fp, [curated], _curate(config, [p for p, _ in generated], curated,
                                                                         progress)))
-    dataset = run / "dataset"
+    dataset = run.dataset
     publish_fp = fingerprint("publish", config.publish.model_dump(), curate_fp)
     units.append(Unit("publish", "publish", publish_fp, [dataset], _publish(config, curated, dataset, progress)))
     if config.train is None:
@@ -402,17 +403,17 @@ def plan(config: Config, progress: bool = True, trust_remote_code: bool = False)
     bases = {k: (tree_fingerprint(v) if Path(v).exists() else v) for k, v in
              (("encoder", train.encoder), ("llm", train.llm))}
     model_fp = [bases, train.model_dump(exclude={"stage1", "stage2"})]
-    stage1 = run / "train" / "stage1"
+    stage1 = run.stage("stage1")
     stage1_fp = fingerprint("stage1", model_fp, train.stage1.model_dump(), publish_fp)
-    units.append(Unit("stage1", "stage1", stage1_fp, [stage1 / "final"],
+    units.append(Unit("stage1", "stage1", stage1_fp, [run.checkpoint("stage1")],
                       _train(config, "stage1", dataset, stage1, None, progress, trust_remote_code), resumable=True))
-    stage2 = run / "train" / "stage2"
+    stage2 = run.stage("stage2")
     stage2_fp = fingerprint("stage2", model_fp, train.stage2.model_dump(), stage1_fp)
-    units.append(Unit("stage2", "stage2", stage2_fp, [stage2 / "final"],
-                      _train(config, "stage2", dataset, stage2, stage1 / "final", progress, trust_remote_code), resumable=True))
-    evaluation = run / "evaluate"
+    units.append(Unit("stage2", "stage2", stage2_fp, [run.checkpoint("stage2")],
+                      _train(config, "stage2", dataset, stage2, run.checkpoint("stage1"), progress, trust_remote_code), resumable=True))
+    evaluation = run.evaluate
     units.append(Unit("evaluate", "evaluate", fingerprint("evaluate", config.evaluate.model_dump(), stage2_fp),
-                      [evaluation / "ser.json"], _evaluate(config, stage2 / "final", dataset, evaluation, trust_remote_code)))
+                      [run.ser], _evaluate(config, run.checkpoint("stage2"), dataset, evaluation, trust_remote_code)))
     return sorted(units, key=lambda u: STAGES.index(u.stage))  # stable: corpora keep their order
 
 
@@ -479,21 +480,16 @@ def _publish(config: Config, curated: Path, dataset: Path, progress: bool) -> Ca
 def _train(config: Config, stage: str, dataset: Path, out: Path, init: Optional[Path],
            progress: bool, trust_remote_code: bool = False) -> Callable[[bool], dict]:
     def work(resume: bool) -> dict:
-        from blspdata.train.loop import TrainConfig, train
-        from blspdata.train.model import ModelConfig
+        from blspdata.train.run import train  # what `blspdata train` calls
 
         t = config.train
         encoder, llm = (_model_path(config, name) for name in (t.encoder, t.llm))
         resume = resume and (out / "last" / "trainer_state.pt").exists()  # else nothing to resume from
         if not resume:
             _remove([out])
-        options = getattr(t, stage).model_dump()
-        cfg = TrainConfig.for_stage(stage, data=str(dataset / ("semantic" if stage == "stage1" else "emotion")),
-                                    out=str(out), init=str(init) if init else None, **options)
-        lora = {k: getattr(t, k) for k in ("lora_scope", "lora_r", "lora_alpha", "lora_dropout")
-                if getattr(t, k) is not None}
-        model = ModelConfig(encoder=encoder, llm=llm, llm_gguf=t.llm_gguf, trust_remote_code=trust_remote_code, **lora)
-        return train(cfg, model, resume=resume, progress=progress)
+        lora = {k: getattr(t, k) for k in ("lora_scope", "lora_r", "lora_alpha", "lora_dropout")}
+        return train(stage, dataset, out, encoder=encoder, llm=llm, llm_gguf=t.llm_gguf, init=init, resume=resume,
+                     progress=progress, trust_remote_code=trust_remote_code, **getattr(t, stage).model_dump(), **lora)
     return work
 
 
@@ -518,7 +514,7 @@ def _model_path(config: Config, name: str) -> str:
         return name
     from blspdata.train import demo_models
 
-    folder = Path(config.run_dir) / "models" / name.split(":", 1)[1]
+    folder = RunLayout(config.run_dir).model(name.split(":", 1)[1])
     if not (folder / "config.json").exists():
         (demo_models.tiny_whisper if name == "demo:tiny-whisper" else demo_models.smollm2)(folder)
     return str(folder)
@@ -551,7 +547,7 @@ def run(config: Config, start: Optional[str] = None, until: Optional[str] = None
         return _run(config, start, until, True, progress, echo, trust_remote_code)
     # One run per run folder: a second one (a requeued job, a second terminal) would write the
     # same metrics.jsonl and checkpoints. The kernel drops the lock when this process ends.
-    with exclusive(run_dir / ".lock", what=f"run folder {run_dir}"):
+    with exclusive(RunLayout(run_dir).lock, what=f"run folder {run_dir}"):
         return _run(config, start, until, False, progress, echo, trust_remote_code)
 
 
@@ -605,5 +601,5 @@ def _run(config: Config, start: Optional[str], until: Optional[str], dry_run: bo
             rewrote = min(rewrote, index)
     if not dry_run:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "config.json", config.model_dump())
+        write_json(RunLayout(run_dir).config, config.model_dump())
     return decided

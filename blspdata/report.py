@@ -37,6 +37,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from blspdata.labels import CANONICAL
+from blspdata.layout import RunLayout
 from blspdata.records import atomic_path, iter_jsonl, sidecar
 from blspdata.rejects import family
 
@@ -52,10 +53,11 @@ img{max-width:100%;display:block;margin:.5em 0}section{margin-bottom:2.5em}"""
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the report of the run in `run_dir` to `out` [run_dir/report.html], atomically."""
     run_dir = Path(run_dir)
-    out = Path(out) if out else run_dir / "report.html"
-    manifests = _outputs(run_dir / "manifests")
-    continuations = _outputs(run_dir / "continuations")
-    curated = _outputs(run_dir / "curated")
+    run = RunLayout(run_dir)
+    out = Path(out) if out else run.report
+    manifests = _outputs(run.manifests)
+    continuations = _outputs(run.continuations)
+    curated = _outputs(run.curated_dir)
     with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):  # labels are literal text
         page = _page(run_dir, manifests, continuations, curated)
     with atomic_path(out) as tmp:
@@ -66,15 +68,15 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
 def _page(run_dir: Path, manifests: list[Path], continuations: list[Path], curated: list[Path]) -> str:
     sections = [
         ("What you got", summary_section(run_dir, continuations, curated)),
-        ("Pipeline stages", stages_section(run_dir / "run.json")),
+        ("Pipeline stages", stages_section(RunLayout(run_dir).state)),
         ("1. Hours and utterances per corpus and split", corpus_section(manifests)),
         ("2. Emotion labels before and after curation", emotion_section(manifests, curated)),
         ("3. Transcript and continuation lengths", length_section(curated or continuations, bool(curated))),
         ("4. Rejects per stage and reason", rejects_section(run_dir)),
         ("5. Generation throughput", throughput_section(continuations)),
-        ("6. Training curves", training_section(run_dir / "train")),
-        ("7. Speech emotion recognition", ser_section(run_dir / "evaluate")),
-        ("8. Sample rows", samples_section(run_dir / "dataset")),
+        ("6. Training curves", training_section(RunLayout(run_dir))),
+        ("7. Speech emotion recognition", ser_section(RunLayout(run_dir).evaluate)),
+        ("8. Sample rows", samples_section(RunLayout(run_dir).dataset)),
     ]
     body = "\n".join(f"<section><h2>{escape(title)}</h2>\n{content}</section>" for title, content in sections)
     return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>blspdata run {escape(run_dir.name)}"
@@ -174,7 +176,7 @@ def _bars(axis, labels: list[str], series: dict[str, list[float]], ylabel: str) 
 def summary_section(run_dir: Path, continuations: list[Path], curated: list[Path]) -> str:
     """What a user came for: the data kept, what it reads like, and what the model learnt."""
     return (_kept_summary(curated) + _continuation_summary(curated or continuations, bool(curated))
-            + _ser_summary(run_dir / "evaluate"))
+            + _ser_summary(RunLayout(run_dir).evaluate))
 
 
 def _kept_summary(curated: list[Path]) -> str:
@@ -309,8 +311,9 @@ def length_section(paths: list[Path], curated: bool) -> str:
 
 def rejects_section(run_dir: Path) -> str:
     # Publish's rejects are named after its folder (dataset.rejects.jsonl), the others after each output.
-    stages = {"ingest": run_dir / "manifests", "generate": run_dir / "continuations", "curate": run_dir / "curated",
-              "publish": run_dir / "dataset.rejects.jsonl"}
+    run = RunLayout(run_dir)
+    stages = {"ingest": run.manifests, "generate": run.continuations, "curate": run.curated_dir,
+              "publish": run.dataset_rejects}
     counts: Counter = Counter()
     notes = []
     for stage, place in stages.items():
@@ -349,10 +352,10 @@ def throughput_section(continuations: list[Path]) -> str:
                           "counts the earlier rows as already done).") + skipped + _img(figure, "generation throughput"))
 
 
-def training_section(train_dir: Path) -> str:
+def training_section(run: RunLayout) -> str:
     parts = []
     for stage in ("stage1", "stage2"):
-        metrics = train_dir / stage / "metrics.jsonl"
+        metrics = run.metrics(stage)
         rows = list(_rows([metrics])) if metrics.is_file() else []
         if not rows:
             parts.append(_note(f"{stage}: not run yet (no train/{stage}/metrics.jsonl)."))

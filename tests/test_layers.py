@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("stage publish", ("blspdata.publish", "blspdata.publish_options")),
     ("stage export: manifests in other toolkits' formats", ("blspdata.export",)),
     ("stage train", ("blspdata.train",)),
-    ("orchestration: pipeline, report", ("blspdata.pipeline", "blspdata.report")),
+    ("orchestration: the run folder's layout, pipeline, report", ("blspdata.layout", "blspdata.pipeline", "blspdata.report")),
     ("command line", ("blspdata.cli", "blspdata.__main__")),
 ]
 

@@ -172,7 +172,7 @@ def evaluate_ser(checkpoint: str | Path, data: str | Path, split: str = "test", 
     import torch
 
     from blspdata.audio import RATE
-    from blspdata.train.loop import SER_INSTRUCTION, SYSTEM, audio_present, decode_audio, load_rows
+    from blspdata.train.data import SER_INSTRUCTION, SYSTEM, audio_present, decode_audio, load_rows
     from blspdata.train.config import TrainError
     from blspdata.train.model import BLSPModel, Prompt, autocast
 
@@ -249,7 +249,7 @@ def chat(checkpoint: str | Path, audio_path: str | Path, instruction: str | None
 
     from blspdata.audio import read_segment
     from blspdata.train.config import TrainError, checkpoint_config
-    from blspdata.train.loop import STAGE2_INSTRUCTION, SYSTEM_EMPATHY
+    from blspdata.train.data import STAGE2_INSTRUCTION, SYSTEM_EMPATHY
     from blspdata.train.model import BLSPModel, Prompt
 
     checkpoint_config(checkpoint)  # a wrong folder is said before the audio is read or a model built

@@ -13,7 +13,6 @@ at speech positions ("partial LoRA"): a hook zeroes the LoRA update elsewhere.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,37 +22,10 @@ from torch import nn
 
 from blspdata.audio import RATE
 from blspdata.train.checkpoint import load_weights
-from blspdata.train.config import CheckpointError, TrainError, checkpoint_config
+from blspdata.train.config import CheckpointError, ModelConfig, TrainError, checkpoint_config  # noqa: F401 (ModelConfig: its old home)
 
 SPEECH_MARK = "\u2063SPEECH\u2063"  # invisible separators: never in a real instruction
 END_OF_TEXT = "<|endoftext|>"  # appended after ChatML's end of turn, as the reference does (Qwen's eod)
-
-
-@dataclass
-class ModelConfig:
-    encoder: str                    # Whisper checkpoint (name or folder)
-    llm: str                        # causal LM (name or folder, or a folder with a .gguf)
-    llm_gguf: str | None = None     # GGUF file name inside `llm`, when the LLM ships as GGUF
-    adapter_hidden: int = 512
-    lora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    lora_scope: str = "audio"       # audio: LoRA only at speech positions (the paper); global: everywhere
-    # Attention and MLP projections, by the names Llama-style models and Qwen(-7B-Chat) give them;
-    # only the names the LLM has are used.
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
-                                                             "gate_proj", "up_proj", "down_proj",
-                                                             "c_attn", "c_proj", "w1", "w2"])
-    num_emotions: int = 5
-    trust_remote_code: bool = False  # run the LLM's own modelling code (Qwen-7B-Chat needs it)
-
-    def __post_init__(self) -> None:
-        if self.lora_scope not in ("audio", "global"):
-            raise TrainError(f"lora_scope {self.lora_scope!r}: expected one of audio, global")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def gguf_to_folder(gguf: str | Path, folder: str | Path) -> Path:
