@@ -68,5 +68,6 @@ def test_the_emotion_is_in_the_voice_not_the_words(fresh: Path):
 
 
 def test_the_sample_corpus_stays_small():
+    # 14 corpora; IEMOCAP's (the demo's emotion data) is half of it. A clone should stay quick.
     size = sum(p.stat().st_size for p in (REPO / "samples" / "corpora").rglob("*") if p.is_file())
-    assert size < 10e6
+    assert size < 12e6
