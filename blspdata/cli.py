@@ -781,25 +781,49 @@ train_app.command("stage2")(_train_options("stage2"))
 @evaluate_app.command("ser")
 def evaluate_ser_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint folder (OUT/final of a training run)."),
-    data: Path = typer.Argument(..., help="A published dataset (its emotion config is used)."),
+    data: List[Path] = typer.Argument(..., help="One or more published datasets (their emotion config is used) or "
+                                      "manifests from ingest/curate (.jsonl[.gz]); each corpus in them is a test set."),
     split: str = typer.Option("test", "--split", help="Split to score."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where ser.json, answers.jsonl and confusion.png go [CHECKPOINT/ser-SPLIT]."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N rows."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where ser.json, answers.jsonl and the confusion PNGs go [CHECKPOINT/ser-SPLIT]."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Score only the first N rows of each DATASET."),
     head_only: bool = typer.Option(False, "--head-only", help="Score the emotion head only (no generation: fast)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Tokens the SER prompt's answer may take [128, the reference's: it answers in a sentence]."),
     audio_root: Optional[str] = typer.Option(None, "--audio-root", help="For datasets published with --audio path."),
     trust_remote_code: bool = LoadRemoteCodeOpt,
+    progress: bool = ProgressOpt,
 ) -> None:
     """Speech emotion recognition: WA, UA, macro-F1, recall per label and the confusion matrix, for the emotion head
-    and for the model prompted with the paper's SER instruction (its label read from the answer's text)."""
+    and for the model prompted with the paper's SER instruction (its label read from the answer's text), pooled
+    and per test set (each corpus of each DATASET), the paper's accuracy beside ours where it has one. Rows whose
+    label is outside the five, or that have no audio, are counted apart per set."""
     from blspdata.train.evaluate import evaluate_ser
 
-    folder = data / "emotion"
-    result = evaluate_ser(checkpoint, folder if folder.is_dir() else data, split=split, out=out, limit=limit,
-                          prompt_too=not head_only, audio_root=audio_root, max_new_tokens=max_new_tokens,
-                          trust_remote_code=trust_remote_code)
+    result = evaluate_ser(checkpoint, data, split=split, out=out, limit=limit, prompt_too=not head_only,
+                          audio_root=audio_root, max_new_tokens=max_new_tokens, trust_remote_code=trust_remote_code,
+                          progress=progress)
     typer.echo(result["text"])
     typer.echo(f"-> {result['out']}")
+
+
+@evaluate_app.command("compare")
+def evaluate_compare_command(
+    results: List[Path] = typer.Argument(..., help="Two or more `evaluate ser` outputs (ser.json or its folder) or "
+                                         "run folders from `blspdata run` (their evaluate/ser.json)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the table as JSON here."),
+) -> None:
+    """Evaluations side by side: per test set and method, each one's WA / UA / macro-F1 and the paper's
+    figure, so an ablation (stage 2 without stage 1, say) reads at a glance."""
+    import json
+
+    from blspdata.records import atomic_path
+    from blspdata.train.evaluate import compare, render_compare
+
+    compared = compare(results)
+    typer.echo(render_compare(compared))
+    if out:
+        with atomic_path(out) as tmp:
+            tmp.write_text(json.dumps(compared, indent=2) + "\n")
+        typer.echo(f"-> {out}")
 
 
 @app.command("chat")

@@ -394,6 +394,7 @@ def ser_section(evaluate_dir: Path) -> str:
         parts.append(_table(("recall", *CANONICAL),
                             [(name, *("-" if m["recall"].get(c) is None else m["recall"][c] for c in CANONICAL))
                              for name, m in metrics.items()]))
+    parts.append(_ser_sets(result.get("sets")))
     matrices = result.get("confusion") or {}
     png = evaluate_dir / "confusion.png"
     if matrices:
@@ -408,6 +409,54 @@ def ser_section(evaluate_dir: Path) -> str:
         parts.append("<h3>SER prompt answers without a label (examples)</h3>\n"
                      + _table(("id", "true label", "answer"),
                               [(e.get("id"), e.get("true"), e.get("answer")) for e in examples]))
+    parts.append(_empathy(evaluate_dir / "empathy.json"))
+    return "".join(parts)
+
+
+def _empathy(path: Path) -> str:
+    """`evaluate empathy -o RUN/evaluate`'s empathy.json, when there is one: the judge's means."""
+    result = _load_json(path)
+    if not isinstance(result, dict) or not isinstance(result.get("mean"), dict):
+        return ""
+    paper = result.get("paper") or {}
+    rows = [("all", result["mean"].get("rows"), result["mean"].get("quality"), result["mean"].get("empathy"))]
+    rows += [(e, m.get("rows"), m.get("quality"), m.get("empathy")) for e, m in (result.get("per_emotion") or {}).items()]
+    if paper.get("quality"):
+        rows.append(("paper (SpeechAlpaca, GPT-4)", "", paper["quality"], paper.get("empathy")))
+    judge = result.get("judge") or {}
+    rejected = result.get("rejected") or {}
+    return ("<h3>Empathy (LLM judge, 1-10)</h3>\n" + _table(("emotion", "rows judged", "quality", "empathy"), rows)
+            + _note(f"Judge {judge.get('model') or judge.get('base_url')}, prompt {judge.get('prompt')} (ours: the paper's "
+                    "is not published). Not scored, in no mean: "
+                    + (", ".join(f"{k} {n}" for k, n in rejected.items()) if rejected else "none") + "."))
+
+
+def _ser_sets(sets: Any) -> str:
+    """ser.json's `sets` (one per corpus of each dataset scored): the table, the paper's figure
+    beside the SER prompt's WA, what was not scored, and each set's confusion matrices."""
+    from blspdata.train.evaluate import excluded_note  # numpy only, no torch
+
+    if not isinstance(sets, list) or not sets:
+        return ""
+    rows = []
+    for entry in sets:
+        paper = entry.get("paper") or {}
+        for number, (method, m) in enumerate((entry.get("metrics") or {}).items()):
+            rows.append((entry.get("name") if not number else "", entry.get("rows") if not number else "", method,
+                         m.get("wa"), m.get("ua"), m.get("macro_f1"), m.get("unparsed"),
+                         f"{paper['accuracy']:.1f}% ({paper.get('test', '')})" if paper and method == "SER prompt" else "",
+                         excluded_note(entry.get("excluded") or {}) if not number else ""))
+    parts = ["<h3>Per test set</h3>\n", _table(("test set", "rows", "method", "WA", "UA", "macro-F1", "unparsed",
+                                                "paper (accuracy)", "not scored"), rows)]
+    source = next((e["paper"].get("source") for e in sets if e.get("paper")), None)
+    if source:
+        parts.append(_note(f"The paper's figures: {source} (blspdata/evaluate_paper.toml); compare them with "
+                           "the SER prompt's WA."))
+    if len(sets) > 1:
+        matrices = {f"{e.get('name')}: {method}": m["confusion"] for e in sets
+                    for method, m in (e.get("metrics") or {}).items() if m.get("confusion")}
+        if matrices:
+            parts.append(_img(_confusion_figure(matrices), "SER confusion matrices per test set"))
     return "".join(parts)
 
 

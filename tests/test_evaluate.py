@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
+from blspdata.labels import CANONICAL
 from blspdata.train.evaluate import parse_label, scores
 
 SAMPLE = REPO / "manifests" / "sample"
@@ -111,3 +112,77 @@ def test_evaluate_scores_the_test_split_with_the_references_answer_length(checkp
     answers = [json.loads(line)["answer"] for line in (short / "answers.jsonl").read_text().splitlines()]
     assert saved["max_new_tokens"] == 2 and len(answers) == 1 and len(answers[0].split()) <= 2, answers
     assert [e["answer"] for e in saved["unparsed_examples"]] == [a for a in answers if parse_label(a) is None]
+
+
+def test_evaluate_scores_several_test_sets_in_one_table_beside_the_papers_figures(checkpoint, tmp_path: Path):
+    """A published dataset (IEMOCAP), the IEMOCAP manifest from ingest (its rejects file names one
+    test row excluded for its label, 'fru') and a hand-made manifest whose test split holds a label
+    outside the five."""
+    final, dataset = checkpoint
+    rows = [json.loads(line) for line in (SAMPLE / "iemocap.jsonl").read_text().splitlines()]
+    mine = [dict(r, corpus="handmade", id=r["id"].replace("iemocap/", "handmade/")) for r in rows if r["split"] == "test"][:3]
+    mine[0].update(emotion=None, raw_emotion="fea")
+    handmade = tmp_path / "handmade.jsonl"
+    handmade.write_text("".join(json.dumps(r) + "\n" for r in mine))
+    out = tmp_path / "ser"
+    shown = cli("evaluate", "ser", final, dataset, SAMPLE / "iemocap.jsonl", handmade, "--limit", "2",
+                "--max-new-tokens", "4", "-o", out, "--no-progress").stdout
+    saved = json.loads((out / "ser.json").read_text())
+    sets = {entry["name"]: entry for entry in saved["sets"]}
+    # Two sources hold IEMOCAP: each set is named by its source too, so they never merge.
+    assert list(sets) == ["ds:iemocap", "iemocap.jsonl:iemocap", "handmade"]
+    assert saved["rows"] == 6 and saved["split"] == "test"   # pooled over the three sets
+    for entry in sets.values():
+        assert entry["rows"] == 2
+        for method in ("emotion head", "SER prompt"):
+            figures = entry["metrics"][method]
+            assert sum(map(sum, figures["confusion"])) == 2 and {"wa", "ua", "macro_f1"} <= set(figures)
+        assert (out / entry["confusion_png"]).is_file()
+    assert sets["ds:iemocap"]["paper"]["accuracy"] == 76.0 == sets["iemocap.jsonl:iemocap"]["paper"]["accuracy"]
+    assert sets["handmade"]["paper"] is None
+    # Labels outside the five are counted apart: in the rows, and as ingest excluded them (test split only).
+    assert sets["handmade"]["excluded"]["outside_five"] == {"fea": 1}
+    assert sets["iemocap.jsonl:iemocap"]["excluded"]["rejected_at_ingest"] == {"fru": 1}
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert [a["set"] for a in answers] == ["ds:iemocap"] * 2 + ["iemocap.jsonl:iemocap"] * 2 + ["handmade"] * 2
+    assert mine[0]["id"] not in {a["id"] for a in answers}
+    for words in ("per test set", "paper", "0.760", "1 label outside the five (fea 1)",
+                  "1 label excluded at ingest (fru 1)"):
+        assert words in shown, words
+
+    # The run report shows the per-set table.
+    from blspdata.report import ser_section
+
+    html = ser_section(out)
+    assert "handmade" in html and "iemocap.jsonl:iemocap" in html and "76.0%" in html
+
+
+def test_compare_puts_evaluations_side_by_side(tmp_path: Path):
+    """A run folder (its evaluate/ser.json) beside an `evaluate ser -o` folder, as an ablation reads."""
+    from blspdata.train.evaluate import score_answers, score_set
+
+    def ser_json(folder: Path, predicted: list[int]) -> None:
+        truth = [0, 1, 2, 3]
+        answers = [{"id": f"iemocap/test/{i}", "set": "iemocap", "parsed": CANONICAL[p]} for i, p in enumerate(predicted)]
+        result = score_answers(truth, predicted, predicted, answers)
+        result.update(split="test", sets=[score_set("iemocap", "ds", answers, truth, predicted, predicted, {}, 0)])
+        folder.mkdir(parents=True)
+        (folder / "ser.json").write_text(json.dumps(result))
+
+    ser_json(tmp_path / "full" / "evaluate", [0, 1, 2, 3])          # all right
+    ser_json(tmp_path / "no-stage1", [0, 1, 0, 0])                  # half right
+    shown = cli("evaluate", "compare", tmp_path / "full", tmp_path / "no-stage1", "-o", tmp_path / "compare.json").stdout
+    line = next(l for l in shown.splitlines() if l.startswith("iemocap") and "SER prompt" in l)
+    assert "1.000 / 1.000 / 1.000" in line and "0.500 / 0.500" in line and "0.760" in line  # the paper's 76.0
+    assert shown.index("full") < shown.index("no-stage1")
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert saved["runs"] == ["full", "no-stage1"]
+    rows = {(r["set"], r["method"]): r for r in saved["table"]}
+    assert rows[("iemocap", "emotion head")]["runs"]["no-stage1"]["wa"] == 0.5
+    assert rows[("(all rows)", "SER prompt")]["runs"]["full"]["wa"] == 1.0
+
+    # Something that is not an evaluation is said in one line.
+    failed = subprocess.run([sys.executable, "-m", "blspdata", "evaluate", "compare", tmp_path / "full", tmp_path],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1 and "no ser.json there" in failed.stderr
+
