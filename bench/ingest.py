@@ -149,7 +149,7 @@ def run_ours(corpus: Path, jobs: int, splits: list[str] | None) -> tuple[int, st
     out = OUT / ("ours-subset.jsonl.gz" if splits else "ours.jsonl.gz")
     options = {"splits": splits} if splits else {}
     summary = ingest_corpus("librispeech", corpus, out, jobs=jobs, progress=False, **options)
-    rejected = sum(summary.rejects.values())
+    rejected = summary.rejects.total
     return summary.records + rejected, f"{summary.records} records, {rejected} rejects -> {out.relative_to(REPO)}"
 
 
