@@ -68,6 +68,8 @@ Numbers only; nothing asserts on time.
 
 Run:  .venv/bin/python bench/train.py [--steps 8] [--batch-size 4] [--warmup 2] [--devices cpu,cuda]
       [--encoder DIR --llm DIR]
+      .venv/bin/python bench/train.py --padding [--batch-size 4]   # padding per step, with and without
+      --group-by-length
 """
 
 from __future__ import annotations
@@ -422,6 +424,40 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(result))
 
 
+# ---------------------------------------------------------------------------- padding
+
+def padding(args: argparse.Namespace) -> None:
+    """Tokens of padding per step in the LLM's speech-path batch, the default order against
+    `--group-by-length`, over one epoch of the published dataset (no training: the rows, the
+    prompts and the lengths `build_batch` lays out, prompt + speech positions + continuation)."""
+    from blspdata.train.config import TrainConfig
+    from blspdata.train.data import Batches, row_prompts, training_rows
+    from blspdata.train.model import BLSPModel, ModelConfig
+
+    model = BLSPModel(ModelConfig(encoder=args.encoder, llm=args.llm))
+    cfg = TrainConfig.for_stage("stage2", data=str(DATASET / "emotion"), batch_size=args.batch_size)
+    keys: list[int] = []
+    started = time.perf_counter()
+    sources, _ = training_rows(cfg, model, keys)
+    scan = time.perf_counter() - started
+    prompts = row_prompts(model, "stage2")
+    rows = [(source, int(i)) for source, indices in sources for i in indices]
+    lengths = {(id(source), i): key + len(prompts(source[i])[1].before) + len(prompts(source[i])[1].after)
+               for (source, i), key in zip(rows, keys)}
+    print(f"padding: {len(rows)} usable rows (scanned in {scan:.2f} s), batch {args.batch_size}, one epoch, "
+          "tokens of the speech path (prompt + speech positions + continuation)")
+    for name, batches in (("default order", Batches(sources, args.batch_size, cfg.seed, 0, 1)),
+                          ("--group-by-length", Batches(sources, args.batch_size, cfg.seed, 0, 1, lengths=keys))):
+        padded = real = 0
+        for batch in batches.epoch(0):
+            sizes = [lengths[id(source), int(i)] for source, i in batch]
+            padded += len(sizes) * max(sizes)
+            real += sum(sizes)
+        steps = batches.per_epoch()
+        print(f"  {name:18s} {steps} steps: {(padded - real) / steps:7.1f} padding tokens per step, "
+              f"{(padded - real) / padded:6.1%} of the batch")
+
+
 # ---------------------------------------------------------------------------- driver
 
 def measure(name: str, device: str, args: argparse.Namespace) -> dict | None:
@@ -513,6 +549,8 @@ def main() -> None:
                              "bfloat16 on a GPU, float32 on a CPU)")
     parser.add_argument("--devices", default="auto",
                         help="cpu, cuda or cpu,cuda (default auto: the CPU, and the GPU when there is one)")
+    parser.add_argument("--padding", action="store_true",
+                        help="only measure padding tokens per step, default order against --group-by-length")
     parser.add_argument("--only", choices=("ours", "trainer"), help=argparse.SUPPRESS)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -523,6 +561,8 @@ def main() -> None:
 
     demo = (args.encoder, args.llm) == (str(MODELS / "tiny-whisper"), str(MODELS / "smollm2"))
     state, seconds = prepare(demo)
+    if args.padding:
+        return padding(args)
     import torch
 
     print(f"machine: {os.cpu_count()} CPUs (os.cpu_count), torch {torch.__version__} with {torch.get_num_threads()} "

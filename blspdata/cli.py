@@ -751,6 +751,8 @@ def _train_options(stage: str):
         lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help=h("lora_alpha")),
         lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help=h("lora_dropout")),
         audio_root: Optional[str] = typer.Option(None, "--audio-root", help=h("audio_root")),
+        group_by_length: Optional[bool] = typer.Option(None, "--group-by-length/--no-group-by-length",
+                                                       help=h("group_by_length")),
         base_dtype: Optional[str] = typer.Option(None, "--base-dtype", help=h("base_dtype")),
         trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the LLM's own modelling code (Qwen-7B-Chat needs it). Only for an LLM you trust: its Python runs here."),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last exactly (weights, optimizer, schedule, data position)."),

@@ -404,17 +404,23 @@ def plan(config: Config, progress: bool = True, trust_remote_code: bool = False)
              (("encoder", train.encoder), ("llm", train.llm))}
     model_fp = [bases, train.model_dump(exclude={"stage1", "stage2"})]
     stage1 = run.stage("stage1")
-    stage1_fp = fingerprint("stage1", model_fp, train.stage1.model_dump(), publish_fp)
+    stage1_fp = fingerprint("stage1", model_fp, _stage_settings(train.stage1), publish_fp)
     units.append(Unit("stage1", "stage1", stage1_fp, [run.checkpoint("stage1")],
                       _train(config, "stage1", dataset, stage1, None, progress, trust_remote_code), resumable=True))
     stage2 = run.stage("stage2")
-    stage2_fp = fingerprint("stage2", model_fp, train.stage2.model_dump(), stage1_fp)
+    stage2_fp = fingerprint("stage2", model_fp, _stage_settings(train.stage2), stage1_fp)
     units.append(Unit("stage2", "stage2", stage2_fp, [run.checkpoint("stage2")],
                       _train(config, "stage2", dataset, stage2, run.checkpoint("stage1"), progress, trust_remote_code), resumable=True))
     evaluation = run.evaluate
     units.append(Unit("evaluate", "evaluate", fingerprint("evaluate", config.evaluate.model_dump(), stage2_fp),
                       [run.ser], _evaluate(config, run.checkpoint("stage2"), dataset, evaluation, trust_remote_code)))
     return sorted(units, key=lambda u: STAGES.index(u.stage))  # stable: corpora keep their order
+
+
+def _stage_settings(options) -> dict:
+    """A training stage's settings as its fingerprint reads them: an option added later
+    (group_by_length) counts only when set, so a run folder from before it stays up to date."""
+    return options.model_dump(exclude={k for k in ("group_by_length",) if getattr(options, k) is None})
 
 
 def _ingest(corpus: Corpus, manifest: Path, progress: bool) -> Callable[[bool], dict]:

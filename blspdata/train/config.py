@@ -76,6 +76,9 @@ class TrainConfig:
     eval_limit: int = option(256, "Rows of the eval split used")
     audio_root: str | None = option(None, "Folder the audio paths of a dataset published with --audio path are "
                                     "relative to")
+    group_by_length: bool = option(False, "Batch rows of similar length together (sorted within windows of 64 "
+                                   "batches, the batches shuffled), so less of each batch is padding; changes the "
+                                   "data order, so off, as in the reference")
     base_dtype: str = option("auto", "Frozen encoder and LLM weights: auto (bfloat16 on a GPU, float32 on a CPU), "
                              "float32 or bfloat16; the trained parts stay float32")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -156,31 +157,79 @@ def continuation_ids(tokenizer, row: dict, end: list[int]) -> list[int]:
     return ids + end if row.get("finished") else ids
 
 
-def usable(dataset, model: BLSPModel, cfg: TrainConfig) -> tuple[list[int], Counter]:
+def usable(dataset, model: BLSPModel, cfg: TrainConfig, chunk: int = 1024,
+           lengths: list[int] | None = None) -> tuple[list[int], Counter]:
     """Indices of rows fit to train on, and why the others are skipped: audio outside 1-30 s
     (or the encoder's window), a whole sequence over `max_length` tokens (the reference's
-    rule: prompt, transcript and continuation together), no continuation."""
+    rule: prompt, transcript and continuation together), no continuation. Rows are read and
+    tokenized `chunk` at a time (one tokenizer call per chunk, not one per row: a million
+    rows start in minutes, not hours); the lengths are those `sequence_length` gives. With
+    `lengths`, each kept row's speech-path length (`speech_positions` + continuation tokens)
+    is appended to it, for batches grouped by length."""
     limit = min(cfg.max_audio_s, model.feature_extractor.chunk_length)
     keep, skipped = [], Counter()
-    tokenizer = model.tokenizer
-    prompts, end = row_prompts(model, cfg.stage), end_of_turn(tokenizer)
     present = audio_present(dataset, cfg.audio_root)
     columns = [c for c in ("duration", "text", "continuation", "finished", "task", "instruction", "generator",
                            "emotion") if c in dataset.column_names]
-    for index, row in enumerate(dataset.select_columns(columns)):
-        if not present[index]:
-            skipped["audio_missing"] += 1
-        elif row["duration"] > limit:
-            skipped["audio_too_long"] += 1
-        elif row["duration"] < cfg.min_audio_s:
-            skipped["audio_too_short"] += 1
-        elif not (row["continuation"] or "").strip():
-            skipped["continuation_empty"] += 1
-        elif sequence_length(prompts(row)[0], row, continuation_ids(tokenizer, row, end)) > cfg.max_length:
-            skipped["sequence_too_long"] += 1
-        else:
-            keep.append(index)
+    index = 0
+    for block in dataset.select_columns(columns).iter(batch_size=chunk):
+        candidates = []  # (index, row) that pass the checks needing no tokenizer
+        for values in zip(*(block[c] for c in columns)):
+            row = dict(zip(columns, values))
+            if not present[index]:
+                skipped["audio_missing"] += 1
+            elif row["duration"] > limit:
+                skipped["audio_too_long"] += 1
+            elif row["duration"] < cfg.min_audio_s:
+                skipped["audio_too_short"] += 1
+            elif not (row["continuation"] or "").strip():
+                skipped["continuation_empty"] += 1
+            else:
+                candidates.append((index, row))
+            index += 1
+        measured = sequence_lengths(model, cfg.stage, [r for _, r in candidates])
+        for (position, row), (length, continuation) in zip(candidates, measured):
+            if length > cfg.max_length:
+                skipped["sequence_too_long"] += 1
+            else:
+                keep.append(position)
+                if lengths is not None:
+                    lengths.append(speech_positions(row["duration"]) + continuation)
     return keep, skipped
+
+
+def sequence_lengths(model: BLSPModel, stage: str, rows: list[dict]) -> list[tuple[int, int]]:
+    """(`sequence_length`, continuation tokens) of each row, in two tokenizer calls for all
+    of them (prompt + transcript as one string, as `Prompt.transcript` tokenizes it; the
+    continuations) and one per row only where the tokenizer merges across the boundary."""
+    if not rows:
+        return []
+    tokenizer = model.tokenizer
+    prompts, end = row_prompts(model, stage), end_of_turn(tokenizer)
+    text_prompts = [prompts(row)[0] for row in rows]
+    joined = tokenizer([p.text + (row["text"] or "") for p, row in zip(text_prompts, rows)],
+                       add_special_tokens=False).input_ids
+    continuations = tokenizer([row["continuation"] or "" for row in rows], add_special_tokens=False).input_ids
+    lengths = []
+    for prompt, row, ids, continuation in zip(text_prompts, rows, joined, continuations):
+        head = prompt.text_before
+        if ids[: len(head)] == head and len(ids) > len(head):
+            transcript = len(ids) - len(head)
+        else:
+            transcript = len(prompt.transcript(row["text"] or ""))
+        tail = len(continuation) + (len(end) if row.get("finished") else 0)
+        lengths.append((len(head) + transcript + len(prompt.after) + tail, tail))
+    return lengths
+
+
+def speech_positions(duration: float) -> int:
+    """Adapter outputs for `duration` seconds of speech: the encoder's frames (10 ms hop,
+    stride 2: one per 320 samples, at most the 30-s window's 1500), then the Subsampler's
+    three stride-2 convolutions (`BLSPModel.speech_embeddings`)."""
+    frames = min(max(math.ceil(duration * RATE / 320), 1), 1500)
+    for _ in range(3):
+        frames = (frames - 1) // 2 + 1
+    return frames
 
 
 def audio_present(dataset, audio_root: str | None) -> list[bool]:
@@ -201,22 +250,49 @@ def audio_present(dataset, audio_root: str | None) -> list[bool]:
 
 
 class Batches:
-    """Deterministic batches: a seeded permutation per epoch, this rank's share of it."""
+    """Deterministic batches: a seeded permutation per epoch, this rank's share of it.
 
-    def __init__(self, sources: list[tuple[Any, list[int]]], batch_size: int, seed: int, rank: int, world: int):
+    With `lengths` (one per row of the sources, in their order), rows of similar length share
+    a batch: the permutation is cut into windows of `window` global batches, each window's
+    rows sorted by length (longest first) and cut into batches, whose order in the window is
+    shuffled with the same seed, so less of each batch is padding (`--group-by-length`; the
+    data order changes, so it is off by default, as in the reference)."""
+
+    def __init__(self, sources: list[tuple[Any, list[int]]], batch_size: int, seed: int, rank: int, world: int,
+                 lengths: list[int] | None = None, window: int = 64):
         self.items = [(s, i) for s, (_, indices) in enumerate(sources) for i in indices]
         self.sources = [d for d, _ in sources]
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        if lengths is not None and len(lengths) != len(self.items):
+            raise ValueError(f"{len(lengths)} lengths for {len(self.items)} rows")
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.window = window
 
     def per_epoch(self) -> int:
         return len(self.items) // (self.batch_size * self.world)
 
     def epoch(self, number: int):
-        order = np.random.default_rng(self.seed + number).permutation(len(self.items))
+        rng = np.random.default_rng(self.seed + number)
+        order = rng.permutation(len(self.items))
+        if self.lengths is not None:
+            order = self._grouped(order, rng)
         mine = order[self.rank::self.world]
         for b in range(self.per_epoch()):
             chunk = mine[b * self.batch_size:(b + 1) * self.batch_size]
             yield [(self.sources[self.items[i][0]], self.items[i][1]) for i in chunk]
+
+    def _grouped(self, order: np.ndarray, rng) -> np.ndarray:
+        """`order` with each window's rows sorted by length and its batches shuffled. Each
+        global batch (batch_size x world rows) holds similar lengths, so every rank's does."""
+        step = self.batch_size * self.world
+        grouped = []
+        for start in range(0, len(order), step * self.window):
+            window = order[start:start + step * self.window]
+            window = window[np.argsort(-self.lengths[window], kind="stable")]
+            batches = [window[b:b + step] for b in range(0, len(window), step)]
+            full = [batches[i] for i in rng.permutation(len(batches)) if len(batches[i]) == step]
+            grouped.extend(full + [b for b in batches if len(b) < step])  # a short last batch stays last
+        return np.concatenate(grouped) if grouped else order
 
     def stream(self, start: int = 0):
         """Every batch from micro-step `start` on, epoch after epoch, without end: a resumed run
@@ -229,15 +305,17 @@ class Batches:
             epoch += 1
 
 
-def training_rows(cfg: TrainConfig, model: BLSPModel) -> tuple[list[tuple[Any, list[int]]], Counter]:
+def training_rows(cfg: TrainConfig, model: BLSPModel,
+                  lengths: list[int] | None = None) -> tuple[list[tuple[Any, list[int]]], Counter]:
     """The stage's training sources, (dataset, usable indices) each: `cfg.data`, and `cfg.mix`
-    when given; and why rows of either are skipped."""
+    when given; and why rows of either are skipped. With `lengths`, every usable row's
+    speech-path length is appended to it, in the sources' order (`usable`)."""
     dataset = load_rows(cfg.data)
-    keep, skipped = usable(dataset, model, cfg)
+    keep, skipped = usable(dataset, model, cfg, lengths=lengths)
     sources = [(dataset, keep)]
     if cfg.mix:
         mixed = load_rows(cfg.mix)
-        mixed_keep, mixed_skipped = usable(mixed, model, cfg)
+        mixed_keep, mixed_skipped = usable(mixed, model, cfg, lengths=lengths)
         sources.append((mixed, mixed_keep))
         skipped += mixed_skipped
     return sources, skipped

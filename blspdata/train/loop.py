@@ -176,8 +176,9 @@ def _train(cfg: TrainConfig, model_config: ModelConfig, resume: bool, progress: 
               + ", ".join(f"{part} {n:,}" for part, n in counts.items()) + ")", file=sys.stderr)
 
     # The data: usable rows (the others counted by reason), this rank's batches, held-out rows.
-    sources, skipped = training_rows(cfg, model)
-    batches = Batches(sources, cfg.batch_size, cfg.seed, rank, world)
+    lengths = [] if cfg.group_by_length else None  # filled by the scan: speech positions + continuation tokens
+    sources, skipped = training_rows(cfg, model, lengths)
+    batches = Batches(sources, cfg.batch_size, cfg.seed, rank, world, lengths)
     held_out = held_out_rows(cfg, model)
     if batches.per_epoch() == 0:
         raise TrainError(f"{cfg.data}: {len(sources[0][1])} usable rows, fewer than one batch of "
