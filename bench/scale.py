@@ -106,7 +106,8 @@ def make_generated(folder: Path, manifest: Path, generate: list[str]) -> Path:
     with open(manifest, "rb") as source, open(path, "wb") as target:
         for line in source:
             row = orjson.loads(line)
-            row.update(task=model["task"], instruction=prefix + row["text"], continuation=model["continuation"],
+            continuation = " ".join(reversed(row["text"].split()))  # one text per row, as a model's would be
+            row.update(task=model["task"], instruction=prefix + row["text"], continuation=continuation,
                        finished=model["finished"], generator=model["generator"])
             target.write(orjson.dumps(row) + b"\n")
     return path
