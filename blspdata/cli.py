@@ -828,6 +828,44 @@ def evaluate_compare_command(
         typer.echo(f"-> {out}")
 
 
+@evaluate_app.command("empathy")
+def evaluate_empathy_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint folder (OUT/final of a training run)."),
+    data: Path = typer.Argument(..., help="A published dataset (its emotion config) or a manifest (.jsonl[.gz]): "
+                                "its labelled rows are the speakers."),
+    judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help="The judge: an OpenAI-compatible "
+                                                 "server (vLLM, llama.cpp, api.openai.com/v1, ...)."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="The judge's model name [the server's first]."),
+    judge_api_key: Optional[str] = typer.Option(None, "--judge-api-key", help="[$OPENAI_API_KEY]"),
+    judge_backend: str = typer.Option("openai", "--judge-backend", help="openai (--judge-base-url) or embedded "
+                                      "(the local CPU llama.cpp engine of `generate`; --judge-model names its GGUF)."),
+    split: str = typer.Option("test", "--split", help="Split to answer and judge."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder [CHECKPOINT/empathy-SPLIT]; a rerun resumes it."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Tokens the model's answer may take [128]."),
+    judge_max_new_tokens: Optional[int] = typer.Option(None, "--judge-max-new-tokens", min=1, help="Tokens the judge's verdict may take [the judge prompt's, 128]."),
+    instructions: Optional[Path] = typer.Option(None, "--instructions", exists=True, dir_okay=False, help="Requests, one a line [prompts/empathy/instructions.txt]."),
+    judge_prompt: Optional[Path] = typer.Option(None, "--judge-prompt", exists=True, dir_okay=False, help="Judge template (TOML) [prompts/empathy/judge.toml]."),
+    concurrency: Optional[int] = typer.Option(None, "--judge-concurrency", min=1, help="Judge requests in flight [64]."),
+    audio_root: Optional[str] = typer.Option(None, "--audio-root", help="For datasets published with --audio path."),
+    trust_remote_code: bool = LoadRemoteCodeOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    """Empathy: the model answers a written request (from an instruction set shipped as data) spoken by each
+    row's speaker; an LLM judge scores each answer 1-10 for quality and for empathy toward the speaker's
+    emotion (our judge prompt: the paper's is not published). Per-row scores and reasons, means per emotion;
+    a verdict without both scores is a reject, never a zero."""
+    from blspdata.train.empathy import evaluate_empathy
+
+    result = evaluate_empathy(checkpoint, data, judge_base_url=judge_base_url, judge_model=judge_model,
+                              judge_backend=judge_backend, judge_api_key=judge_api_key, split=split, out=out,
+                              limit=limit, max_new_tokens=max_new_tokens, judge_max_new_tokens=judge_max_new_tokens,
+                              instructions=instructions, judge_prompt=judge_prompt, audio_root=audio_root,
+                              trust_remote_code=trust_remote_code, progress=progress, judge_concurrency=concurrency)
+    typer.echo(result["text"])
+    typer.echo(f"-> {result['out']}")
+
+
 @app.command("chat")
 def chat_command(
     checkpoint: Path = typer.Argument(..., help="A checkpoint folder (OUT/final of a training run)."),

@@ -7,6 +7,7 @@ SmolLM2-135M), scored on the test split as a user would."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -186,3 +187,85 @@ def test_compare_puts_evaluations_side_by_side(tmp_path: Path):
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert failed.returncode == 1 and "no ser.json there" in failed.stderr
 
+
+EXAMPLE_JUDGE = '''id = "copy-the-example"
+model_user = """{instruction}
+
+Speech: {text}"""
+system = "You are a judge."
+user = """Answer to the request '{instruction}' from a {emotion} speaker: "{response}"
+
+Quality: 7
+Empathy: 5
+Reason: clear but cold.
+
+Repeat the three lines above exactly."""
+'''
+
+
+@pytest.mark.parametrize("answer, verdict", [
+    ("Quality: 8\nEmpathy: 6\nReason: Helpful but ignores the sadness.", (8, 6, "Helpful but ignores the sadness.")),
+    ('{"quality": 7, "empathy": 9, "reason": "warm"}', (7, 9, "warm")),
+    ("**Quality**: 9/10\n**Empathy**: 4/10", (9, 4, "")),
+    ("Quality: 8\nEmpathy: 11\nReason: x", None),     # outside 1-10: refused, not clipped
+    ("Quality: 0\nEmpathy: 5", None),
+    ("The answer is good and kind.", None),            # no scores at all
+    ("Quality: 8", None),                              # one of the two
+    ("", None),
+])
+def test_judge_verdicts_are_read_from_the_judges_text(answer: str, verdict):
+    from blspdata.train.empathy import parse_judgement
+
+    scores, why = parse_judgement(answer)
+    if verdict is None:
+        assert scores is None and why
+    else:
+        assert (scores["quality"], scores["empathy"], scores["reason"]) == verdict and not why
+
+
+def test_empathy_answers_are_scored_by_an_openai_compatible_judge(checkpoint, tmp_path: Path):
+    """The embedded SmolLM2 server as the judge, through --judge-base-url as any server would be;
+    a judge prompt that shows the format, since a 135M model needs the example to copy."""
+    from blspdata.generate.servers import embedded_llama, smollm2_path
+    from blspdata.train.empathy import load_instructions, parse_judgement
+
+    final, dataset = checkpoint
+    judge = tmp_path / "judge.toml"
+    judge.write_text(EXAMPLE_JUDGE)
+    out, short = tmp_path / "empathy", tmp_path / "short"
+    with embedded_llama(str(smollm2_path())) as server:
+        shown = cli("evaluate", "empathy", final, dataset, "--judge-base-url", server.base_url, "--limit", "3",
+                    "--max-new-tokens", "8", "--judge-prompt", judge, "-o", out, "--no-progress").stdout
+        # A verdict of one token cannot hold two scores: every row is a reject, never a zero. The
+        # answers are reused (a rerun resumes from answers.jsonl: the model is not asked again).
+        short.mkdir()
+        shutil.copy(out / "answers.jsonl", short / "answers.jsonl")
+        cli("evaluate", "empathy", final, dataset, "--judge-base-url", server.base_url, "--limit", "3",
+            "--judge-max-new-tokens", "1", "-o", short, "--no-progress")
+
+    answers = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 3 and all(a["instruction"] in load_instructions() for a in answers)
+    judged = [json.loads(line) for line in (out / "judged.jsonl").read_text().splitlines()]
+    rejects = [json.loads(line) for line in (out / "judged.rejects.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in judged + rejects) == sorted(a["id"] for a in answers)
+    # A 135M judge may or may not copy the format: whichever it did, each row says so from its text.
+    for row in judged:  # the scores are the judge's own words
+        scores, _ = parse_judgement(row["judge_answer"])
+        assert (row["quality"], row["empathy"], row["reason"]) == (scores["quality"], scores["empathy"], scores["reason"])
+        assert 1 <= row["quality"] <= 10 and row["judge_prompt"] == "copy-the-example"
+    for row in rejects:
+        assert row["reason"] == "judge_unparsed" and parse_judgement(row["judge_answer"])[0] is None
+    summary = json.loads((out / "empathy.json").read_text())
+    assert summary["judged"] == len(judged) and summary["rejected"].get("judge_unparsed", 0) == len(rejects)
+    assert summary["mean"]["quality"] == (pytest.approx(sum(r["quality"] for r in judged) / len(judged)) if judged
+                                          else None)  # no verdict is no mean, not a zero
+    for emotion, m in summary["per_emotion"].items():
+        mine = [r["empathy"] for r in judged if r["emotion"] == emotion]
+        assert m["rows"] == len(mine) and m["empathy"] == (pytest.approx(sum(mine) / len(mine)) if mine else None)
+    assert summary["paper"]["quality"] == 8.8 and summary["paper"]["empathy"] == 7.7
+    for words in ("quality", "empathy", "paper", "copy-the-example"):
+        assert words in shown, words
+
+    summary = json.loads((short / "empathy.json").read_text())
+    assert summary["judged"] == 0 and summary["rejected"] == {"judge_unparsed": 3} and summary["mean"]["quality"] is None
+    assert not (short / "judged.jsonl").read_text()
