@@ -1,5 +1,6 @@
-"""Build the bundled sample corpus: LibriSpeech, GigaSpeech, IEMOCAP and MELD in their real
-layouts, a few MB in all, with speech synthesised by espeak-ng.
+"""Build the bundled sample corpus: every corpus blspdata imports (LibriSpeech, GigaSpeech,
+IEMOCAP, MELD, ESD, Common Voice, MEAD, CMU-MOSEI, RAVDESS, CREMA-D, SAVEE, TESS, a Hub dataset
+copy, a Lhotse CutSet) in its real layout, about 10 MB in all, with speech synthesised by espeak-ng.
 
 For the emotion corpora the label is carried by prosody only (pitch, rate, loudness), never
 by the words: the same sentences are spoken with every emotion, so a model that learns the
@@ -516,6 +517,7 @@ def mosei(out: Path, rng: random.Random) -> None:
         writer.writerow(["video_id", "segment", "start", "end", "sentiment", *MOSEI_COLUMNS, "split"])
         writer.writerows(rows)
 
+
 # ---------------------------------------------------------------------------- RAVDESS, CREMA-D, SAVEE, TESS
 # Acted corpora whose file names code the label: a few 16 kHz clips each (the real ones are 48,
 # 16, 44.1 and 24.4 kHz), in the folders and names of the release.
@@ -573,7 +575,6 @@ def tess(out: Path, rng: random.Random) -> None:
         sf.write(path, emotional(f"Say the word {word}", voice, prosody, rng), RATE, subtype="PCM_16")
 
 
-def main() -> None:
 # ---------------------------------------------------------------------------- a Hub dataset, Lhotse
 
 HUB_ORDER = ["ang", "hap", "neu", "sad"]  # an IEMOCAP copy's ClassLabel, in its own (not our) order
@@ -640,6 +641,7 @@ def lhotse_cuts(out: Path, rng: random.Random) -> None:
         handle.write("".join(json.dumps(line) + "\n" for line in lines).encode())
 
 
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "corpora")
     args = parser.parse_args()
