@@ -677,9 +677,7 @@ def publish_command(
     typer.echo(f"published {out}: " + "; ".join(
         f"{config} " + ", ".join(f"{split} {n}" for split, n in splits.items())
         for config, splits in result["rows"].items()))
-    if result["rejected"]:
-        typer.echo(f"  dropped {sum(result['rejected'].values())} (see {out}.rejects.jsonl): "
-                   + ", ".join(f"{k} {v}" for k, v in result["rejected"].items()))
+    typer.echo(result["summary"])
     if push_to_hub:
         files = push(out, push_to_hub, private=private, dry_run=dry_run)
         typer.echo(("would upload" if dry_run else "uploaded") + f" {len(files)} files to {push_to_hub}"

@@ -232,7 +232,8 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
             test: float = 0.05, jobs: int = 1, license: str = "other", overwrite: bool = False,
             progress: bool = True) -> dict[str, Any]:
     """Publish curated records as a Hugging Face dataset in `out`. The Python face of
-    `blspdata publish`; returns the rows per config and split."""
+    `blspdata publish`; returns the rows per config and split, the rejects per reason and the
+    summary block the other stages print too (`rejected N (see OUT.rejects.jsonl):`)."""
     if fmt not in ("arrow", "parquet"):
         raise PublishError(f"--format must be arrow or parquet, got {fmt!r}")
     if audio not in ("embed", "path"):
@@ -296,7 +297,7 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
             os.replace(build, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"rows": dict(counts), "rejected": rejects.reasons}
+    return {"rows": dict(counts), "rejected": rejects.reasons, "summary": rejects.render()}
 
 
 def _stage(inputs: list[Path], work: Path, validation: float, test: float, rejects: Rejects):

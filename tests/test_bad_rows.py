@@ -158,7 +158,7 @@ def test_publish_rejects_bad_rows_keeps_the_good_and_takes_any_generator(tmp_pat
         "c/train/10": "invalid_row:text", "c/train/11": "invalid_row:continuation", "c/train/12": "invalid_row:audio",
         f"{curated}:7": "invalid_row:id", "c/train/14": "invalid_row:extra", "c/train/15": "invalid_row:emotion",
         "c/train/16": "invalid_row:finished", "c/train/0": "duplicate_id"}
-    assert "dropped 8" in result.stdout
+    assert "rejected 8 (see " in result.stdout and "invalid_row:text" in result.stdout  # the block every stage prints
     import datasets
 
     emotion = datasets.load_from_disk(str(out / "emotion"))
