@@ -21,6 +21,9 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
+# Seconds a stopped worker has to run its `finally` blocks before it is killed.
+WORKER_GRACE_S = 10.0
+
 
 def cores() -> int:
     """CPU cores this process may use (its affinity, e.g. a Slurm allocation), at least 1."""
@@ -56,8 +59,15 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], jobs: int, chunk_size:
             yield from pending.popleft().result()
     except BaseException:  # an error, SystemExit (SIGTERM), Ctrl-C, or the caller stopped early
         # Do not wait for the chunks in flight: stop the workers. (Python 3.14: terminate_workers().)
-        for process in list((pool._processes or {}).values()):
+        processes = list((pool._processes or {}).values())
+        for process in processes:
             process.terminate()
+        # SIGTERM first, so `finally` blocks run; a worker stuck in C code (a lock a forked child
+        # inherited held) never runs its handler, and shutdown() below would wait for it forever.
+        for process in processes:
+            process.join(timeout=WORKER_GRACE_S)
+            if process.is_alive():
+                process.kill()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
