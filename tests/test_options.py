@@ -214,7 +214,7 @@ def published(monkeypatch) -> list[dict]:
 
     def fake_publish(inputs, out, **given):
         calls.append({k: v for k, v in given.items() if k not in ("jobs", "overwrite", "progress", "audio_root")})
-        return {"rows": {}, "rejected": {}}
+        return {"rows": {}, "rejected": {}, "summary": "  rejected 0"}
 
     def fake_push(directory, repo_id, private=False, dry_run=False):
         calls[-1].update(push_to_hub=repo_id, private=private)
