@@ -397,11 +397,11 @@ def esd(out: Path, rng: random.Random) -> None:
 
 # ---------------------------------------------------------------------------- Common Voice
 
-def write_mp3(path: Path, audio: np.ndarray, rate: int = 48000) -> None:
-    """A clip like Common Voice's: 48 kHz mono MP3 (LAME, which tags its exact length)."""
+def write_encoded(path: Path, audio: np.ndarray, codec: str, container_format: str, rate: int = 48000) -> None:
+    """16 kHz `audio` as a 48 kHz mono clip in `codec` inside `container_format` (PyAV)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="mp3") as container:
-        stream = container.add_stream("libmp3lame", rate=rate)
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate)
         stream.layout = "mono"
         stream.bit_rate = 32000
         frame = av.AudioFrame.from_ndarray(resample(audio, RATE, rate).reshape(1, -1).astype(np.float32),
@@ -411,6 +411,11 @@ def write_mp3(path: Path, audio: np.ndarray, rate: int = 48000) -> None:
             container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+
+
+def write_mp3(path: Path, audio: np.ndarray) -> None:
+    """A clip like Common Voice's: 48 kHz mono MP3 (LAME, which tags its exact length)."""
+    write_encoded(path, audio, "libmp3lame", "mp3")
 
 
 def commonvoice(out: Path, rng: random.Random) -> None:
@@ -440,20 +445,9 @@ def commonvoice(out: Path, rng: random.Random) -> None:
 MEAD_FOLDERS = {"neutral": "neutral", "happy": "happy", "angry": "angry", "sad": "sad", "surprise": "surprised"}
 
 
-def write_m4a(path: Path, audio: np.ndarray, rate: int = 48000) -> None:
+def write_m4a(path: Path, audio: np.ndarray) -> None:
     """A clip like MEAD's audio: AAC in an MP4 (.m4a) container, no video."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="ipod") as container:
-        stream = container.add_stream("aac", rate=rate)
-        stream.layout = "mono"
-        stream.bit_rate = 32000
-        frame = av.AudioFrame.from_ndarray(resample(audio, RATE, rate).reshape(1, -1).astype(np.float32),
-                                           format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = rate, 0
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_encoded(path, audio, "aac", "ipod")
 
 
 def mead(out: Path, rng: random.Random) -> None:
