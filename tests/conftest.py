@@ -31,6 +31,32 @@ def write_audio(path: Path, seconds: float, rate: int = 16000, **kwargs) -> Path
     return path
 
 
+def write_encoded(path: Path, seconds: float, codec: str, container_format: str | None = None,
+                  rate: int = 48000) -> Path:
+    """A mono tone of `seconds` in `codec` (PyAV), the container from `container_format` or the name."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray(tone(seconds, rate).reshape(1, -1).astype(np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = rate, 0
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def write_mp3(path: Path, seconds: float) -> Path:
+    """An MP3 like Common Voice's clips (48 kHz mono, LAME)."""
+    return write_encoded(path, seconds, "libmp3lame")
+
+
+def write_m4a(path: Path, seconds: float) -> Path:
+    """A clip like MEAD's audio: AAC in an MP4 (.m4a) container, no video."""
+    return write_encoded(path, seconds, "aac", "ipod")
+
+
 def write_mp4(path: Path, seconds: float, with_audio: bool = True) -> Path:
     """An mp4 like MELD's clips: a small video stream and 48 kHz stereo AAC audio."""
     import av

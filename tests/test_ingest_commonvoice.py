@@ -4,27 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import SAMPLES, blspdata, by_id, read_jsonl, reasons, tone
+from conftest import SAMPLES, blspdata, by_id, read_jsonl, reasons, write_mp3
 
 HEADER = "client_id\tpath\tsentence\tup_votes\tdown_votes\tage\tgender\taccents\tlocale\tsegment"
-
-
-def write_mp3(path: Path, seconds: float, rate: int = 48000) -> Path:
-    """An MP3 like Common Voice's clips (48 kHz mono, LAME)."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libmp3lame", rate=rate)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(tone(seconds, rate).reshape(1, -1).astype(np.float32), format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = rate, 0
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
 
 
 def tsv(path: Path, rows: list[str]) -> None:

@@ -4,26 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 
-from conftest import SAMPLES, blspdata, by_id, read_jsonl, reasons, tone
-
-
-def write_m4a(path: Path, seconds: float, rate: int = 48000) -> Path:
-    """A clip like MEAD's audio: AAC in an MP4 (.m4a) container, no video."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format="ipod") as container:
-        stream = container.add_stream("aac", rate=rate)
-        stream.layout = "mono"
-        frame = av.AudioFrame.from_ndarray(tone(seconds, rate).reshape(1, -1).astype(np.float32), format="fltp", layout="mono")
-        frame.sample_rate, frame.pts = rate, 0
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
+from conftest import SAMPLES, blspdata, by_id, read_jsonl, reasons, write_m4a
 
 
 @pytest.fixture
