@@ -127,3 +127,23 @@ def _worker_sigterm(signum: int, frame: Any) -> None:
     if _busy:
         raise SystemExit(128 + signum)
     os._exit(128 + signum)
+
+
+# ---------------------------------------------------------------------------- Ray
+
+def start_ray(error: type[Exception]):
+    """The `ray` module, connected (a local Ray, or the cluster in RAY_ADDRESS) and quiet: no
+    dashboard, no progress bars of its own. `error`: what to raise when Ray is not installed
+    (the stage's error, so the CLI prints one line)."""
+    try:
+        import ray
+    except ImportError:
+        raise error("--executor ray needs Ray: pip install 'blspdata[ray]'") from None
+    if not ray.is_initialized():
+        import logging
+
+        ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, logging_level=logging.ERROR)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    return ray

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from blspdata.curate.dedup import ExactDuplicates, NearDuplicates, _Strings, duplicate_reasons, exact_key_of_words
 from blspdata.curate.filters import words
 from blspdata.curate.options import CurateError, DedupSettings
+from blspdata.parallel import start_ray
 from blspdata.records import Record
 
 CHUNK = 65536  # rows per table put into the object store
@@ -79,18 +80,7 @@ class Verdicts:
 
 
 def _ray():
-    try:
-        import ray
-    except ImportError:
-        raise CurateError("--executor ray needs Ray: pip install 'blspdata[ray]'") from None
-    if not ray.is_initialized():
-        import logging
-
-        ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, logging_level=logging.ERROR)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    return ray
+    return start_ray(CurateError)
 
 
 _HASHERS: dict[tuple, NearDuplicates] = {}

@@ -21,6 +21,7 @@ import orjson
 
 from blspdata.generate.backends import BackendError, Result
 from blspdata.generate.engine import make_engine, run_requests
+from blspdata.parallel import start_ray
 from blspdata.records import Record, Reject, read_row
 
 
@@ -83,17 +84,7 @@ class _Worker:
 
 def run_on_ray(manifest: Path, job, done: set[str], engine_spec: dict[str, Any], sink, total: int,
                actors: int, batch_size: int = 64) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise BackendError("--executor ray needs Ray: pip install 'blspdata[ray]'") from None
-    if not ray.is_initialized():
-        import logging
-
-        ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True, logging_level=logging.ERROR)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
+    ray = start_ray(BackendError)
     read_args = {"arrow_open_stream_args": {"compression": "gzip"}} if manifest.name.endswith(".gz") else {}
     resources = {"num_gpus": 1} if engine_spec["backend"] == "vllm" and not engine_spec.get("serve") \
         else {"num_cpus": 0.25}
