@@ -298,20 +298,64 @@ def read_row(location: str, row: dict[str, Any] | None, error: str = "") -> tupl
                             record=row)
 
 
-class SeenIds:
-    """The (task, id) pairs met so far, as 64-bit hashes (about 70 bytes a row, not the ids'
-    175; a false duplicate among 10 million rows has odds of about 3 in a million)."""
+class HashSet:
+    """A set of 64-bit hashes in about 8 bytes each: a sorted numpy array, and a small Python
+    set of the newest that is merged into it when full (a merge of two sorted runs, so adding n
+    hashes costs O(n log n) over all merges, not a re-sort each time). For the sets that grow
+    with the input (a row's id met before?), where a Python set of strings costs ~150 bytes a
+    row and one of ints ~70."""
+
+    BUFFER = 1 << 16  # hashes held in the Python set before a merge (~4 MB)
 
     def __init__(self) -> None:
-        self._seen: set[int] = set()
+        import numpy as np
+
+        self._np = np
+        self._sorted = np.zeros(0, np.uint64)
+        self._newest: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._newest)
+
+    def __contains__(self, key: int) -> bool:
+        if key in self._newest:
+            return True
+        index = int(self._sorted.searchsorted(self._np.uint64(key)))
+        return index < len(self._sorted) and int(self._sorted[index]) == key
+
+    def add(self, key: int) -> bool:
+        """Add `key`; False when it was there already."""
+        if key in self:
+            return False
+        self._newest.add(key)
+        if len(self._newest) >= self.BUFFER:
+            np = self._np
+            newest = np.fromiter(self._newest, np.uint64, len(self._newest))
+            merged = np.concatenate((self._sorted, newest))
+            merged.sort(kind="stable")  # timsort: two sorted runs, merged in linear time
+            self._sorted, self._newest = merged, set()
+        return True
+
+
+def key_hash(*parts: str | None) -> int:
+    """The 64-bit blake2b hash of `parts` (joined by NUL) that HashSet holds."""
+    text = "\0".join("" if part is None else part for part in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+
+
+class SeenIds:
+    """The (task, id) pairs met so far, as 64-bit hashes in a HashSet (about 8 bytes a row,
+    not the ids' 175; a false duplicate among 10 million rows has odds of about 3 in a million)."""
+
+    def __init__(self) -> None:
+        self._seen = HashSet()
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
     def add(self, task: str | None, record_id: str) -> bool:
         """Remember the pair; False when it was met before."""
-        key = int.from_bytes(hashlib.blake2b(f"{task}\0{record_id}".encode(), digest_size=8).digest(), "big")
-        if key in self._seen:
-            return False
-        self._seen.add(key)
-        return True
+        return self._seen.add(key_hash(str(task), record_id))
 
     def repeat(self, record: Record, location: str) -> Reject | None:
         """The `duplicate_id` Reject for a later row of one (task, id); None for the first

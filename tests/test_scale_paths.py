@@ -108,3 +108,26 @@ def test_manifest_positions_resolve_colliding_ids(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(resume, "id_hash", lambda record_id: 1 if record_id in ("b", "c") else ord(record_id))
     positions = resume.manifest_positions(manifest)
     assert [positions.get(i) for i in "abcd"] == [1, 2, 3, 5] and "e" not in positions
+
+
+def test_repeated_ids_are_found_after_the_compact_id_set_has_merged(tmp_path: Path, monkeypatch):
+    """The ids met so far live in a sorted array plus a small set of the newest (records.HashSet);
+    a repeat of an id that has moved into the array is still a `duplicate_id` (generate's
+    manifest; curate and publish use the same set through records.SeenIds)."""
+    from blspdata import records
+
+    monkeypatch.setattr(records.HashSet, "BUFFER", 2)  # a merge every two ids
+    lines = MANIFEST.read_text().splitlines()
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(lines + [lines[0], lines[5]]) + "\n")  # the first and sixth ids again, last
+    out = tmp_path / "out.jsonl"
+    assert run(manifest, out) == len(lines)
+    rejects = read_jsonl(sidecar(out, "rejects.jsonl"))
+    assert [r["reason"] for r in rejects] == ["duplicate_id", "duplicate_id"]
+    assert [r["source"] for r in rejects] == [f"{manifest}:{len(lines) + 1}", f"{manifest}:{len(lines) + 2}"]
+
+    seen = records.HashSet()
+    keys = [records.key_hash("emotion", str(i)) for i in range(50)]
+    assert all(seen.add(k) for k in keys) and len(seen) == 50
+    assert not any(seen.add(k) for k in keys) and len(seen) == 50
+    assert records.key_hash("emotion", "50") not in seen
