@@ -138,7 +138,12 @@ def map_label(raw: str, mapping: dict[str, str | None]) -> tuple[str | None, str
     return target, None
 
 
-def problem_detail(raw: str, problem: str, corpus: str) -> str:
-    """The reject detail for `map_label`'s reason, saying how to fix it."""
+def problem_detail(raw: str, problem: str, corpus: str | None) -> str:
+    """The reject detail for `map_label`'s reason, saying how to fix it. `corpus` as the detail
+    names it ("an IEMOCAP", "a known"); None for a generic corpus, whose labels are the canonical
+    ones and are excluded only by the user's label map."""
+    if corpus is None:
+        return f"label {raw!r} is " + ("excluded by the label map" if problem == "label_excluded"
+                                       else f"not canonical ({', '.join(CANONICAL)}); map it with --label-map")
     why = "is not used by the recipe" if problem == "label_excluded" else f"is not {corpus} label"
     return f"label {raw!r} {why} (map it with --label-map)"

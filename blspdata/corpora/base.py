@@ -1,6 +1,7 @@
 """What every corpus importer builds on: the item it yields (`AudioItem`), the error that stops
 a run (`IngestError`), the readers for the raw files corpora ship (CSV, text lines), and the
-speaker-held-out split of the corpora that have no official one (`speaker_splits`).
+speaker-held-out split of the corpora that have no official one (`speaker_splits`), and a raw
+emotion label's canonical one or its reject (`resolve_label`).
 
 Here, beside the importers, so that they need nothing from the `ingest` driver that runs them.
 """
@@ -11,8 +12,9 @@ import csv
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
+from blspdata import labels
 from blspdata.errors import BlspdataError
-from blspdata.records import Record
+from blspdata.records import Record, Reject
 
 
 class IngestError(BlspdataError):
@@ -45,6 +47,18 @@ def segment_problem(offset: float, duration: float) -> str | None:
     if offset < 0 or duration <= 0:
         return f"segment offset {offset} / duration {duration} out of range"
     return None
+
+
+def resolve_label(raw: str, mapping: dict[str, str | None], corpus: str | None, source: str,
+                  record_id: str | None) -> tuple[str | None, Reject | None]:
+    """`(canonical, None)` for a raw label `mapping` sends to a canonical one, else `(None,
+    reject)`: `label_excluded` or `label_unknown` (labels.map_label) at `source`, its detail
+    saying how to fix it (labels.problem_detail: `corpus` as it names the corpus, "an ESD";
+    None for a generic one)."""
+    emotion, problem = labels.map_label(raw, mapping)
+    if problem:
+        return None, Reject(problem, source, labels.problem_detail(raw, problem, corpus), id=record_id)
+    return emotion, None
 
 
 def layout_root(root: str, holds: Callable[[str], bool]) -> str | None:

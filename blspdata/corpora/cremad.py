@@ -34,7 +34,7 @@ import re
 from typing import Any, Iterator, Sequence
 
 from blspdata import labels
-from blspdata.corpora.base import AudioItem, IngestError, csv_rows, layout_root, speaker_splits
+from blspdata.corpora.base import AudioItem, IngestError, csv_rows, layout_root, resolve_label, speaker_splits
 from blspdata.records import Record, Reject
 
 SENTENCES = {
@@ -110,9 +110,9 @@ def scan(root: str, test_speakers: Sequence[Any] | None = None, dev_speakers: Se
                                                                       ("level", level, LEVELS)) if value not in known]
             yield Reject("malformed_row", path, f"unknown {', '.join(unknown)} in {stem!r}", id=record_id)
             continue
-        emotion, problem = labels.map_label(raw_label, mapping)
-        if problem:
-            yield Reject(problem, path, labels.problem_detail(raw_label, problem, "a CREMA-D"), id=record_id)
+        emotion, rejected = resolve_label(raw_label, mapping, "a CREMA-D", path, record_id)
+        if rejected:
+            yield rejected
             continue
         text = SENTENCES[sentence]
         extra = {"sentence": sentence, "intensity": LEVELS[level]}

@@ -29,7 +29,7 @@ import re
 from typing import Iterator, Sequence
 
 from blspdata import labels
-from blspdata.corpora.base import AudioItem, IngestError
+from blspdata.corpora.base import AudioItem, IngestError, resolve_label
 from blspdata.records import Record, Reject
 
 SPLITS = ("train", "dev", "test")
@@ -163,9 +163,9 @@ def _scan_speaker(folder: str, speaker: str, wanted: set[str], mapping: dict) ->
             yield Reject("duplicate_id", path, f"{utt} is also at {seen[utt]}", id=record_id)
             continue
         seen[utt] = path
-        emotion, problem = labels.map_label(emotion_folder, mapping)
-        if problem:
-            yield Reject(problem, path, labels.problem_detail(emotion_folder, problem, "an ESD"), id=record_id)
+        emotion, rejected = resolve_label(emotion_folder, mapping, "an ESD", path, record_id)
+        if rejected:
+            yield rejected
             continue
         if utt not in transcripts:
             where = txt or f"{os.path.join(folder, speaker + '.txt')} (no such file)"

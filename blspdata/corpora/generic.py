@@ -16,7 +16,8 @@ import os
 from typing import Any, Iterator
 
 from blspdata import labels
-from blspdata.corpora.base import AudioItem, IngestError, csv_header, csv_rows, segment_problem, undecodable_fields
+from blspdata.corpora.base import (AudioItem, IngestError, csv_header, csv_rows, resolve_label, segment_problem,
+                                   undecodable_fields)
 from blspdata.records import Record, Reject, iter_jsonl
 
 
@@ -85,10 +86,9 @@ def scan(root: str, fmt: str, audio_col: str = "audio", text_col: str = "text", 
         emotion = raw_emotion = None
         if emotion_col:
             raw_emotion = str(row.get(emotion_col) or "")
-            emotion, problem = labels.map_label(raw_emotion, mapping)
-            if problem:
-                yield Reject(problem, location, f"label {raw_emotion!r} is " + ("excluded by the label map" if problem == "label_excluded"
-                             else f"not canonical ({', '.join(labels.CANONICAL)}); map it with --label-map"), id=record_id)
+            emotion, rejected = resolve_label(raw_emotion, mapping, None, location, record_id)
+            if rejected:
+                yield rejected
                 continue
         audio_path = audio if os.path.isabs(audio) else os.path.join(base, audio)
         used = {audio_col, text_col, emotion_col, id_col, speaker_col, split_col, offset_col, duration_col}

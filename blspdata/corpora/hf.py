@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from blspdata import labels
-from blspdata.corpora.base import AudioItem, IngestError
+from blspdata.corpora.base import AudioItem, IngestError, resolve_label
 from blspdata.errors import cut
 from blspdata.records import Record, Reject
 
@@ -304,9 +304,9 @@ def _scan_part(part: _Part, corpus: str, audio_dir: str, columns: _Columns, mapp
             if raw_emotion is None:
                 yield Reject("label_unknown", location, why, id=record_id)
                 continue
-            emotion, problem = labels.map_label(raw_emotion, mapping)
-            if problem:
-                yield Reject(problem, location, labels.problem_detail(raw_emotion, problem, "a known"), id=record_id)
+            emotion, rejected = resolve_label(raw_emotion, mapping, "a known", location, record_id)
+            if rejected:
+                yield rejected
                 continue
         data, path, problem, why = _audio(row.get(columns.audio), columns.audio)
         if problem:

@@ -26,7 +26,7 @@ import re
 from typing import Iterator, Sequence
 
 from blspdata import labels
-from blspdata.corpora.base import AudioItem, IngestError, read_text_lines
+from blspdata.corpora.base import AudioItem, IngestError, read_text_lines, resolve_label
 from blspdata.records import Record, Reject
 
 _EVAL = re.compile(
@@ -98,9 +98,9 @@ def _scan_session(folder: str, session: int, split: str, mapping: dict) -> Itera
                 yield Reject("undecodable_text", location, error, id=record_id)
                 continue
             raw_label = match["label"]
-            emotion, problem = labels.map_label(raw_label, mapping)
-            if problem:
-                yield Reject(problem, location, labels.problem_detail(raw_label, problem, "an IEMOCAP"), id=record_id)
+            emotion, rejected = resolve_label(raw_label, mapping, "an IEMOCAP", location, record_id)
+            if rejected:
+                yield rejected
                 continue
             if utt not in transcripts:
                 yield Reject("transcript_missing", location, f"no line for {utt} in {trans_dir}/{dialog}.txt", id=record_id)

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 import orjson
 
 from blspdata import labels
-from blspdata.corpora.base import AudioItem, IngestError, segment_problem
+from blspdata.corpora.base import AudioItem, IngestError, resolve_label, segment_problem
 from blspdata.errors import cut
 from blspdata.records import Record, Reject, iter_jsonl
 
@@ -270,9 +270,9 @@ def _record(supervision: dict, start: float, audio: str, recording: dict, contex
     emotion = raw_emotion = None
     if custom.get("emotion") is not None:
         raw_emotion = str(custom["emotion"])
-        emotion, problem = labels.map_label(raw_emotion, context.mapping)
-        if problem:
-            return Reject(problem, location, labels.problem_detail(raw_emotion, problem, "a known"), id=record_id)
+        emotion, rejected = resolve_label(raw_emotion, context.mapping, "a known", location, record_id)
+        if rejected:
+            return rejected
     tag = supervision.get("language")
     language = LANGUAGES.get(tag.lower(), tag) if isinstance(tag, str) and tag else context.language
     speaker = supervision.get("speaker")

@@ -28,7 +28,8 @@ import re
 from typing import Any, Iterator, Sequence
 
 from blspdata import labels
-from blspdata.corpora.base import AudioItem, IngestError, csv_header, csv_rows, speaker_splits, undecodable_fields
+from blspdata.corpora.base import (AudioItem, IngestError, csv_header, csv_rows, resolve_label, speaker_splits,
+                                   undecodable_fields)
 from blspdata.records import Record, Reject
 
 _ACTOR = re.compile(r"^[MW]\d{3}$")
@@ -112,9 +113,9 @@ def _scan_actor(root: str, actor: str, split: str, audio_dir: str, table: Senten
                     yield Reject("malformed_row", path, f"expected {actor}/audio/<emotion>/level_<n>/<nnn>.m4a", id=record_id)
                     continue
                 number = int(clip[1])
-                canonical, problem = labels.map_label(emotion, mapping)
-                if problem:
-                    yield Reject(problem, path, labels.problem_detail(emotion, problem, "a MEAD"), id=record_id)
+                canonical, rejected = resolve_label(emotion, mapping, "a MEAD", path, record_id)
+                if rejected:
+                    yield rejected
                     continue
                 if table is None:
                     yield Reject("transcript_missing", path, "MEAD ships no transcripts: pass --sentences FILE "

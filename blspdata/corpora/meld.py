@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import ftfy
 
 from blspdata import labels
-from blspdata.corpora.base import AudioItem, IngestError, csv_header, csv_rows, undecodable_fields
+from blspdata.corpora.base import AudioItem, IngestError, csv_header, csv_rows, resolve_label, undecodable_fields
 from blspdata.records import Record, Reject
 
 SPLITS = {  # split -> (CSV, video folder)
@@ -95,9 +95,9 @@ def _scan_split(split: str, csv_path: str, video_dir: str | None, audio_dir: str
             yield Reject("undecodable_text", location, f"undecodable bytes in {', '.join(bad)}", id=record_id)
             continue
         raw_label = row["Emotion"].strip()
-        emotion, problem = labels.map_label(raw_label, mapping)
-        if problem:
-            yield Reject(problem, location, labels.problem_detail(raw_label, problem, "a MELD"), id=record_id)
+        emotion, rejected = resolve_label(raw_label, mapping, "a MELD", location, record_id)
+        if rejected:
+            yield rejected
             continue
         if clip not in clips:
             where = video_dir or f"{SPLITS[split][1]}/ (folder not found)"

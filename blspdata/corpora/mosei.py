@@ -36,8 +36,8 @@ from collections import defaultdict
 from typing import Iterator
 
 from blspdata import labels
-from blspdata.corpora.base import (AudioItem, IngestError, csv_header, csv_rows, read_text_lines, segment_problem,
-                                   undecodable_fields)
+from blspdata.corpora.base import (AudioItem, IngestError, csv_header, csv_rows, read_text_lines, resolve_label,
+                                   segment_problem, undecodable_fields)
 from blspdata.records import Record, Reject
 
 EMOTIONS = ("happy", "sad", "anger", "surprise", "disgust", "fear")  # the SDK's order after sentiment
@@ -175,9 +175,9 @@ def _scan_video(video: str, rows: list[tuple[int, dict]], table: str, cols: dict
                    else f"{', '.join(e for e, v in intensities.items() if v == top)} tie at {top:g}")
             yield Reject(weak, location, why, id=record_id)
             continue
-        emotion, problem = labels.map_label(raw_label, mapping)
-        if problem:
-            yield Reject(problem, location, labels.problem_detail(raw_label, problem, "a CMU-MOSEI"), id=record_id)
+        emotion, rejected = resolve_label(raw_label, mapping, "a CMU-MOSEI", location, record_id)
+        if rejected:
+            yield rejected
             continue
         if cols["text"] and row[cols["text"]].strip():
             text = row[cols["text"]].strip()

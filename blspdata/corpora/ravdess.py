@@ -33,7 +33,7 @@ import re
 from typing import Any, Iterator, Sequence
 
 from blspdata import labels
-from blspdata.corpora.base import AudioItem, IngestError, layout_root, speaker_splits
+from blspdata.corpora.base import AudioItem, IngestError, layout_root, resolve_label, speaker_splits
 from blspdata.records import Record, Reject
 
 EMOTIONS = {"01": "neutral", "02": "calm", "03": "happy", "04": "sad", "05": "angry", "06": "fearful",
@@ -95,9 +95,9 @@ def _item(path: str, stem: str, ext: str, actor: str, split: str, mapping: dict)
     if problems:
         return Reject("malformed_row", path, f"unknown {', '.join(problems)} in {stem!r}", id=record_id)
     raw_label = EMOTIONS[code]
-    emotion, problem = labels.map_label(raw_label, mapping)
-    if problem:
-        return Reject(problem, path, labels.problem_detail(raw_label, problem, "a RAVDESS"), id=record_id)
+    emotion, rejected = resolve_label(raw_label, mapping, "a RAVDESS", path, record_id)
+    if rejected:
+        return rejected
     text = STATEMENTS[statement]
     record = Record(
         id=record_id, corpus="ravdess", split=split, audio=path, text=text, raw_text=text, speaker=actor,

@@ -27,7 +27,7 @@ import re
 from typing import Any, Iterator, Sequence
 
 from blspdata import labels
-from blspdata.corpora.base import AudioItem, IngestError, layout_root, read_text_lines, speaker_splits
+from blspdata.corpora.base import AudioItem, IngestError, layout_root, read_text_lines, resolve_label, speaker_splits
 from blspdata.records import Record, Reject
 
 SPEAKERS = ("DC", "JE", "JK", "KL")
@@ -108,9 +108,9 @@ def scan(root: str, sentences: str | os.PathLike | None = None, test_speakers: S
             continue
         record_id = f"savee/{splits[speaker]}/{speaker}_{code}"
         raw_label = match[1]
-        emotion, problem = labels.map_label(raw_label, mapping)
-        if problem:
-            yield Reject(problem, path, labels.problem_detail(raw_label, problem, "a SAVEE"), id=record_id)
+        emotion, rejected = resolve_label(raw_label, mapping, "a SAVEE", path, record_id)
+        if rejected:
+            yield rejected
             continue
         text, location = table.get(f"{speaker}_{code}") or table.get(code) or (None, None)
         if text is None:

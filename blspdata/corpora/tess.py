@@ -23,7 +23,7 @@ import re
 from typing import Any, Iterator, Sequence
 
 from blspdata import labels
-from blspdata.corpora.base import AudioItem, IngestError, layout_root, speaker_splits
+from blspdata.corpora.base import AudioItem, IngestError, layout_root, resolve_label, speaker_splits
 from blspdata.records import Record, Reject
 
 AGES = {"OAF": 64, "YAF": 26}
@@ -76,9 +76,9 @@ def scan(root: str, test_speakers: Sequence[Any] | None = None, dev_speakers: Se
                 yield Reject("label_conflict", path, f"the name says {raw_label!r} but the file is in {folder}/",
                              id=record_id)
                 continue
-            emotion, problem = labels.map_label(raw_label, mapping)
-            if problem:
-                yield Reject(problem, path, labels.problem_detail(raw_label, problem, "a TESS"), id=record_id)
+            emotion, rejected = resolve_label(raw_label, mapping, "a TESS", path, record_id)
+            if rejected:
+                yield rejected
                 continue
             text = f"Say the word {word}"
             record = Record(id=record_id, corpus="tess", split=splits[speaker], audio=path, text=text, raw_text=text,
