@@ -629,6 +629,9 @@ def curate_command(
     num_perm: Optional[int] = typer.Option(None, "--num-perm", help=_curate_help("num_perm")),
     ngram: Optional[int] = typer.Option(None, "--ngram", help=_curate_help("ngram")),
     executor: Optional[str] = typer.Option(None, "--executor", help=_curate_help("executor")),
+    strict: bool = typer.Option(False, "--strict", help="Stop with a non-zero exit at the first input row that is "
+                                "not a record (or repeats one's task and id), nothing written, instead of rejecting "
+                                "it. The filters' and dedup's drops are curate's work, not bad input: they never stop it."),
     progress: bool = ProgressOpt,
 ) -> None:
     """Filter generated continuations (each drop with its reason) and remove exact and near duplicates.
@@ -639,10 +642,11 @@ def curate_command(
     from blspdata.curate.run import curate, settings_from
 
     # The options by their names (None: not given, the file's or the default), so errors name them too.
-    flags = {key: value for key, value in ctx.params.items() if key not in ("inputs", "out", "config", "progress")}
+    flags = {key: value for key, value in ctx.params.items()
+             if key not in ("inputs", "out", "config", "strict", "progress")}
     flags["drop_unfinished"] = drop_unfinished or None
     filters, dedup = settings_from(config, flags)
-    stats = curate(inputs, out, filters=filters, dedup=dedup, progress=progress)
+    stats = curate(inputs, out, filters=filters, dedup=dedup, strict=strict, progress=progress)
     typer.echo(f"curate: {stats.render()}")
 
 
@@ -663,7 +667,7 @@ def publish_command(
     push_to_hub: Optional[str] = _setting(PublishSettings, "push_to_hub", "--push-to-hub"),
     private: bool = _setting(PublishSettings, "private", "--private"),
     dry_run: bool = typer.Option(False, "--dry-run", help="With --push-to-hub: list what would go up, upload nothing."),
-    jobs: Optional[int] = JobsOpt, progress: bool = ProgressOpt,
+    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, progress: bool = ProgressOpt,
 ) -> None:
     """Publish curated records as Hugging Face Arrow/Parquet shards with a dataset card.
 
@@ -673,7 +677,7 @@ def publish_command(
 
     settings = PublishSettings(**_settings_given(ctx, PublishSettings))
     result = publish(inputs, out, **settings.publish_args(), audio_root=audio_root, jobs=jobs or _default_jobs(),
-                     overwrite=overwrite, progress=progress)
+                     overwrite=overwrite, progress=progress, strict=strict)
     typer.echo(f"published {out}: " + "; ".join(
         f"{config} " + ", ".join(f"{split} {n}" for split, n in splits.items())
         for config, splits in result["rows"].items()))

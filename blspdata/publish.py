@@ -230,10 +230,11 @@ class _ShardWriter:
 def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow", audio: str = "embed",
             audio_root: str | Path | None = None, max_shard_size: str = "500MB", validation: float = 0.05,
             test: float = 0.05, jobs: int = 1, license: str = "other", overwrite: bool = False,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, strict: bool = False) -> dict[str, Any]:
     """Publish curated records as a Hugging Face dataset in `out`. The Python face of
     `blspdata publish`; returns the rows per config and split, the rejects per reason and the
-    summary block the other stages print too (`rejected N (see OUT.rejects.jsonl):`)."""
+    summary block the other stages print too (`rejected N (see OUT.rejects.jsonl):`).
+    `strict`: the first reject stops it with PublishError instead, nothing written."""
     if fmt not in ("arrow", "parquet"):
         raise PublishError(f"--format must be arrow or parquet, got {fmt!r}")
     if audio not in ("embed", "path"):
@@ -249,7 +250,7 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
     try:
         # Rejects are written as they come; the file is committed once the build is whole, just
         # before the dataset is put in place (a failure on the way commits neither).
-        with Rejects(out.with_name(out.name + ".rejects.jsonl")) as rejects:
+        with Rejects(out.with_name(out.name + ".rejects.jsonl"), strict=strict, error=PublishError) as rejects:
             staging, staged_rows, provenance = _stage(inputs, work, validation, test, rejects)
             build = work / "dataset"
             build.mkdir()

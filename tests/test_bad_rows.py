@@ -168,6 +168,46 @@ def test_publish_rejects_bad_rows_keeps_the_good_and_takes_any_generator(tmp_pat
     blspdata("verify", out)  # exits 0: the published folder checks out
 
 
+def test_curate_strict_stops_at_a_bad_row_but_not_at_its_own_drops(tmp_path: Path):
+    refusal = generated(2, continuation="I'm sorry, but I cannot help with that.")
+    rows = [generated(0), generated(1), refusal, generated(3, duration=-1.0)]
+    inputs = write(tmp_path / "gen.jsonl", rows)
+    out = tmp_path / "curated.jsonl"
+    out.write_text("old\n")
+    strict = blspdata("curate", inputs, "-o", out, "--no-progress", "--strict", check=False)
+    assert strict.returncode == 1 and f"{inputs}:4 (c/train/3): invalid_row:duration" in strict.stderr
+    assert out.read_text() == "old\n"  # nothing written: the earlier output whole, no rejects or stats
+    assert not (tmp_path / "curated.rejects.jsonl").exists() and not (tmp_path / "curated.stats.json").exists()
+
+    blspdata("curate", inputs, "-o", out, "--no-progress")  # without --strict: rejected, the run goes on
+    assert [row["id"] for row in read_jsonl(out)] == ["c/train/0", "c/train/1"]
+    assert reasons(read_jsonl(tmp_path / "curated.rejects.jsonl")) == {
+        "c/train/2": "refusal", "c/train/3": "invalid_row:duration"}
+
+    # A refusal is curate's verdict on a good row, not bad input: --strict drops it as usual.
+    clean = write(tmp_path / "clean.jsonl", rows[:3])
+    result = blspdata("curate", clean, "-o", out, "--no-progress", "--strict")
+    assert [row["id"] for row in read_jsonl(out)] == ["c/train/0", "c/train/1"]
+    assert reasons(read_jsonl(tmp_path / "curated.rejects.jsonl")) == {"c/train/2": "refusal"}
+    assert "refusal" in result.stdout
+
+
+def test_publish_strict_stops_at_a_bad_row_and_writes_nothing(tmp_path: Path):
+    curated = write(tmp_path / "curated.jsonl", [generated(0), generated(1), generated(2, text=12345)])
+    out = tmp_path / "ds"
+    strict = blspdata("publish", curated, "-o", out, "--audio", "path", "--no-progress", "--strict", check=False)
+    assert strict.returncode == 1 and f"{curated}:3 (c/train/2): invalid_row:text" in strict.stderr
+    assert not out.exists() and not (tmp_path / "ds.rejects.jsonl").exists()
+    assert not any(".build" in path.name for path in tmp_path.iterdir())  # its build folder removed
+
+    blspdata("publish", curated, "-o", out, "--audio", "path", "--no-progress")  # without: rejected, published
+    assert reasons(read_jsonl(tmp_path / "ds.rejects.jsonl")) == {"c/train/2": "invalid_row:text"}
+    import datasets
+
+    emotion = datasets.load_from_disk(str(out / "emotion"))
+    assert sorted(row["id"] for split in emotion.values() for row in split) == ["c/train/0", "c/train/1"]
+
+
 # ---------------------------------------------------------------------------- leftovers of killed runs
 
 def dead_pid() -> int:

@@ -63,7 +63,7 @@ def captured(monkeypatch) -> list[tuple[FilterSettings, DedupSettings]]:
         def to_dict(self) -> dict:
             return {"input": 0, "kept": 0, "rejected": 0, "rejects": {}}
 
-    def fake_curate(inputs, out, *, filters, dedup, progress=True):
+    def fake_curate(inputs, out, *, filters, dedup, strict=False, progress=True):
         calls.append((filters, dedup))
         return Stats()
 
@@ -213,7 +213,7 @@ def published(monkeypatch) -> list[dict]:
     calls = []
 
     def fake_publish(inputs, out, **given):
-        calls.append({k: v for k, v in given.items() if k not in ("jobs", "overwrite", "progress", "audio_root")})
+        calls.append({k: v for k, v in given.items() if k not in ("jobs", "overwrite", "progress", "audio_root", "strict")})
         return {"rows": {}, "rejected": {}, "summary": "  rejected 0"}
 
     def fake_push(directory, repo_id, private=False, dry_run=False):

@@ -37,8 +37,10 @@ from blspdata.curate.dedup import (ExactDuplicates, NearDuplicates, duplicate_re
                                    transcript_group)
 from blspdata.curate.filters import FILTERS, FilterSettings, cached_words, first_reason
 from blspdata.curate.options import CurateError, DedupSettings, checked, names, options
+from blspdata.errors import cut
 from blspdata.records import JsonlWriter, Record, Reject, SeenIds, read_rows, sidecar, write_json
-from blspdata.rejects import Rejects, family as reason_family  # reason_family: its name here before rejects.py
+# reason_family: its name here before rejects.py
+from blspdata.rejects import MAX_DETAIL, Rejects, family as reason_family
 
 LENGTH_BINS = [0, 5, 10, 15, 20, 25, 30, 40, 60, 100, 200]
 LABEL_SHARE_GAP = 0.2   # 60% of sad rows kept against 90% of the rest is a warning; 80% against 90% is not
@@ -203,25 +205,29 @@ def settings_from(config: str | Path | None, flags: dict[str, Any]) -> tuple[Fil
     return filters, dedup
 
 
-def _rows(inputs: Iterable[Path]) -> Iterator[tuple[str, Record | None, dict | None, str, str]]:
+def _rows(inputs: Iterable[Path], strict: bool = False) -> Iterator[tuple[str, Record | None, dict | None, str, str]]:
     """`(location, record, row, reason, detail)` per input row; a row that is not a record
     (records.read_row: `malformed_row`, `invalid_row:<field>`) comes with its reason, and the
-    second and later rows of one (task, id) as `duplicate_id`."""
+    second and later rows of one (task, id) as `duplicate_id`. `strict` (--strict): the first
+    such row raises CurateError with its reject's one line instead; bad input stops curate,
+    the filters' and dedup's verdicts on good rows do not."""
     seen = SeenIds()
     for path in inputs:
         for item in read_rows(path):
             location, record, row = item.location, item.record, item.row
             if item.reject is not None:
-                yield location, None, row, item.reject.reason, item.reject.detail
+                record, reason, detail = None, item.reject.reason, item.reject.detail
+            elif record.continuation is None:
+                record, reason, detail = None, "malformed_row", "no continuation: is this a generate output?"
+            elif (repeat := seen.repeat(record, location)) is not None:
+                reason, detail = repeat.reason, repeat.detail
+            else:
+                yield location, record, row, "", ""
                 continue
-            if record.continuation is None:
-                yield location, None, row, "malformed_row", "no continuation: is this a generate output?"
-                continue
-            repeat = seen.repeat(record, location)
-            if repeat is not None:
-                yield location, record, row, repeat.reason, repeat.detail
-                continue
-            yield location, record, row, "", ""
+            if strict:
+                record_id = record.id if record else (row or {}).get("id")
+                raise CurateError(Reject(reason, location, cut(detail, MAX_DETAIL), id=record_id).message())
+            yield location, record, row, reason, detail
 
 
 @dataclass
@@ -242,10 +248,11 @@ def line_group(record: Record) -> int:
     return transcript_group(record.text, record.emotion if record.task == "emotion" else None)
 
 
-def _first_pass(inputs: list[Path], filters: FilterSettings) -> Iterator[tuple[Record | None, str | None, int]]:
+def _first_pass(inputs: list[Path], filters: FilterSettings,
+                strict: bool) -> Iterator[tuple[Record | None, str | None, int]]:
     """For the Ray executor: per input row, the record to curate (None where it is not one),
     the filters' reason and its group."""
-    for _, record, _, reason, _ in _rows(inputs):
+    for _, record, _, reason, _ in _rows(inputs, strict):
         if reason:
             yield None, None, 0
         else:
@@ -255,9 +262,11 @@ def _first_pass(inputs: list[Path], filters: FilterSettings) -> Iterator[tuple[R
 
 
 def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings | None = None,
-           dedup: DedupSettings | None = None, progress: bool = True, batch_size: int = 4096) -> Stats:
+           dedup: DedupSettings | None = None, strict: bool = False, progress: bool = True,
+           batch_size: int = 4096) -> Stats:
     """Filter and deduplicate generated continuations from `inputs` into `out`. The Python
-    face of `blspdata curate`."""
+    face of `blspdata curate`. `strict`: the first input row that is not a record (or repeats
+    one) stops curate with CurateError, nothing written (see `_rows`)."""
     filters = filters or FilterSettings()
     dedup = dedup or DedupSettings()
     inputs = [Path(p) for p in inputs]
@@ -281,7 +290,8 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
     if dedup.executor == "ray":
         from blspdata.curate.ray_executor import duplicates_on_ray
 
-        verdicts = duplicates_on_ray(_first_pass(inputs, filters), dedup, spill_dir=out.parent, progress=progress)
+        verdicts = duplicates_on_ray(_first_pass(inputs, filters, strict), dedup, spill_dir=out.parent,
+                                     progress=progress)
     bar = tqdm(desc="curate", unit=" rec", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     # Rejects are committed first, OUT last (writers close in reverse), stats.json once both are.
     with JsonlWriter(out) as kept, stats.rejects as rejected:
@@ -329,7 +339,7 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
                 kept.write(item.row)
 
         pending: list[Pending] = []
-        for location, record, row, reason, detail in _rows(inputs):
+        for location, record, row, reason, detail in _rows(inputs, strict):
             stats.inputs += 1
             bar.update(1)
             if reason:  # not a record, or one seen before: never counted in `before` twice
