@@ -28,6 +28,7 @@ import itertools
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from contextvars import ContextVar
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from matplotlib.figure import Figure
 
 from blspdata.labels import CANONICAL
 from blspdata.layout import RunLayout
-from blspdata.records import atomic_path, iter_jsonl, sidecar
+from blspdata.records import UnreadableFile, atomic_path, iter_jsonl, sidecar
 from blspdata.rejects import family
 
 TRAIN_KEYS = ("response_kl", "response_ce", "input_er", "er_accuracy")
@@ -66,6 +67,14 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
 
 
 def _page(run_dir: Path, manifests: list[Path], continuations: list[Path], curated: list[Path]) -> str:
+    cut_files = _CUT_FILES.set({})
+    try:
+        return _page_of(run_dir, manifests, continuations, curated)
+    finally:
+        _CUT_FILES.reset(cut_files)
+
+
+def _page_of(run_dir: Path, manifests: list[Path], continuations: list[Path], curated: list[Path]) -> str:
     sections = [
         ("What you got", summary_section(run_dir, continuations, curated)),
         ("Pipeline stages", stages_section(RunLayout(run_dir).state)),
@@ -79,9 +88,11 @@ def _page(run_dir: Path, manifests: list[Path], continuations: list[Path], curat
         ("8. Sample rows", samples_section(RunLayout(run_dir).dataset)),
     ]
     body = "\n".join(f"<section><h2>{escape(title)}</h2>\n{content}</section>" for title, content in sections)
+    cut = "".join(_note(f"Read in part: {path} is cut short or corrupt after line {line:,}; the sections count "
+                        "its rows up to there.") for path, line in sorted((_CUT_FILES.get() or {}).items()))
     return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>blspdata run {escape(run_dir.name)}"
             f"</title><style>{CSS}</style></head><body>\n<h1>blspdata run: {escape(str(run_dir))}</h1>\n"
-            f"{body}\n</body></html>\n")
+            f"{cut}{body}\n</body></html>\n")
 
 
 # ---------------------------------------------------------------------------- reading the run folder
@@ -94,10 +105,24 @@ def _outputs(folder: Path) -> list[Path]:
                   and not p.name.endswith(".rejects.jsonl") and not p.name.startswith("."))
 
 
+# A .jsonl.gz a section could read only in part (cut short, corrupt) -> the last line read whole:
+# the page notes them at its top (set by _page; sections called alone skip the note, not the rows).
+_CUT_FILES: ContextVar[dict[str, int] | None] = ContextVar("cut_files", default=None)
+
+
 def _rows(paths: Iterable[Path]) -> Iterable[dict[str, Any]]:
-    """The rows of several JSONL(.gz) files, streamed; malformed lines are skipped."""
+    """The rows of several JSONL(.gz) files, streamed; malformed lines are skipped, and so is
+    the rest of a .gz file cut short (noted in `_CUT_FILES`): a report shows what is there."""
     for path in paths:
-        yield from (row for _, row, _ in iter_jsonl(path) if row is not None)
+        line = 0
+        try:
+            for line, row, _ in iter_jsonl(path):
+                if row is not None:
+                    yield row
+        except UnreadableFile:
+            cut_files = _CUT_FILES.get()
+            if cut_files is not None:
+                cut_files[str(path)] = line
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
@@ -182,13 +207,16 @@ def summary_section(run_dir: Path, continuations: list[Path], curated: list[Path
 def _kept_summary(curated: list[Path]) -> str:
     if not curated:
         return _note("Curate not run yet: no rows kept per task, no echo share.")
-    kept = Counter(str(row.get("task") or "unknown") for row in _rows(curated))
-    dropped: Counter = Counter()
-    echoes: Counter = Counter()
-    for row in _rows(r for p in curated if (r := sidecar(p, "rejects.jsonl")).is_file()):
-        task = str((row.get("record") or {}).get("task") or "unknown")  # a malformed row has no record
-        dropped[task] += 1
-        echoes[task] += row.get("reason") == "echo"
+    counted = _curate_counts(curated)
+    if counted is not None:
+        kept, dropped, echoes = counted
+    else:  # no stats (or older than the rows): count from the files
+        kept = Counter(str(row.get("task") or "unknown") for row in _rows(curated))
+        dropped, echoes = Counter(), Counter()
+        for row in _rows(r for p in curated if (r := sidecar(p, "rejects.jsonl")).is_file()):
+            task = str((row.get("record") or {}).get("task") or "unknown")  # a malformed row has no record
+            dropped[task] += 1
+            echoes[task] += row.get("reason") == "echo"
     tasks = sorted(set(kept) | set(dropped), key=lambda t: ({"semantic": 0, "emotion": 1}.get(t, 2), t))
     if len(tasks) > 1:
         tasks.append("all")
@@ -199,6 +227,32 @@ def _kept_summary(curated: list[Path]) -> str:
     return (_table(("task", "rows into curate", "kept", "kept share", "echoes", "echo share"), rows)
             + _note("Echoes: continuations curate dropped with reason echo (mostly the transcript repeated). "
                     "A run with the echo filter disabled has none."))
+
+
+def _curate_counts(curated: list[Path]) -> tuple[Counter, Counter, Counter] | None:
+    """Rows kept, dropped and dropped as echoes per task, from each output's OUT.stats.json
+    (`per_task`, curate/run.py), which curate writes once OUT and its rejects are committed;
+    None when one has none, or one older than its rows (a curate that stopped before it)."""
+    kept, dropped, echoes = Counter(), Counter(), Counter()
+    for path in curated:
+        stats_path, rejects = sidecar(path, "stats.json"), sidecar(path, "rejects.jsonl")
+        try:
+            newest_rows = max(p.stat().st_mtime_ns for p in (path, rejects) if p.exists())
+            if stats_path.stat().st_mtime_ns < newest_rows:
+                return None
+        except OSError:
+            return None
+        per_task = (_load_json(stats_path) or {}).get("per_task")
+        if not isinstance(per_task, dict):
+            return None
+        try:
+            for task, counts in per_task.items():
+                kept[task] += int(counts["kept"])
+                dropped[task] += int(counts["rejected"])
+                echoes[task] += int(counts["rejects"].get("echo", 0))
+        except (TypeError, KeyError, AttributeError, ValueError):
+            return None
+    return kept, dropped, echoes
 
 
 def _share(part: int, whole: int) -> str:

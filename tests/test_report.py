@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -257,3 +258,66 @@ def test_a_run_stopped_after_ingest_says_what_has_not_run(tmp_path: Path):
 def test_an_empty_folder_still_gets_a_page(tmp_path: Path):
     page = write_report(tmp_path).read_text()
     assert page.count("not run yet") >= 7 and "<img" not in page
+
+
+# ---------------------------------------------------------------------------- read what curate counted; cut files
+
+def generated_row(n: int, continuation: str) -> dict:
+    text = f"she put the letters on the table by the door number {n}"
+    return {"id": f"c/train/{n}", "corpus": "c", "split": "train", "audio": "a.flac", "duration": 2.0,
+            "text": text, "raw_text": text, "task": "semantic", "instruction": "Continue", "finished": True,
+            "continuation": continuation, "generator": {"model": "m"}}
+
+
+def small_curated_run(tmp_path: Path) -> Path:
+    """A run folder with one curate output: 4 rows in, 2 kept, an echo and a refusal dropped."""
+    run = tmp_path / "run"
+    (run / "continuations").mkdir(parents=True)
+    rows = [generated_row(0, "then she walked down the long hill to the harbour where the boats came in"),
+            generated_row(1, "the train was late again so she read her book on the cold platform for hours"),
+            generated_row(2, "She put the letters on the table by the door number 2."),
+            generated_row(3, "I'm sorry, but I cannot help with that.")]
+    generated = run / "continuations" / "c.semantic.jsonl"
+    generated.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    blspdata("curate", generated, "-o", run / "curated" / "curated.jsonl.gz", "--disable", "language",
+             "--no-progress", cwd=REPO)
+    return run
+
+
+def test_what_you_got_reads_curates_stats_and_counts_the_files_without_them(tmp_path: Path):
+    run = small_curated_run(tmp_path)
+    stats_path = run / "curated" / "curated.stats.json"
+    stats = json.loads(stats_path.read_text())
+    assert stats["per_task"] == {"semantic": {"kept": 2, "rejected": 2, "rejects": {"echo": 1, "refusal": 1}}}
+    counted = ("<tr><td>semantic</td><td class=n>4</td><td class=n>2</td><td>50%</td>"
+               "<td class=n>1</td><td>25%</td></tr>")
+    assert counted in section(write_report(run).read_text(), "What you got")
+
+    # The figures are the stats' (changed here by hand to tell them apart; curate's are the files' own).
+    stats["per_task"]["semantic"] = {"kept": 1998, "rejected": 2, "rejects": {"echo": 2}}
+    stats_path.write_text(json.dumps(stats))
+    from_stats = ("<tr><td>semantic</td><td class=n>2,000</td><td class=n>1,998</td><td>100%</td>"
+                  "<td class=n>2</td><td>0%</td></tr>")
+    assert from_stats in section(write_report(run).read_text(), "What you got")
+
+    # Stats older than the rows (a curate that stopped before writing them), or none: the files are read.
+    curated = run / "curated" / "curated.jsonl.gz"
+    later = stats_path.stat().st_mtime_ns + 10**9
+    os.utime(curated, ns=(later, later))
+    assert counted in section(write_report(run).read_text(), "What you got")
+    stats_path.unlink()
+    assert counted in section(write_report(run).read_text(), "What you got")
+
+
+def test_a_cut_jsonl_gz_is_read_up_to_the_cut_with_a_note(tmp_path: Path):
+    run = tmp_path / "run"
+    ingest(run)
+    whole = (run / "manifests" / "meld.jsonl.gz").read_bytes()
+    rows = sum(1 for _ in iter_jsonl(run / "manifests" / "meld.jsonl.gz"))
+    (run / "manifests" / "meld.jsonl.gz").write_bytes(whole[: len(whole) * 2 // 3])  # a copy cut short
+    page = write_report(run).read_text()  # no traceback: the page is written
+    notes = re.findall(r"Read in part: (\S+) is cut short or corrupt after line (\d+)", page)
+    assert [path for path, _ in notes] == [escape(str(run / "manifests" / "meld.jsonl.gz"))]
+    assert 0 < int(notes[0][1]) < rows
+    assert page.index("Read in part") < page.index("<h2>")  # at the top, before the sections
+    assert "meld" in section(page, "1. Hours and utterances per corpus and split")  # its rows before the cut count
