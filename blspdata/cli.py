@@ -755,6 +755,7 @@ def _train_options(stage: str):
         audio_root: Optional[str] = typer.Option(None, "--audio-root", help=h("audio_root")),
         group_by_length: Optional[bool] = typer.Option(None, "--group-by-length/--no-group-by-length",
                                                        help=h("group_by_length")),
+        data_workers: Optional[int] = typer.Option(None, "--data-workers", min=0, help=h("data_workers")),
         base_dtype: Optional[str] = typer.Option(None, "--base-dtype", help=h("base_dtype")),
         trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the LLM's own modelling code (Qwen-7B-Chat needs it). Only for an LLM you trust: its Python runs here."),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last exactly (weights, optimizer, schedule, data position)."),

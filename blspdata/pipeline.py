@@ -419,8 +419,10 @@ def plan(config: Config, progress: bool = True, trust_remote_code: bool = False)
 
 def _stage_settings(options) -> dict:
     """A training stage's settings as its fingerprint reads them: an option added later
-    (group_by_length) counts only when set, so a run folder from before it stays up to date."""
-    return options.model_dump(exclude={k for k in ("group_by_length",) if getattr(options, k) is None})
+    (group_by_length) counts only when set, so a run folder from before it stays up to date;
+    data_workers never counts (it changes the speed, not the results)."""
+    later = {k for k in ("group_by_length",) if getattr(options, k) is None}
+    return options.model_dump(exclude={"data_workers"} | later)
 
 
 def _ingest(corpus: Corpus, manifest: Path, progress: bool) -> Callable[[bool], dict]:

@@ -284,3 +284,38 @@ def test_mixed_in_semantic_rows_keep_their_own_prompt(models):
     for i, prompt in enumerate((emotion, semantic)):
         assert int(speech_mask[i].nonzero()[0]) == len(prompt.before)
         assert int(predict[i][0]) == len(prompt.before) + 3 + len(prompt.after) - 1
+
+
+def test_data_workers_train_the_same_steps_and_count_unreadable_audio(models, dataset: Path, tmp_path: Path):
+    """--data-workers 2 (rows fetched and FLAC decoded in DataLoader worker processes) gives the
+    per-step losses of --data-workers 0 (all in the training process), and a row whose audio
+    no longer decodes is skipped and counted as audio_unreadable either way."""
+    import datasets
+
+    semantic = datasets.load_from_disk(str(dataset / "semantic"))["train"]
+    semantic = semantic.cast_column("audio", datasets.Audio(decode=False))
+    corrupt = set(range(0, len(semantic), 3))  # a third of the rows: every run of a few steps meets some
+
+    def damage(row, index):
+        if index in corrupt:
+            row["audio"] = {"bytes": row["audio"]["bytes"][:100], "path": row["audio"]["path"]}  # a cut-off FLAC
+        return row
+
+    damaged = tmp_path / "damaged"
+    datasets.DatasetDict({"train": semantic.map(damage, with_indices=True)}).save_to_disk(str(damaged))
+    runs, summaries = {}, {}
+    for workers in (0, 2):
+        runs[workers] = tmp_path / f"workers-{workers}"
+        result = blspdata("train", "stage1", damaged, "-o", runs[workers], *common(models), "--max-steps", "4",
+                          "--warmup-steps", "2", "--lr", "1e-3", "--data-workers", workers)
+        summaries[workers] = result.stdout
+        assert f"{workers or 'no'} data worker" in result.stderr
+    plain, workers = metrics(runs[0]), metrics(runs[2])
+    assert [m["step"] for m in plain] == [m["step"] for m in workers] == [1, 2, 3, 4]
+    for a, b in zip(plain, workers):
+        assert a["response_kl"] == pytest.approx(b["response_kl"], rel=1e-5, abs=1e-7)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5, abs=1e-7)
+        assert b["data_wait_s"] >= 0
+    skipped = [line.rpartition("skipped ")[2] for line in summaries[0].splitlines() if "skipped" in line]
+    assert skipped and "'audio_unreadable'" in skipped[0], summaries[0]
+    assert summaries[0].rpartition("skipped ")[2] == summaries[2].rpartition("skipped ")[2]

@@ -50,3 +50,37 @@ def test_speech_positions_follow_the_encoder_and_the_subsampler():
     assert speech_positions(30.0) == 188  # 1500 frames -> 750 -> 375 -> 188
     assert speech_positions(60.0) == 188  # the 30-s window at most
     assert speech_positions(1.0) == 7  # 50 frames -> 25 -> 13 -> 7
+
+
+def test_data_workers_hand_back_the_batches_in_order_decoded_and_without_their_bytes():
+    """Worker w of W decodes the batches at positions p % W == w; the DataLoader takes them in
+    turn, so 3 workers give the batches of the in-process path, in its order, from a resumed
+    micro-step on; audio that does not decode is counted per batch, its row left out."""
+    import io
+    import itertools
+
+    import soundfile as sf
+
+    from blspdata.train.data import decoded_batches
+
+    def flac(samples: int) -> bytes:
+        buffer = io.BytesIO()
+        sf.write(buffer, np.full(samples, 0.01, dtype="float32"), 16000, format="FLAC")
+        return buffer.getvalue()
+
+    rows = [{"audio": {"bytes": flac(16000 + i) if i % 7 else b"not audio", "path": None}, "text": str(i)}
+            for i in range(40)]
+    batches, cfg = Batches([(rows, list(range(40)))], 3, 1, 0, 1), TrainConfig()
+
+    def seen(workers: int) -> list[tuple]:
+        return [([len(a) for a in d.audios], [r["text"] for r in d.rows], d.unreadable)
+                for d in decoded_batches(batches, 5, 20, cfg, workers)]
+
+    in_process = seen(0)
+    expected = [[rows[i] for _, i in spec] for spec in itertools.islice(batches.stream(0), 5, 25)]
+    assert [texts for _, texts, _ in in_process] == [[r["text"] for r in b if int(r["text"]) % 7] for b in expected]
+    assert [n for _, _, n in in_process] == [sum(int(r["text"]) % 7 == 0 for r in b) for b in expected]
+    assert all(lengths == [16000 + int(t) for t in texts] for lengths, texts, _ in in_process)
+    assert seen(3) == in_process
+    decoded = next(decoded_batches(batches, 0, 1, cfg, 2))
+    assert decoded.rows and all("audio" not in row for row in decoded.rows)

@@ -1,5 +1,8 @@
 """The trainer's data: published rows, their audio, the prompts each row trains with, which rows
-are usable, the batches and their collation into model inputs (PAPER.md, "Training").
+are usable, the batches and their collation into model inputs (PAPER.md, "Training"): rows
+are fetched and their audio decoded (`decode`; in DataLoader worker processes ahead of the
+loop with `--data-workers`, `decoded_batches`), then made into features and token ids in the
+training process (`featurize`).
 
 Each row trains with the prompt its continuation was written with (`RowPrompts`: the template
 named in its `generator`, or its recorded `instruction`); the prompt texts live in prompts/*.toml.
@@ -11,12 +14,13 @@ sequence is over `max_length` tokens is skipped (`usable`, with the reason count
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -337,30 +341,109 @@ def held_out_rows(cfg: TrainConfig, model: BLSPModel) -> list[tuple[Any, list[in
     return [(held, keep)] if keep else []
 
 
-def collate(model: BLSPModel, rows: list[dict], cfg: TrainConfig, device: Any = "cpu") -> dict[str, Any]:
+class Decoded(NamedTuple):
+    """A batch's rows with their audio decoded: what a data worker hands the loop (`decode`)."""
+    audios: list[np.ndarray]   # 16 kHz mono float32, one per readable row
+    rows: list[dict]           # the readable rows, without their audio bytes
+    unreadable: int            # rows whose audio did not decode
+
+
+def decode(rows: list[dict], audio_root: str | None) -> Decoded:
+    """Each row's audio decoded (`decode_audio`) and the row kept without its audio column (the
+    bytes are not needed after this, and need not cross a worker's pipe). Audio that fails to
+    decode (bytes that are not audio, or a file gone since publish) is counted, not a crash."""
+    audios, readable = [], []
+    for row in rows:
+        try:
+            audios.append(decode_audio(row, audio_root))
+        except (OSError, RuntimeError, ValueError):
+            continue
+        readable.append({key: value for key, value in row.items() if key != "audio"})
+    return Decoded(audios, readable, len(rows) - len(readable))
+
+
+def featurize(model: BLSPModel, decoded: Decoded, cfg: TrainConfig, device: Any = "cpu") -> dict[str, Any]:
     """Decoded audio -> log-mel features (computed on `device`: the STFT of 30-second windows
     is most of a batch's CPU time), token ids of transcripts and continuations, emotion ids."""
-    tokenizer = model.tokenizer
-    audios, readable = [], []
-    for row in rows:  # bytes that fail to decode (or a file gone since publish): skipped, counted
-        try:
-            audios.append(decode_audio(row, cfg.audio_root))
-            readable.append(row)
-        except (OSError, RuntimeError, ValueError):
-            pass
-    unreadable, rows = len(rows) - len(readable), readable
+    tokenizer, audios, rows = model.tokenizer, decoded.audios, decoded.rows
     if not rows:
-        return {"rows": 0, "unreadable": unreadable}
+        return {"rows": 0, "unreadable": decoded.unreadable}
     features = model.feature_extractor(audios, sampling_rate=RATE, return_tensors="pt",
                                        device=str(device)).input_features
     end, prompts = end_of_turn(tokenizer), row_prompts(model, cfg.stage)
     text_prompts, speech_prompts = zip(*(prompts(row) for row in rows))
     labels = [emotion_name(row.get("emotion")) for row in rows]
     return {
-        "rows": len(rows), "unreadable": unreadable,
+        "rows": len(rows), "unreadable": decoded.unreadable,
         "features": features, "samples": torch.tensor([len(a) for a in audios]),
         "texts": [row["text"] for row in rows],
         "text_prompts": list(text_prompts), "speech_prompts": list(speech_prompts),
         "continuations": [continuation_ids(tokenizer, row, end) for row in rows],
         "emotions": torch.tensor([-100 if label is None else CANONICAL.index(label) for label in labels]),
     }
+
+
+def collate(model: BLSPModel, rows: list[dict], cfg: TrainConfig, device: Any = "cpu") -> dict[str, Any]:
+    """Rows -> model inputs in this process: `decode`, then `featurize`."""
+    return featurize(model, decode(rows, cfg.audio_root), cfg, device)
+
+
+# ---------------------------------------------------------------------------- data workers
+
+WORKER_TIMEOUT_S = 600  # a batch's rows and audio: milliseconds from local disk; longer is a stalled read
+PREFETCH = 4            # batches each worker decodes ahead
+
+
+def data_workers(cfg: TrainConfig, device: Any) -> int:
+    """Worker processes that fetch and decode batches: `cfg.data_workers`, or when not given, 2
+    on a GPU (a batch decodes in milliseconds, so two stay well ahead of any step) and 0 on a
+    CPU, whose cores the training itself uses."""
+    if cfg.data_workers is not None:
+        return cfg.data_workers
+    return 2 if torch.device(device).type == "cuda" else 0
+
+
+class DecodedBatches(torch.utils.data.IterableDataset):
+    """`count` batches of `batches.stream(start)` (a `Batches`: a resumed run starts at its
+    micro-step), their rows fetched and decoded (`decode`). Under a DataLoader, worker w of W
+    takes the batches at positions p % W == w, and the DataLoader takes one from each worker
+    in turn, so the batches arrive in the stream's order whatever W is."""
+
+    def __init__(self, batches: Batches, start: int, count: int, audio_root: str | None):
+        self.batches, self.start, self.count, self.audio_root = batches, start, count, audio_root
+
+    def __iter__(self) -> Iterator[Decoded]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        for position, spec in enumerate(itertools.islice(self.batches.stream(self.start), self.count)):
+            if position % workers == worker:
+                yield decode([source[int(index)] for source, index in spec], self.audio_root)
+
+
+def _as_is(decoded: Decoded) -> Decoded:
+    return decoded  # the DataLoader's default would turn the audio arrays into tensors
+
+
+def decoded_batches(batches: Batches, start: int, count: int, cfg: TrainConfig, workers: int) -> Iterator[Decoded]:
+    """The `count` batches from micro-step `start` on, decoded: in this process (`workers` 0),
+    or by `workers` DataLoader worker processes ahead of the loop, in the same order (the
+    same results: `featurize` runs in this process either way)."""
+    dataset = DecodedBatches(batches, start, count, cfg.audio_root)
+    if workers == 0:
+        yield from dataset
+        return
+    # The workers tokenize nothing; saying so keeps tokenizers from warning at each fork.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # One pass over a stream that covers the whole run, so the workers live as long as the run
+    # (persistent_workers would only matter for a second pass). Their seed comes from a
+    # generator of their own, so starting them draws nothing from the training's random state.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH,
+                                         collate_fn=_as_is, timeout=WORKER_TIMEOUT_S,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    try:
+        yield from loader
+    except RuntimeError as exc:
+        if "timed out" not in str(exc):
+            raise
+        raise TrainError(f"{cfg.data}: no batch from the {workers} data workers in {WORKER_TIMEOUT_S} s "
+                         f"(a stalled read of the rows or their audio)") from None

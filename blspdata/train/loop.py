@@ -32,8 +32,8 @@ from blspdata.train.model import BLSPModel, ModelConfig, autocast, base_dtype
 # The data and the losses by their old names here too (tests, bench and notebooks import them from loop).
 from blspdata.train.data import (SER_INSTRUCTION, STAGE1_INSTRUCTION, STAGE2_INSTRUCTION, SYSTEM,  # noqa: F401
                                  SYSTEM_EMPATHY, Batches, RowPrompts, audio_present, collate, continuation_ids,
-                                 decode_audio, emotion_name, held_out_rows, load_rows, row_prompts,
-                                 sequence_length, training_rows, usable)
+                                 data_workers, decode_audio, decoded_batches, emotion_name, featurize,
+                                 held_out_rows, load_rows, row_prompts, sequence_length, training_rows, usable)
 from blspdata.train.losses import (EVAL_METRICS, evaluate_losses, response_kl,  # noqa: F401
                                    stage1_semantic_alignment, stage2_emotion_alignment)
 
@@ -191,13 +191,15 @@ def _train(cfg: TrainConfig, model_config: ModelConfig, resume: bool, progress: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg))
     step, micro = restore(state, model, optimizer, scheduler, out, rank, device) if state is not None else (0, 0)
 
-    prompt = None  # each row's own (RowPrompts, in collate)
+    prompt = None  # each row's own (RowPrompts, in featurize)
     loss_fn = LOSSES[cfg.stage]
     mixed = autocast(device, dtype)
+    workers = data_workers(cfg, device)  # fetch rows and decode audio: in this process (0) or ahead of it
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         print(f"{cfg.stage}: {sum(len(k) for _, k in sources)} rows, skipped {dict(skipped) or 0}; "
-              f"{total_steps} steps of {cfg.batch_size} x {cfg.grad_accum} x {world}", file=sys.stderr)
+              f"{total_steps} steps of {cfg.batch_size} x {cfg.grad_accum} x {world}; "
+              f"{workers or 'no'} data worker{'s' * (workers != 1)}", file=sys.stderr)
     log = MetricsLog(out / "metrics.jsonl", rank, append=step > 0)
     from tqdm import tqdm
 
@@ -207,12 +209,17 @@ def _train(cfg: TrainConfig, model_config: ModelConfig, resume: bool, progress: 
                    **evaluate_losses(model, prompt, loss_fn, held_out, cfg, device, mixed, rank, world)})
 
     model.adapter.train()
-    started, tokens, last = time.monotonic(), 0, {}
-    for rows_spec in batches.stream(micro):
-        if step >= total_steps:
+    started, tokens, last, waited = time.monotonic(), 0, {}, 0.0
+    # The batches this run still needs, decoded (by the workers, ahead of the steps).
+    stream = decoded_batches(batches, micro, max(0, total_steps * cfg.grad_accum - micro), cfg, workers)
+    while True:
+        asked = time.monotonic()
+        decoded = next(stream, None)
+        waited += time.monotonic() - asked  # the step's wait for its data (fetch + decode, or the workers)
+        if decoded is None or step >= total_steps:
             break
         # One micro-step: this batch's loss, its gradient added to the step's.
-        batch = collate(model, [source[int(index)] for source, index in rows_spec], cfg, device)
+        batch = featurize(model, decoded, cfg, device)
         if batch["unreadable"]:
             skipped["audio_unreadable"] += batch["unreadable"]
         if batch["rows"]:  # else every row was unreadable: a micro-step without gradient
@@ -239,8 +246,8 @@ def _train(cfg: TrainConfig, model_config: ModelConfig, resume: bool, progress: 
         step += 1
         record = {"step": step, "lr": lr, "grad_norm": float(norm),
                   **{k: float(np.mean(v)) for k, v in last.items()},
-                  "tokens_per_s": tokens * world / max(1e-9, time.monotonic() - started)}
-        last = {}
+                  "tokens_per_s": tokens * world / max(1e-9, time.monotonic() - started), "data_wait_s": waited}
+        last, waited = {}, 0.0
         log.write(record)
         bar.set_postfix({k: f"{v:.3g}" for k, v in record.items() if k in SHOWN}, refresh=False)
         bar.update(1)
@@ -253,6 +260,7 @@ def _train(cfg: TrainConfig, model_config: ModelConfig, resume: bool, progress: 
                 save_checkpoint(out / "last", model, cfg, {
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step,
                     "micro": micro, "rng": rngs, "python_rng": random.getstate()})
+    stream.close()  # the workers, if any, stop
     bar.close()
     if rank == 0:
         save_checkpoint(out / "final", model, cfg, None)
