@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import unicodedata
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -106,7 +107,7 @@ def _as_is(record: Record) -> bool:
 def _encode_row(job: tuple[dict[str, Any], str, str | None]) -> dict[str, Any] | Reject:
     """A record -> a row of the published dataset (audio cut and encoded, in a worker)."""
     row, audio_mode, audio_root = job
-    record = Record.from_dict(row)
+    record = Record(**row)  # checked when it was staged (_stage wrote it from a Record)
     out = {k: v for k, v in row.items()}
     out["extra"] = json.dumps(record.extra, ensure_ascii=False, sort_keys=True)
     out["generator"] = json.dumps(record.generator, sort_keys=True) if record.generator is not None else None
@@ -139,13 +140,50 @@ def _encode_tagged(job: tuple[Any, tuple]) -> tuple[Any, dict[str, Any] | Reject
     return tag, _encode_row(inner)
 
 
+def _audio_column(rows: list[dict], audio_type):
+    """The rows' `audio` struct column (bytes, path) built from one buffer: encoded payloads are
+    copied into it, and the files copied as they are (`fd` from _ShardWriter.add) read into it
+    directly; each fd is closed here."""
+    import pyarrow as pa
+
+    sizes = [audio["size"] if "fd" in audio else len(audio["bytes"]) for audio in (row["audio"] for row in rows)]
+    offsets = [0]
+    for size in sizes:
+        offsets.append(offsets[-1] + size)
+    buffer = pa.allocate_buffer(offsets[-1])
+    view = memoryview(buffer).cast("B")  # pyarrow gives format "b"; bytes are "B"
+    try:
+        for row, start, stop in zip(rows, offsets, offsets[1:]):
+            audio = row["audio"]
+            if "fd" not in audio:
+                view[start:stop] = audio["bytes"]
+                continue
+            got = os.preadv(audio["fd"], [view[start:stop]], 0)
+            while got < stop - start:  # a short read (rare): go on from where it stopped
+                more = os.preadv(audio["fd"], [view[start + got:stop]], got)
+                if more == 0:
+                    raise PublishError(f"{audio['source']}: shrank while it was published "
+                                       f"({got} of {stop - start} bytes)")
+                got += more
+    finally:
+        for row in rows:
+            if "fd" in row["audio"]:
+                os.close(row["audio"]["fd"])
+    data = pa.Array.from_buffers(pa.binary(), len(rows), [None, pa.array(offsets, pa.int32()).buffers()[1], buffer])
+    paths = pa.array([row["audio"]["path"] for row in rows], pa.string())
+    return pa.StructArray.from_arrays([data, paths], fields=list(audio_type))
+
+
 class _ShardWriter:
     """One (config, split) written straight to Arrow IPC stream shards (the save_to_disk
     layout) or Parquet shards (the Hub layout), cut at `max_bytes`: each row is written once,
     with no intermediate dataset and no re-encoding pass."""
 
-    def __init__(self, folder: Path, split: str, fmt: str, audio: str, max_bytes: int):
+    def __init__(self, folder: Path, split: str, fmt: str, audio: str, max_bytes: int, hasher=None):
         self.folder, self.split, self.fmt, self.audio, self.max_bytes = folder, split, fmt, audio, max_bytes
+        self.hasher = hasher  # an executor: each finished shard's SHA-256 is computed beside the writing
+        self.checksums: dict[Path, Any] = {}  # final shard path -> its SHA-256 (a future with a hasher)
+        self.closed = False
         self.features = features(audio)
         self.schema = self.features.arrow_schema
         self.pending: list[dict] = []
@@ -156,33 +194,61 @@ class _ShardWriter:
         self.digest = hashlib.blake2b(digest_size=16)  # of the rows' ids and continuations: state.json's fingerprint
         folder.mkdir(parents=True, exist_ok=True)
 
-    def add(self, row: dict[str, Any]) -> None:
+    def add(self, row: dict[str, Any]) -> Reject | None:
+        """Queue one encoded row; a row whose audio is copied as it is (`_read_from`) has its file
+        opened now (a Reject if it cannot be) and read at the flush, straight into the batch's
+        audio buffer (one copy: never a Python bytes object per file)."""
+        source = row.get("_read_from")
+        audio = row.get("audio")
+        if source is not None:
+            try:
+                fd = os.open(source, os.O_RDONLY)
+            except OSError as exc:
+                return Reject("audio_unreadable", source, f"{type(exc).__name__}: {exc}", id=row.get("id"))
+            size = os.fstat(fd).st_size
+            audio = {"fd": fd, "size": size, "source": source, "path": audio["path"]}
         emotion = row.get("emotion")
         row = {name: row.get(name) for name in self.schema.names}
         self.digest.update(orjson.dumps([row.get("id"), row.get("task"), row.get("continuation")]))
         row["emotion"] = None if emotion is None else CANONICAL.index(emotion)
+        row["audio"] = audio
         self.pending.append(row)
-        audio = row.get("audio")
-        self.pending_bytes += len(audio["bytes"]) if isinstance(audio, dict) and audio.get("bytes") else 256
+        if isinstance(audio, dict):
+            self.pending_bytes += audio["size"] if "fd" in audio else len(audio["bytes"] or b"")
+        else:
+            self.pending_bytes += 256
         if len(self.pending) >= 64 or self.pending_bytes >= self.max_bytes // 8:  # shards overshoot by 1/8 at most
             self._flush()
+        return None
 
     def _flush(self) -> None:
         import pyarrow as pa
 
         if not self.pending:
             return
-        batch = pa.RecordBatch.from_pylist(self.pending, schema=self.schema)
-        self.pending, self.pending_bytes = [], 0
+        rows, self.pending, self.pending_bytes = self.pending, [], 0
+        columns = []
+        for field in self.schema:
+            if field.name == "audio" and self.audio == "embed":
+                columns.append(_audio_column(rows, field.type))
+            else:
+                columns.append(pa.array([row[field.name] for row in rows], type=field.type))
+        batch = pa.RecordBatch.from_arrays(columns, schema=self.schema)
         if self.writer is not None and self.shard_bytes + batch.nbytes > self.max_bytes:
-            self.writer.close()
-            self.writer = None
+            self._finish_shard()
         if self.writer is None:
             self._open()
         self.writer.write_batch(batch) if self.fmt == "arrow" else self.writer.write_batch(batch, row_group_size=100)
         self.rows += batch.num_rows
         self.shard_bytes += batch.nbytes
         self.bytes += batch.nbytes
+
+    def _finish_shard(self) -> None:
+        self.writer.close()
+        self.writer = None
+        part = self.shards[-1]
+        handle = open(part, "rb")  # opened now: the shard is renamed before the hasher may get to it
+        self.checksums[part] = self.hasher.submit(_sha256_file, handle) if self.hasher else _sha256_file(handle)
 
     def _open(self) -> None:
         import pyarrow as pa
@@ -196,28 +262,33 @@ class _ShardWriter:
 
     def close(self) -> None:
         """Finish the last shard and give the shards their final names (and, for Arrow, the
-        two small JSON files `datasets.load_from_disk` reads)."""
+        two small JSON files `datasets.load_from_disk` reads). Closing twice is closing once."""
         from datasets.info import DatasetInfo
         from datasets.utils.py_utils import asdict  # what save_to_disk uses: it serialises Features
 
+        if self.closed:
+            return
+        self.closed = True
         self._flush()
         if self.writer is None:
             self._open()  # an empty split still gets one (empty) shard
-        self.writer.close()
+        self._finish_shard()
         count = len(self.shards)
         if self.fmt == "parquet":
-            for index, part in enumerate(self.shards):
-                os.replace(part, self.folder / f"{self.split}-{index:05d}-of-{count:05d}.parquet")
+            finals = [self.folder / f"{self.split}-{index:05d}-of-{count:05d}.parquet" for index in range(count)]
+        else:
+            target = self.folder / self.split
+            target.mkdir()
+            finals = [target / f"data-{index:05d}-of-{count:05d}.arrow" for index in range(count)]
+        for part, final in zip(self.shards, finals):
+            os.replace(part, final)
+            self.checksums[final] = self.checksums.pop(part)
+        if self.fmt == "parquet":
             return
-        target = self.folder / self.split
-        target.mkdir()
-        names = [f"data-{index:05d}-of-{count:05d}.arrow" for index in range(count)]
-        for part, name in zip(self.shards, names):
-            os.replace(part, target / name)
         # From the content, not the (temporary) build path: two publishes of one input are byte-identical.
         fingerprint = hashlib.blake2b(f"{self.folder.name}/{self.split}:{self.rows}:{self.bytes}:"
                                       f"{self.digest.hexdigest()}".encode(), digest_size=8).hexdigest()
-        state = {"_data_files": [{"filename": n} for n in names], "_fingerprint": fingerprint,
+        state = {"_data_files": [{"filename": p.name} for p in finals], "_fingerprint": fingerprint,
                  "_format_columns": None, "_format_kwargs": {}, "_format_type": None,
                  "_output_all_columns": False, "_split": self.split}
         (target / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
@@ -254,39 +325,41 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
             staging, staged_rows, provenance = _stage(inputs, work, validation, test, rejects)
             build = work / "dataset"
             build.mkdir()
-            writers: dict[tuple[str, str], _ShardWriter] = {}
-            for config in sorted(staging):
-                for split in (s for s in SPLITS if s in staging[config]):
-                    folder = build / config if fmt == "arrow" else build / "data" / config
-                    writers[(config, split)] = _ShardWriter(folder, split, fmt, audio, max_bytes)
-            total = sum(staged_rows.values())
-            jobs_iter = (((config, split), (row, audio, str(audio_root) if audio_root else None))
-                         for config, split in writers for _, row, _ in iter_jsonl(staging[config][split]))
-            from tqdm import tqdm
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as hasher:
+                writers: dict[tuple[str, str], _ShardWriter] = {}
+                for config in sorted(staging):
+                    for split in (s for s in SPLITS if s in staging[config]):
+                        folder = build / config if fmt == "arrow" else build / "data" / config
+                        writers[(config, split)] = _ShardWriter(folder, split, fmt, audio, max_bytes, hasher)
+                total = sum(staged_rows.values())
+                jobs_iter = (((config, split), (row, audio, str(audio_root) if audio_root else None))
+                             for config, split in writers for _, row, _ in iter_jsonl(staging[config][split]))
+                from tqdm import tqdm
 
-            with tqdm(total=total, desc="publish", unit=" rows", disable=not progress) as bar:
-                for (config, split), result in ordered_map(_encode_tagged, jobs_iter, jobs, chunk_size=16):
-                    if isinstance(result, dict) and "_read_from" in result:
-                        source = result.pop("_read_from")
-                        try:
-                            result["audio"]["bytes"] = Path(source).read_bytes()
-                        except OSError as exc:
-                            result = Reject("audio_unreadable", source, f"{type(exc).__name__}: {exc}", id=result["id"])
-                    if isinstance(result, Reject):
-                        rejects.add(result)
-                    else:
-                        writers[(config, split)].add(result)
-                    bar.update(1)
-            counts: dict[str, dict[str, int]] = defaultdict(dict)
-            sizes: dict[str, dict[str, int]] = defaultdict(dict)
-            for (config, split), writer in writers.items():
-                writer.close()
-                counts[config][split], sizes[config][split] = writer.rows, writer.bytes
+                with tqdm(total=total, desc="publish", unit=" rows", disable=not progress) as bar:
+                    previous = None
+                    for key, result in ordered_map(_encode_tagged, jobs_iter, jobs, chunk_size=16):
+                        if key != previous and previous is not None:
+                            writers[previous].close()  # rows come split by split: its shards can be hashed now
+                        previous = key
+                        if not isinstance(result, Reject):
+                            result = writers[key].add(result)  # a file that cannot be opened: a Reject
+                        if result is not None:
+                            rejects.add(result)
+                        bar.update(1)
+                counts: dict[str, dict[str, int]] = defaultdict(dict)
+                sizes: dict[str, dict[str, int]] = defaultdict(dict)
+                for (config, split), writer in writers.items():
+                    writer.close()
+                    counts[config][split], sizes[config][split] = writer.rows, writer.bytes
+                shard_sums = {path: checksum.result() for writer in writers.values()
+                              for path, checksum in writer.checksums.items()}
             if fmt == "arrow":
                 for config in counts:
                     (build / config / "dataset_dict.json").write_text(json.dumps({"splits": list(counts[config])}))
             _write_card(build, counts, sizes, features(audio), fmt, audio, license, provenance, rejects)
-            files = {str(p.relative_to(build)): _sha256(p) for p in sorted(build.rglob("*")) if p.is_file()}
+            files = {str(p.relative_to(build)): shard_sums.get(p) or _sha256(p)
+                     for p in sorted(build.rglob("*")) if p.is_file()}
             (build / MANIFEST).write_text(json.dumps({"format": fmt, "audio": audio, "rows": counts, "files": files},
                                                      indent=2, sort_keys=True) + "\n")
         if out.exists():
@@ -373,8 +446,13 @@ def _parse_size(text: str) -> int:
 
 
 def _sha256(path: Path) -> str:
+    return _sha256_file(open(path, "rb"))
+
+
+def _sha256_file(handle) -> str:
+    """The SHA-256 of an open binary file, which is closed after."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
