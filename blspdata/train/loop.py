@@ -1,6 +1,7 @@
 """The training loop of both alignment stages (PAPER.md, "Training"), read top to bottom: the
-processes, the model, the data (`data.py`), the optimizer and schedule, resume, then the steps
-with the stage's loss (`losses.py`), evaluation, logging and checkpoints (`checkpoint.py`).
+processes, the model, the data (`data.py`; each batch's rows fetched and audio decoded by
+`--data-workers` processes ahead of the steps), the optimizer and schedule, resume, then the
+steps with the stage's loss (`losses.py`), evaluation, logging and checkpoints (`checkpoint.py`).
 
 stage1_semantic_alignment trains only the adapter on the `semantic` config; stage2_emotion_alignment
 trains adapter and LoRA on the `emotion` config (optionally mixed with `semantic`). The learning
