@@ -20,6 +20,29 @@ class LockedError(BlspdataError):
     """Another live process holds the lock."""
 
 
+_HELD: set[int] = set()  # the fds of the locks this process holds
+
+
+def _drop_in_child() -> None:
+    """In a forked child (DataLoader and pool workers): let go of the parent's locks. A forked fd
+    shares the lock, so a worker that outlives a killed parent for a moment would keep the
+    output locked; each held fd is pointed at /dev/null instead (not closed: its number stays
+    valid for whatever Python object still owns it, and no flock(LOCK_UN) is ever made, which
+    would unlock the parent's lock too)."""
+    if not _HELD:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        for fd in _HELD:
+            os.dup2(null, fd)
+    finally:
+        os.close(null)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_in_child)
+
+
 def holder(path: str | Path) -> str:
     """The PID the lock file records ('?' when it cannot be read)."""
     try:
@@ -42,6 +65,7 @@ def exclusive(path: str | Path, what: str | Path | None = None, write_pid: bool 
             who = f" (PID {holder(path)})" if write_pid else ""
             raise LockedError(f"{what or path} is in use by another process{who}; "
                               f"wait for it to end, or stop it") from None
+        _HELD.add(handle.fileno())
         try:
             if write_pid:
                 handle.seek(0)
@@ -50,4 +74,5 @@ def exclusive(path: str | Path, what: str | Path | None = None, write_pid: bool 
                 handle.flush()
             yield
         finally:
+            _HELD.discard(handle.fileno())
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

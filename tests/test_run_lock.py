@@ -4,6 +4,7 @@ once, naming the folder and the holder's PID, and writes nothing; once the holde
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -50,3 +51,33 @@ def test_train_on_a_locked_run_folder_fails_at_once(tmp_path: Path):
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"error: run folder {out} is in use by another process (PID {os.getpid()})" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == [".lock"]  # no metrics.jsonl, no checkpoint
+
+
+def test_a_worker_forked_by_the_holder_does_not_keep_the_lock_after_the_holder_is_killed(tmp_path: Path):
+    """DataLoader and pool workers are forked while the run folder is locked; once the holder
+    is killed (SIGKILL: no cleanup runs), a rerun must get the lock even while such a worker
+    is still alive."""
+    import signal
+    import subprocess
+    import sys
+
+    lock = tmp_path / "run" / ".lock"
+    script = (
+        "import multiprocessing as mp, os, sys, time\n"
+        "from blspdata.locks import exclusive\n"
+        "with exclusive(sys.argv[1]):\n"
+        "    worker = mp.get_context('fork').Process(target=time.sleep, args=(60,))\n"
+        "    worker.start()\n"
+        "    print(worker.pid, flush=True)\n"
+        "    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(lock)], stdout=subprocess.PIPE, text=True)
+    worker = int(holder.stdout.readline())
+    try:
+        holder.kill()
+        holder.wait(timeout=30)
+        os.kill(worker, 0)  # the worker is alive
+        with exclusive(lock):  # and the lock is free
+            pass
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
