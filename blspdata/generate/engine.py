@@ -11,9 +11,8 @@ from typing import Any, Callable, Iterator
 
 from blspdata.errors import BlspdataError
 from blspdata.generate.backends import DryRunBackend, OpenAIBackend, Request, Result, VLLMBackend
-from blspdata.generate.options import GenerateSettings
 
-DEFAULT_REQUEST_TIMEOUT = GenerateSettings.request_timeout  # declared once, with the option
+DEFAULT_REQUEST_TIMEOUT = 300.0
 
 
 class GenerateError(BlspdataError, RuntimeError):
