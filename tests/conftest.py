@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,6 +19,54 @@ SAMPLES = REPO / "samples" / "corpora"
 # The packaged SmolLM2-135M (98 MB): tests that need a real LLM fast pass it as --model; the
 # embedded default (Qwen2.5-Coder-1.5B) is for the tests about what the default writes.
 TINY_LLM = "smollm2"
+
+
+@pytest.fixture(scope="session")
+def demo_encoder(tmp_path_factory) -> Path:
+    """What `demo:tiny-whisper` makes in a run's models/ (a random tiny Whisper encoder, seed 0),
+    made once a session. Read-only: a test that trains writes its own run folder."""
+    from blspdata.train.demo_models import tiny_whisper
+
+    return tiny_whisper(tmp_path_factory.mktemp("models") / "tiny-whisper")
+
+
+@pytest.fixture(scope="session")
+def demo_models(tmp_path_factory, demo_encoder) -> dict[str, Path]:
+    """The demo's two small models, made once a session (about 35 s, most of it rebuilding
+    SmolLM2-135M from its GGUF, as `demo:smollm2` does): {"encoder": ..., "llm": ...}."""
+    from blspdata.train.demo_models import smollm2
+
+    return {"encoder": demo_encoder, "llm": smollm2(tmp_path_factory.mktemp("models") / "smollm2")}
+
+
+@pytest.fixture(scope="session")
+def demo_recipe_run(tmp_path_factory, demo_models) -> Path:
+    """The run folder of `blspdata run` with examples/demo.yaml's train section on the sample
+    emotion corpora (IEMOCAP sessions 1-4 and MELD train to train on; session 5 and MELD test
+    held out) and LibriSpeech for stage 1's semantic rows: train/stage1, train/stage2 (the
+    recipe's 48 steps of 8), dataset/, evaluate/ser.json on the test split. Trained once a
+    session; the pipeline's test and the trainer's stage-2 tests read it. Generation is not the
+    point: the dry-run backend writes short placeholder continuations."""
+    import yaml
+
+    folder = tmp_path_factory.mktemp("demo-recipe")
+    train = yaml.safe_load((REPO / "examples" / "demo.yaml").read_text())["train"]
+    train.update(encoder=str(demo_models["encoder"]), llm=str(demo_models["llm"]))  # the demo: models, made once
+    config = {
+        "run_dir": str(folder / "run"),
+        "corpora": [{"kind": "librispeech", "root": str(SAMPLES / "LibriSpeech")},
+                    {"kind": "iemocap", "root": str(SAMPLES / "IEMOCAP_full_release"),
+                     "options": {"test_sessions": [5]}},
+                    {"kind": "meld", "root": str(SAMPLES / "MELD.Raw")}],
+        "generate": {"backend": "dry-run", "max_new_tokens": 8},
+        "curate": {"disable": ["echo", "length", "language", "unfinished", "repetition"]},
+        "train": train,
+        "evaluate": {"split": "test", "head_only": True},
+    }
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    blspdata("run", path, "--no-progress", "--no-report", cwd=folder)
+    return folder / "run"
 
 
 def tone(seconds: float, rate: int = 16000, freq: float = 220.0) -> np.ndarray:
