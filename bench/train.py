@@ -15,12 +15,15 @@ bench-out/train/models):
              `ours-wN`), data.featurize (log-mel, tokenize),
              loop.stage2_emotion_alignment (encoder -> adapter -> build_batch -> LLM logits,
              gathered at the continuation -> cross-entropy, + emotion head), backward,
-             gradient clipping (1.0), AdamW, cosine schedule with warm-up. The loop is
+             gradient clipping (1.0), AdamW, cosine schedule with linear warm-up (`train
+             --schedule cosine`: Trainer has none like the default warmup_decay). The loop is
              written out here, line for line as in train(), so that steps can be timed one
              by one (train() itself adds a JSON line per step to metrics.jsonl, and
              checkpoints).
     trainer  the straightforward way: a torch Dataset whose __getitem__ decodes one row's
-             FLAC, makes its log-mel features and tokenizes its continuation; a collator that
+             FLAC, makes its log-mel features and tokenizes its continuation, ending a finished
+             one with the chat template's end of turn as train() does (SmolLM2:
+             `<|im_end|>`, newline, `<|endoftext|>`; not a bare eos_token); a collator that
              lays out each row as prompt-before + speech placeholders + prompt-after +
              continuation token ids (right-padded), with `labels` -100 everywhere but the
              continuation; an nn.Module whose forward runs BLSPModel's own pieces (encoder,
@@ -169,7 +172,7 @@ class Rig:
 
         from blspdata.train.loop import (STAGE2_INSTRUCTION, SYSTEM_EMPATHY, TrainConfig, decode_audio, load_rows,
                                          usable)
-        from blspdata.train.model import BLSPModel, ModelConfig, Prompt, autocast, base_dtype
+        from blspdata.train.model import BLSPModel, ModelConfig, Prompt, autocast, base_dtype, end_of_turn
 
         torch.manual_seed(SEED)
         self.device = torch.device(device)
@@ -186,12 +189,15 @@ class Rig:
         self.order = (keep * (need // len(keep) + 1))[:need]  # in order, cycled if the steps need more rows
         # Per-row token counts (untimed): continuation as collate tokenizes it, and the sequence.
         tokenizer, encoder_frames = self.model.tokenizer, self.model.encoder.config.max_source_positions
+        # What a finished continuation ends with (train()'s data.continuation_ids; docs/DECISIONS.md,
+        # "End of a finished continuation"). No cut at max_length: usable() skips longer rows.
+        self.end = end_of_turn(tokenizer)
         prompt_len = len(self.prompt.before) + len(self.prompt.after)
         self.cont, self.total = {}, {}
         for index in set(self.order):
             row = self.dataset[index]
-            cont = len(tokenizer(row["continuation"], add_special_tokens=False).input_ids[: self.cfg.max_length])
-            cont += bool(row["finished"])
+            cont = len(tokenizer(row["continuation"], add_special_tokens=False).input_ids)
+            cont += len(self.end) if row["finished"] else 0
             self.cont[index] = cont
             self.total[index] = prompt_len + speech_frames(len(decode_audio(row, None)), encoder_frames) + cont
 
@@ -255,7 +261,7 @@ def run_ours(rig: Rig, warmup: int, steps: int, batch_size: int, data_workers: i
     total = warmup + steps
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def schedule(step: int) -> float:  # train()'s cosine with linear warm-up over the warm-up steps
+    def schedule(step: int) -> float:  # train --schedule cosine: linear warm-up over the warm-up steps
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
@@ -327,9 +333,9 @@ def run_trainer(rig: Rig, warmup: int, steps: int, batch_size: int) -> dict:
             audio, _ = sf.read(io.BytesIO(row["audio"]["bytes"]), dtype="float32")
             audio = audio if audio.ndim == 1 else audio.mean(axis=1)
             features = extractor(audio, sampling_rate=16000, return_tensors="pt").input_features[0]
-            ids = tokenizer(row["continuation"], add_special_tokens=False).input_ids[: rig.cfg.max_length]
+            ids = tokenizer(row["continuation"], add_special_tokens=False).input_ids
             if row["finished"]:
-                ids = ids + [tokenizer.eos_token_id]
+                ids = ids + rig.end  # the template's end of turn, as train() ends a finished continuation
             item = {"input_features": features, "num_samples": len(audio), "continuation": ids,
                     "emotion": -100 if row["emotion"] is None else row["emotion"]}
             clock["data"] += time.perf_counter() - start
