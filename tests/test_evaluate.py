@@ -71,12 +71,10 @@ def cli(*args, timeout: int = 600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> tuple[Path, Path]:
-    """(checkpoint, dataset): stage 2 trained one step on the IEMOCAP sample."""
-    from blspdata.train.demo_models import smollm2, tiny_whisper
-
+def checkpoint(tmp_path_factory, demo_models) -> tuple[Path, Path]:
+    """(checkpoint, dataset): stage 2 trained one step on the IEMOCAP sample (conftest's models)."""
     work = tmp_path_factory.mktemp("ser")
-    encoder, llm = tiny_whisper(work / "tiny-whisper"), smollm2(work / "smollm2")
+    encoder, llm = demo_models["encoder"], demo_models["llm"]
     continuations = work / "iemocap.emotion.jsonl"
     cli("generate", SAMPLE / "iemocap.jsonl", "-o", continuations, "--task", "emotion", "--backend", "dry-run",
         "--max-new-tokens", "8", "--no-progress")

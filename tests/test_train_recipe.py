@@ -60,10 +60,8 @@ def llama_style_tokenizer(folder: Path):
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory) -> Path:
-    from blspdata.train.demo_models import tiny_whisper
-
-    return tiny_whisper(tmp_path_factory.mktemp("whisper") / "tiny-whisper")
+def encoder(demo_encoder) -> Path:
+    return demo_encoder  # conftest: the demo's tiny Whisper, made once a session
 
 
 QWEN_CODE = '''"""A Qwen-7B-Chat stand-in: a model class that ships with the checkpoint (auto_map)."""
