@@ -346,6 +346,8 @@ def sort_rows(path: Path, position: Callable[[dict[str, Any]], int | None]) -> b
 
     if not path.exists():
         return False
+    if _in_order(path, position):  # a resume with nothing left to do: one pass, no per-row memory
+        return False
     keys, offsets, lengths = array("q"), array("q"), array("q")
     with open(path, "rb") as handle:
         offset = 0
@@ -368,6 +370,22 @@ def sort_rows(path: Path, position: Callable[[dict[str, Any]], int | None]) -> b
             target.write(line if line.endswith(b"\n") else line + b"\n")
         target.flush()
         os.fsync(target.fileno())
+    return True
+
+
+def _in_order(path: Path, position: Callable[[dict[str, Any]], int | None]) -> bool:
+    """Whether `path`'s rows are already in `position` order (rows without one last), with no
+    blank lines: what sort_rows would leave as it is."""
+    last = -1
+    with open(path, "rb") as handle:
+        for index, line in enumerate(handle):
+            if not line.strip():
+                return False
+            where = position(orjson.loads(line))
+            key = where if where is not None else (1 << 40) + index
+            if key < last:
+                return False
+            last = key
     return True
 
 
