@@ -207,9 +207,10 @@ def recover(path: Path) -> DoneIds:
     if bad is not None:
         with open(path, "rb+") as handle:
             handle.truncate(good)
-    return DoneIds([path], np.frombuffer(hashes, np.uint64).copy() if hashes else np.zeros(0, np.uint64),
-                   np.frombuffer(offsets, np.int64).copy() if offsets else np.zeros(0, np.int64),
-                   np.frombuffer(lengths, np.uint32).copy() if lengths else np.zeros(0, np.uint32), first_generator)
+    # Views of the arrays (no copy): DoneIds keeps sorted copies, and these go with them.
+    return DoneIds([path], np.frombuffer(hashes, np.uint64) if hashes else np.zeros(0, np.uint64),
+                   np.frombuffer(offsets, np.int64) if offsets else np.zeros(0, np.int64),
+                   np.frombuffer(lengths, np.uint32) if lengths else np.zeros(0, np.uint32), first_generator)
 
 
 def exclusive(path: Path) -> contextlib.AbstractContextManager[None]:

@@ -260,6 +260,9 @@ def _generate_locked(manifest: Path, out: Path, job: Job, engine_spec: dict[str,
     recover(rejects)  # a torn last line is cut before anything reads or rewrites the file
     retried = _release_transient(manifest, out, job, kept) if retry_rejects else 0
     done = kept | recover(rejects)  # compact: 64-bit hashes, a hit confirmed against the row (resume.DoneIds)
+    previous_generator = kept.first_generator
+    kept.close()
+    del kept  # `done` holds its rows too: one copy of the done ids, not two
     summary = Summary(output=str(out), already_done=len(done), retried=retried,
                       rejects=Rejects(rejects, strict=strict, error=GenerateError))
     total = sum(1 for _ in manifest_rows(manifest, job, done))
@@ -267,7 +270,7 @@ def _generate_locked(manifest: Path, out: Path, job: Job, engine_spec: dict[str,
         total = min(total, max(0, limit - len(done)))
 
     def check_settings(generator: dict[str, Any]) -> None:
-        previous = kept.first_generator
+        previous = previous_generator
         if previous is not None and previous != generator:
             raise GenerateError(f"{out} holds rows made with other settings ({previous}); now: {generator}. "
                                 "Use another output, or delete it to start over.")
