@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import unicodedata
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
@@ -104,40 +104,49 @@ def _as_is(record: Record) -> bool:
     return (rate, channels, bits) == (RATE, 1, 16) and abs(frames / RATE - record.duration) <= 1 / RATE
 
 
-def _encode_row(job: tuple[dict[str, Any], str, str | None]) -> dict[str, Any] | Reject:
-    """A record -> a row of the published dataset (audio cut and encoded, in a worker)."""
-    row, audio_mode, audio_root = job
-    record = Record(**row)  # checked when it was staged (_stage wrote it from a Record)
-    out = {k: v for k, v in row.items()}
+def _cut_and_encode(job: tuple[str, float, float] | None) -> tuple[bytes, float] | tuple[str, str] | None:
+    """In a worker: a segment decoded, downmixed, resampled and FLAC-encoded, as (payload,
+    seconds), or (reason, detail) when it cannot be; None for a row with no audio work (its
+    file is copied as it is, or only its path is published). Only this crosses the pool's
+    pipes: the row itself stays in the writing process."""
+    if job is None:
+        return None
+    path, offset, duration = job
+    try:
+        samples = read_segment(path, offset, duration)
+    except Exception as exc:  # missing file, corrupt audio, bad seek
+        return "audio_unreadable", f"{type(exc).__name__}: {exc}"
+    if samples.size == 0:
+        return "audio_empty", "the segment has no samples"
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, RATE, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue(), len(samples) / RATE
+
+
+def _encode_row(row: dict[str, Any], record: Record, audio_mode: str, audio_root: str | None, as_is: bool,
+                encoded: tuple | None) -> dict[str, Any] | Reject:
+    """A record -> a row of the published dataset, with its audio: the path (`--audio path`),
+    the file to copy as it is (`_read_from`, read by the shard writer), or `encoded` from
+    `_cut_and_encode`."""
+    out = dict(row)
     out["extra"] = json.dumps(record.extra, ensure_ascii=False, sort_keys=True)
     out["generator"] = json.dumps(record.generator, sort_keys=True) if record.generator is not None else None
     if audio_mode == "path":
         out["audio"] = os.path.relpath(record.audio, audio_root) if audio_root else record.audio
         return out
     payload = None
-    if _as_is(record):  # already 16 kHz mono 16-bit FLAC and the whole file: copied as it is, by the
+    if as_is:  # already 16 kHz mono 16-bit FLAC and the whole file: copied as it is, by the
         out["_read_from"] = record.audio  # writing process (its bytes need not cross the pool's pipes)
+    elif isinstance(encoded[0], str):
+        reason, detail = encoded
+        return Reject(reason, record.audio, detail, id=record.id, record=row)
     else:
-        try:
-            samples = read_segment(record.audio, record.offset, record.duration)
-        except Exception as exc:  # missing file, corrupt audio, bad seek
-            return Reject("audio_unreadable", record.audio, f"{type(exc).__name__}: {exc}", id=record.id, record=row)
-        if samples.size == 0:
-            return Reject("audio_empty", record.audio, "the segment has no samples", id=record.id, record=row)
-        buffer = io.BytesIO()
-        sf.write(buffer, samples, RATE, format="FLAC", subtype="PCM_16")
-        payload = buffer.getvalue()
-        out["duration"] = len(samples) / RATE
+        payload, out["duration"] = encoded
     out["audio"] = {"bytes": payload, "path": f"{record.id.replace('/', '__')}.flac"}
     out["extra"] = json.dumps({**record.extra, "source_audio": record.audio, "source_offset": record.offset},
                               ensure_ascii=False, sort_keys=True)
     out.update(offset=0.0, sample_rate=RATE)
     return out
-
-
-def _encode_tagged(job: tuple[Any, tuple]) -> tuple[Any, dict[str, Any] | Reject]:
-    tag, inner = job
-    return tag, _encode_row(inner)
 
 
 def _audio_column(rows: list[dict], audio_type):
@@ -332,16 +341,27 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
                         folder = build / config if fmt == "arrow" else build / "data" / config
                         writers[(config, split)] = _ShardWriter(folder, split, fmt, audio, max_bytes, hasher)
                 total = sum(staged_rows.values())
-                jobs_iter = (((config, split), (row, audio, str(audio_root) if audio_root else None))
-                             for config, split in writers for _, row, _ in iter_jsonl(staging[config][split]))
+                root = str(audio_root) if audio_root else None
+                queued: deque = deque()  # the rows whose audio work is in flight, in order (bounded by ordered_map)
+
+                def audio_work():
+                    for key in writers:
+                        for _, row, _ in iter_jsonl(staging[key[0]][key[1]]):
+                            record = Record(**row)  # checked when it was staged (_stage wrote it from a Record)
+                            as_is = audio == "embed" and _as_is(record)
+                            queued.append((key, row, record, as_is))
+                            yield None if audio == "path" or as_is else (record.audio, record.offset, record.duration)
+
                 from tqdm import tqdm
 
                 with tqdm(total=total, desc="publish", unit=" rows", disable=not progress) as bar:
                     previous = None
-                    for key, result in ordered_map(_encode_tagged, jobs_iter, jobs, chunk_size=16):
+                    for encoded in ordered_map(_cut_and_encode, audio_work(), jobs, chunk_size=16):
+                        key, row, record, as_is = queued.popleft()
                         if key != previous and previous is not None:
                             writers[previous].close()  # rows come split by split: its shards can be hashed now
                         previous = key
+                        result = _encode_row(row, record, audio, root, as_is, encoded)
                         if not isinstance(result, Reject):
                             result = writers[key].add(result)  # a file that cannot be opened: a Reject
                         if result is not None:

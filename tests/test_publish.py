@@ -235,3 +235,34 @@ def test_the_card_escapes_record_text(tmp_path: Path):
            "&amp;amp; --- license: mit # Heading</td>" in html
     assert "<code>&lt;img src=x onerror=alert(1)&gt;</code>" in html and "&lt;u&gt;mine&lt;/u&gt;" in html
     assert blspdata("verify", out).returncode == 0
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_audio_that_cannot_be_read_is_a_reject_and_the_other_rows_are_published(records, tmp_path: Path, jobs):
+    """A file gone since curate, a FLAC whose header is garbage (so it is not copied as it is
+    but sent to the decoder) and a WAV cut to its header: each one reject with its reason and
+    file, in input order, with one worker or two; every other row published with its bytes."""
+    rows = read_jsonl(records[0])[:6]  # LibriSpeech: whole 16 kHz FLAC files, copied as they are
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "garbage.flac").write_bytes(b"fLaC" + os.urandom(2000))
+    header_only = broken / "header.wav"
+    sf.write(header_only, np.zeros(16000, np.float32), 16000)
+    header_only.write_bytes(header_only.read_bytes()[:44])
+    rows[1] = {**rows[1], "audio": str(tmp_path / "gone.flac")}
+    rows[2] = {**rows[2], "audio": str(broken / "garbage.flac")}
+    rows[3] = {**rows[3], "audio": str(header_only), "sample_rate": 16000}
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "ds"
+    result = blspdata("publish", data, "-o", out, "--jobs", jobs, "--no-progress", cwd=REPO)
+    rejects = read_jsonl(out.with_name("ds.rejects.jsonl"))
+    assert [(r["id"], r["reason"]) for r in rejects] == [
+        (rows[1]["id"], "audio_unreadable"), (rows[2]["id"], "audio_unreadable"), (rows[3]["id"], "audio_empty")]
+    assert {r["source"] for r in rejects} == {rows[1]["audio"], rows[2]["audio"], rows[3]["audio"]}
+    assert "rejected 3" in result.stderr + result.stdout
+    published = datasets.load_from_disk(str(out / "semantic"))
+    kept = [row for split in published.values() for row in split.cast_column("audio", datasets.Audio(decode=False))]
+    assert sorted(row["id"] for row in kept) == sorted(rows[i]["id"] for i in (0, 4, 5))
+    for row in kept:  # copied as it is: the published bytes are the source file's
+        assert row["audio"]["bytes"] == Path(REPO / next(r["audio"] for r in rows if r["id"] == row["id"])).read_bytes()
