@@ -331,7 +331,9 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
         # Rejects are written as they come; the file is committed once the build is whole, just
         # before the dataset is put in place (a failure on the way commits neither).
         with Rejects(out.with_name(out.name + ".rejects.jsonl"), strict=strict, error=PublishError) as rejects:
-            staging, staged_rows, provenance = _stage(inputs, work, validation, test, rejects)
+            staging, staged_rows, provenance, audio_work = _stage(inputs, work, validation, test, rejects, audio)
+            if not audio_work:  # only paths, or files copied as they are: workers would only pass rows on
+                jobs = 1
             build = work / "dataset"
             build.mkdir()
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as hasher:
@@ -394,12 +396,14 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
     return {"rows": dict(counts), "rejected": rejects.reasons, "summary": rejects.render()}
 
 
-def _stage(inputs: list[Path], work: Path, validation: float, test: float, rejects: Rejects):
+def _stage(inputs: list[Path], work: Path, validation: float, test: float, rejects: Rejects, audio: str = "embed"):
     """Sort the input rows into per-(config, split) JSONL files, the rows that are not
-    generated records (or repeat a (task, id)) into `rejects`; count the provenance."""
+    generated records (or repeat a (task, id)) into `rejects`; count the provenance, and the
+    rows whose audio must be decoded and encoded (not copied as it is)."""
     staging: dict[str, dict[str, Path]] = defaultdict(dict)
     writers: dict[tuple[str, str], Any] = {}
     staged_rows: Counter = Counter()
+    audio_work = 0
     seen = SeenIds()  # (task, id): ids repeat across tasks, never within one
     provenance = {"corpora": Counter(), "hours": Counter(), "generators": {}, "curate": [], "inputs": []}
     try:
@@ -428,6 +432,7 @@ def _stage(inputs: list[Path], work: Path, validation: float, test: float, rejec
                     writers[key] = open(staging[record.task][split], "wb")
                 writers[key].write(orjson.dumps(record.to_dict()) + b"\n")
                 staged_rows[key] += 1
+                audio_work += audio == "embed" and not _as_is(record)
                 provenance["corpora"][f"{record.task}/{record.corpus}"] += 1
                 provenance["hours"][f"{record.task}/{record.corpus}"] += record.duration / 3600
                 if record.generator is not None:
@@ -435,7 +440,7 @@ def _stage(inputs: list[Path], work: Path, validation: float, test: float, rejec
     finally:
         for handle in writers.values():
             handle.close()
-    return staging, staged_rows, provenance
+    return staging, staged_rows, provenance, audio_work
 
 
 def _stats_beside(path: Path) -> dict | None:
