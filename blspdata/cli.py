@@ -107,6 +107,9 @@ def _default_jobs() -> int:
 
 OutOpt = typer.Option(..., "--out", "-o", help="Manifest to write (.jsonl or .jsonl.gz).")
 JobsOpt = typer.Option(None, "--jobs", "-j", min=1, help="Worker processes for audio reading [default: CPU count].")
+PublishJobsOpt = typer.Option(None, "--jobs", "-j", min=1, help="Worker processes that decode, resample and encode "
+                              "audio; one process when no row needs it (only --audio path, or 16 kHz mono FLAC files "
+                              "copied as they are) [default: CPU count].")
 StrictOpt = typer.Option(False, "--strict", help="Stop with a non-zero exit at the first bad input instead of rejecting it.")
 NormOpt = typer.Option(Normalizer.light, "--normalizer", help="Transcript normalisation for `text` (raw kept in `raw_text`): "
                        "light = drop [annotations], lower-case ALL-CAPS corpora, keep punctuation; "
@@ -667,7 +670,7 @@ def publish_command(
     push_to_hub: Optional[str] = _setting(PublishSettings, "push_to_hub", "--push-to-hub"),
     private: bool = _setting(PublishSettings, "private", "--private"),
     dry_run: bool = typer.Option(False, "--dry-run", help="With --push-to-hub: list what would go up, upload nothing."),
-    jobs: Optional[int] = JobsOpt, strict: bool = StrictOpt, progress: bool = ProgressOpt,
+    jobs: Optional[int] = PublishJobsOpt, strict: bool = StrictOpt, progress: bool = ProgressOpt,
 ) -> None:
     """Publish curated records as Hugging Face Arrow/Parquet shards with a dataset card.
 
