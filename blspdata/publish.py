@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 import os
 import shutil
@@ -156,9 +157,7 @@ def _audio_column(rows: list[dict], audio_type):
     import pyarrow as pa
 
     sizes = [audio["size"] if "fd" in audio else len(audio["bytes"]) for audio in (row["audio"] for row in rows)]
-    offsets = [0]
-    for size in sizes:
-        offsets.append(offsets[-1] + size)
+    offsets = [0, *itertools.accumulate(sizes)]
     buffer = pa.allocate_buffer(offsets[-1])
     view = memoryview(buffer).cast("B")  # pyarrow gives format "b"; bytes are "B"
     try:
@@ -188,10 +187,10 @@ class _ShardWriter:
     layout) or Parquet shards (the Hub layout), cut at `max_bytes`: each row is written once,
     with no intermediate dataset and no re-encoding pass."""
 
-    def __init__(self, folder: Path, split: str, fmt: str, audio: str, max_bytes: int, hasher=None):
+    def __init__(self, folder: Path, split: str, fmt: str, audio: str, max_bytes: int, hasher):
         self.folder, self.split, self.fmt, self.audio, self.max_bytes = folder, split, fmt, audio, max_bytes
         self.hasher = hasher  # an executor: each finished shard's SHA-256 is computed beside the writing
-        self.checksums: dict[Path, Any] = {}  # final shard path -> its SHA-256 (a future with a hasher)
+        self.checksums: dict[Path, Any] = {}  # final shard path -> the future of its SHA-256
         self.closed = False
         self.features = features(audio)
         self.schema = self.features.arrow_schema
@@ -257,7 +256,7 @@ class _ShardWriter:
         self.writer = None
         part = self.shards[-1]
         handle = open(part, "rb")  # opened now: the shard is renamed before the hasher may get to it
-        self.checksums[part] = self.hasher.submit(_sha256_file, handle) if self.hasher else _sha256_file(handle)
+        self.checksums[part] = self.hasher.submit(_sha256_file, handle)
 
     def _open(self) -> None:
         import pyarrow as pa
@@ -331,8 +330,8 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
         # Rejects are written as they come; the file is committed once the build is whole, just
         # before the dataset is put in place (a failure on the way commits neither).
         with Rejects(out.with_name(out.name + ".rejects.jsonl"), strict=strict, error=PublishError) as rejects:
-            staging, staged_rows, provenance, audio_work = _stage(inputs, work, validation, test, rejects, audio)
-            if not audio_work:  # only paths, or files copied as they are: workers would only pass rows on
+            staging, staged_rows, provenance, needs_work = _stage(inputs, work, validation, test, rejects, audio)
+            if not needs_work:  # only paths, or files copied as they are: workers would only pass rows on
                 jobs = 1
             build = work / "dataset"
             build.mkdir()
@@ -349,8 +348,8 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
                 def audio_work():
                     for key in writers:
                         for _, row, _ in iter_jsonl(staging[key[0]][key[1]]):
+                            as_is = row.pop("_as_is")  # decided when it was staged
                             record = Record(**row)  # checked when it was staged (_stage wrote it from a Record)
-                            as_is = audio == "embed" and _as_is(record)
                             queued.append((key, row, record, as_is))
                             yield None if audio == "path" or as_is else (record.audio, record.offset, record.duration)
 
@@ -399,11 +398,12 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
 def _stage(inputs: list[Path], work: Path, validation: float, test: float, rejects: Rejects, audio: str = "embed"):
     """Sort the input rows into per-(config, split) JSONL files, the rows that are not
     generated records (or repeat a (task, id)) into `rejects`; count the provenance, and the
-    rows whose audio must be decoded and encoded (not copied as it is)."""
+    rows whose audio must be decoded and encoded. Each staged row carries `_as_is` (copied as it
+    is, so its FLAC header is read once)."""
     staging: dict[str, dict[str, Path]] = defaultdict(dict)
     writers: dict[tuple[str, str], Any] = {}
     staged_rows: Counter = Counter()
-    audio_work = 0
+    needs_work = 0
     seen = SeenIds()  # (task, id): ids repeat across tasks, never within one
     provenance = {"corpora": Counter(), "hours": Counter(), "generators": {}, "curate": [], "inputs": []}
     try:
@@ -430,9 +430,10 @@ def _stage(inputs: list[Path], work: Path, validation: float, test: float, rejec
                 if key not in writers:
                     staging[record.task][split] = work / f"{record.task}-{split}.jsonl"
                     writers[key] = open(staging[record.task][split], "wb")
-                writers[key].write(orjson.dumps(record.to_dict()) + b"\n")
+                as_is = audio == "embed" and _as_is(record)  # the header is read once, here
+                writers[key].write(orjson.dumps({**record.to_dict(), "_as_is": as_is}) + b"\n")
                 staged_rows[key] += 1
-                audio_work += audio == "embed" and not _as_is(record)
+                needs_work += audio == "embed" and not as_is
                 provenance["corpora"][f"{record.task}/{record.corpus}"] += 1
                 provenance["hours"][f"{record.task}/{record.corpus}"] += record.duration / 3600
                 if record.generator is not None:
@@ -440,7 +441,7 @@ def _stage(inputs: list[Path], work: Path, validation: float, test: float, rejec
     finally:
         for handle in writers.values():
             handle.close()
-    return staging, staged_rows, provenance, audio_work
+    return staging, staged_rows, provenance, needs_work
 
 
 def _stats_beside(path: Path) -> dict | None:

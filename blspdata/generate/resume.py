@@ -24,8 +24,8 @@ import orjson
 
 from blspdata.errors import BlspdataError
 from blspdata import locks
-from blspdata.records import (JsonlWriter, atomic_path, iter_jsonl, owned_temp_prefix, remove_dead_leftovers,
-                              sidecar)
+from blspdata.records import (JsonlWriter, atomic_path, iter_jsonl, key_hash, owned_temp_prefix,
+                              remove_dead_leftovers, sidecar)
 
 
 class ResumeError(BlspdataError, ValueError):
@@ -51,8 +51,8 @@ def shard_of(record_id: str, count: int) -> int:
 
 
 def id_hash(record_id: str) -> int:
-    """A record id's 64-bit hash (blake2b), what the compact id sets below hold."""
-    return int.from_bytes(hashlib.blake2b(record_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big")
+    """A record id's 64-bit hash (records.key_hash), what the compact id sets below hold."""
+    return key_hash(record_id)
 
 
 def _key_hash(record_id: Any) -> int:
