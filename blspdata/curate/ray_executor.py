@@ -79,10 +79,6 @@ class Verdicts:
         return len(self._codes)
 
 
-def _ray():
-    return start_ray(CurateError)
-
-
 _HASHERS: dict[tuple, NearDuplicates] = {}
 
 
@@ -155,7 +151,7 @@ def duplicates_on_ray(rows: Iterable[tuple[Record | None, str | None, int]], ded
     with a record and no reason are deduplicated."""
     import pyarrow as pa
 
-    ray = _ray()
+    ray = start_ray(CurateError)
     exact = dedup.exact_dedup
     near = (dedup.near_dup_threshold, dedup.num_perm, dedup.ngram) if dedup.near_dedup else None
     verdicts = Verdicts()
