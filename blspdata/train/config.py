@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from blspdata.errors import BlspdataError
-from blspdata.options import option, shown  # a field with its help: the flags' help and the run config's schema
+from blspdata.options import checked, option, options, shown  # a field with its help: the flags' help and the run config's schema
 
 
 class TrainError(BlspdataError, ValueError):
@@ -103,8 +103,8 @@ class TrainConfig:
         for key, allowed in CHOICES.items():
             if getattr(self, key) not in allowed:
                 raise TrainError(f"{key} {getattr(self, key)!r}: expected one of {', '.join(allowed)}")
-        if self.data_workers is not None and (type(self.data_workers) is not int or self.data_workers < 0):
-            raise TrainError(f"data_workers {self.data_workers!r}: expected a whole number >= 0")
+        f, kind = options(TrainConfig)["data_workers"]  # its type and bounds, as the option declares them
+        checked("data_workers", self.data_workers, kind, f, TrainError)
 
 
 CHOICES = {"schedule": ("warmup_decay", "cosine", "linear"), "warmup_type": ("log", "linear"),
