@@ -170,8 +170,8 @@ class Rig:
     def __init__(self, device: str, batch_size: int, total_steps: int, encoder: str, llm: str, dtype: str):
         import torch
 
-        from blspdata.train.loop import (STAGE2_INSTRUCTION, SYSTEM_EMPATHY, TrainConfig, decode_audio, load_rows,
-                                         usable)
+        from blspdata.train.loop import (STAGE2_INSTRUCTION, SYSTEM_EMPATHY, TrainConfig, continuation_ids,
+                                         decode_audio, load_rows, usable)
         from blspdata.train.model import BLSPModel, ModelConfig, Prompt, autocast, base_dtype, end_of_turn
 
         torch.manual_seed(SEED)
@@ -196,8 +196,7 @@ class Rig:
         self.cont, self.total = {}, {}
         for index in set(self.order):
             row = self.dataset[index]
-            cont = len(tokenizer(row["continuation"], add_special_tokens=False).input_ids)
-            cont += len(self.end) if row["finished"] else 0
+            cont = len(continuation_ids(tokenizer, row, self.end))  # what train() feeds, end of turn included
             self.cont[index] = cont
             self.total[index] = prompt_len + speech_frames(len(decode_audio(row, None)), encoder_frames) + cont
 
