@@ -87,7 +87,7 @@ def stage2(demo_recipe_run) -> Path:
     return demo_recipe_run / "train" / "stage2"
 
 
-def test_stage2_lowers_ce_and_learns_emotion_from_prosody(stage2: Path, demo_recipe_run: Path):
+def test_stage2_lowers_ce_and_learns_emotion_from_prosody(stage2: Path, demo_recipe_run: Path, tmp_path: Path):
     dataset = demo_recipe_run / "dataset"
     rows = metrics(stage2)
     ce = [m["response_ce"] for m in rows]
@@ -95,8 +95,9 @@ def test_stage2_lowers_ce_and_learns_emotion_from_prosody(stage2: Path, demo_rec
     names = __import__("safetensors.torch", fromlist=["load_file"]).load_file(
         str(stage2 / "final" / "model.safetensors")).keys()
     assert any("lora_" in n for n in names)
-    result = blspdata("evaluate", "ser", stage2 / "final", dataset, "--split", "train", "--head-only")
-    accuracy = json.loads((stage2 / "final" / "ser-train" / "ser.json").read_text())["head_accuracy"]
+    result = blspdata("evaluate", "ser", stage2 / "final", dataset, "--split", "train", "--head-only",
+                      "-o", tmp_path / "ser-train")  # not into the shared demo run
+    accuracy = json.loads((tmp_path / "ser-train" / "ser.json").read_text())["head_accuracy"]
     # 5 classes: chance is 0.2, always answering the largest class 0.26; 24 steps reached 0.4-0.5, the
     # recipe's 48 measured 0.58 (its CE fell by 4.2 from the first 6 steps to the last 6)
     assert accuracy >= 0.35, result.stdout
@@ -315,7 +316,7 @@ def test_data_workers_train_the_same_steps_and_count_unreadable_audio(models, da
     for a, b in zip(plain, workers):
         assert a["response_kl"] == pytest.approx(b["response_kl"], rel=1e-5, abs=1e-7)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5, abs=1e-7)
-        assert b["data_wait_s"] >= 0
+        assert "data_wait_s" in a and "data_wait_s" in b  # each step says how long it waited for its data
     skipped = [line.rpartition("skipped ")[2] for line in summaries[0].splitlines() if "skipped" in line]
     assert skipped and "'audio_unreadable'" in skipped[0], summaries[0]
     assert summaries[0].rpartition("skipped ")[2] == summaries[2].rpartition("skipped ")[2]
