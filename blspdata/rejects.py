@@ -3,8 +3,8 @@ reasons, print one summary block.
 
 Every stage (ingest, generate, curate, publish) decides per input row "keep" or "drop, and
 why"; a dropped one is a `records.Reject`. A `Rejects` takes them: it cuts a huge detail
-(`errors.cut`), stops at the first one under `--strict` (raising the stage's error with the
-reject's one-line message, before anything is written or committed), writes the row to the
+(`errors.cut`), stops at the first one under `--strict` (`stop`: raising the stage's error with
+the reject's one-line message, before anything is written or committed), writes the row to the
 rejects file and counts its reason. As a context manager it writes the file atomically
 (`records.JsonlWriter`): committed when the block ends cleanly, nothing (and an earlier file
 left whole) when it fails. A stage that appends as it goes (generate, so it can resume)
@@ -26,7 +26,7 @@ import dataclasses
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from blspdata.errors import BlspdataError, cut
 from blspdata.records import JsonlWriter, Reject
@@ -85,10 +85,9 @@ class Rejects:
         """Write `reject` (its detail cut to `max_detail`) and count its reason; under
         `strict`, raise the stage's error instead. `key`: the row's `id` when the reject has
         none (generate finds a malformed row's reject again by its location)."""
-        if len(reject.detail) > self.max_detail:
-            reject = dataclasses.replace(reject, detail=cut(reject.detail, self.max_detail))
+        reject = self._cut(reject)
         if self.strict:
-            raise self.error(reject.message())
+            self.stop(reject)
         if self._writer is None:
             raise RuntimeError(f"Rejects({self.path}).add outside its `with` block (or write_to)")
         row = reject.to_dict()
@@ -96,6 +95,17 @@ class Rejects:
             row.setdefault("id", key)
         self._writer.write(row)
         self.reasons[reject.reason] += 1
+
+    def stop(self, reject: Reject) -> NoReturn:
+        """Raise the stage's error with `reject`'s one line, its detail cut to `max_detail`:
+        what `add` does under `strict`, and what a stage calls itself where only some rejects
+        stop it (curate --strict: bad input rows, not the filters' verdicts on good ones)."""
+        raise self.error(self._cut(reject).message())
+
+    def _cut(self, reject: Reject) -> Reject:
+        if len(reject.detail) <= self.max_detail:
+            return reject
+        return dataclasses.replace(reject, detail=cut(reject.detail, self.max_detail))
 
     # -------------------------------------------------------------------- summary
 

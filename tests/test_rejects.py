@@ -85,6 +85,20 @@ def test_strict_stops_at_the_first_reject_and_commits_nothing(tmp_path: Path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.rejects.jsonl"]  # no temporary left behind
 
 
+def test_a_stage_that_stops_on_some_rejects_only_stops_with_the_same_cut_line(tmp_path: Path):
+    """curate --strict stops at a bad input row but writes its filters' drops: it calls `stop`
+    itself, and the user reads the same one line (its detail cut) as under `strict`."""
+    path = tmp_path / "out.rejects.jsonl"
+    with pytest.raises(StageError) as stopped:
+        with Rejects(path, error=StageError) as rejects:
+            rejects.add(Reject("refusal", "g.jsonl:1", id="c/train/1"))  # not strict: written
+            rejects.stop(Reject("invalid_row:text", "g.jsonl:2", "y" * 100_000, id="c/train/2"))
+    message = str(stopped.value)
+    assert message.startswith("g.jsonl:2 (c/train/2): invalid_row:text: yyy") and "100,000 characters" in message
+    assert len(message) < MAX_DETAIL + 80
+    assert not path.exists() and rejects.total == 1  # the block failed: nothing committed
+
+
 def test_a_failing_stage_commits_no_rejects(tmp_path: Path):
     path = tmp_path / "sub" / "out.rejects.jsonl"
     with pytest.raises(RuntimeError, match="disk on fire"):

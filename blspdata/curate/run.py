@@ -28,7 +28,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NoReturn
 
 import numpy as np
 from tqdm import tqdm
@@ -38,10 +38,9 @@ from blspdata.curate.dedup import (ExactDuplicates, NearDuplicates, duplicate_re
                                    transcript_group)
 from blspdata.curate.filters import FILTERS, FilterSettings, cached_words, first_reason
 from blspdata.curate.options import CurateError, DedupSettings, checked, names, options
-from blspdata.errors import cut
 from blspdata.records import JsonlWriter, Record, Reject, SeenIds, read_rows, sidecar, write_json
 # reason_family: its name here before rejects.py
-from blspdata.rejects import MAX_DETAIL, Rejects, family as reason_family
+from blspdata.rejects import Rejects, family as reason_family
 
 LENGTH_BINS = [0, 5, 10, 15, 20, 25, 30, 40, 60, 100, 200]
 LABEL_SHARE_GAP = 0.2   # 60% of sad rows kept against 90% of the rest is a warning; 80% against 90% is not
@@ -64,7 +63,7 @@ class Stats:
 
     def __post_init__(self) -> None:
         if self.rejects is None:
-            self.rejects = Rejects(sidecar(self.output, "rejects.jsonl"), by_family=True)
+            self.rejects = Rejects(sidecar(self.output, "rejects.jsonl"), error=CurateError, by_family=True)
 
     @property
     def reasons(self) -> Counter:
@@ -226,12 +225,13 @@ def settings_from(config: str | Path | None, flags: dict[str, Any]) -> tuple[Fil
     return filters, dedup
 
 
-def _rows(inputs: Iterable[Path], strict: bool = False) -> Iterator[tuple[str, Record | None, dict | None, str, str]]:
+def _rows(inputs: Iterable[Path], stop: Callable[[Reject], NoReturn] | None = None
+          ) -> Iterator[tuple[str, Record | None, dict | None, str, str]]:
     """`(location, record, row, reason, detail)` per input row; a row that is not a record
     (records.read_row: `malformed_row`, `invalid_row:<field>`) comes with its reason, and the
-    second and later rows of one (task, id) as `duplicate_id`. `strict` (--strict): the first
-    such row raises CurateError with its reject's one line instead; bad input stops curate,
-    the filters' and dedup's verdicts on good rows do not."""
+    second and later rows of one (task, id) as `duplicate_id`. `stop` (--strict: the rejects'
+    `Rejects.stop`) is handed the first such row's reject instead, and raises; bad input stops
+    curate, the filters' and dedup's verdicts on good rows do not."""
     seen = SeenIds()
     for path in inputs:
         for item in read_rows(path):
@@ -245,9 +245,8 @@ def _rows(inputs: Iterable[Path], strict: bool = False) -> Iterator[tuple[str, R
             else:
                 yield location, record, row, "", ""
                 continue
-            if strict:
-                record_id = record.id if record else (row or {}).get("id")
-                raise CurateError(Reject(reason, location, cut(detail, MAX_DETAIL), id=record_id).message())
+            if stop is not None:
+                stop(Reject(reason, location, detail, id=record.id if record else (row or {}).get("id")))
             yield location, record, row, reason, detail
 
 
@@ -270,10 +269,10 @@ def line_group(record: Record) -> int:
 
 
 def _first_pass(inputs: list[Path], filters: FilterSettings,
-                strict: bool) -> Iterator[tuple[Record | None, str | None, int]]:
+                stop: Callable[[Reject], NoReturn] | None) -> Iterator[tuple[Record | None, str | None, int]]:
     """For the Ray executor: per input row, the record to curate (None where it is not one),
     the filters' reason and its group."""
-    for _, record, _, reason, _ in _rows(inputs, strict):
+    for _, record, _, reason, _ in _rows(inputs, stop):
         if reason:
             yield None, None, 0
         else:
@@ -296,6 +295,7 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
         raise CurateError(f"input not found: {', '.join(missing)}")
     out = Path(out)
     stats = Stats(output=str(out))
+    stop = stats.rejects.stop if strict else None  # --strict: the first bad input row (see `_rows`)
     # One hasher makes the signatures; each task has its own indexes (same seed: same permutations).
     near = NearDuplicates(dedup.near_dup_threshold, dedup.num_perm, dedup.ngram) if dedup.near_dedup else None
     indexes: dict[str | None, tuple[ExactDuplicates | None, NearDuplicates | None]] = {}
@@ -311,7 +311,7 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
     if dedup.executor == "ray":
         from blspdata.curate.ray_executor import duplicates_on_ray
 
-        verdicts = duplicates_on_ray(_first_pass(inputs, filters, strict), dedup, spill_dir=out.parent,
+        verdicts = duplicates_on_ray(_first_pass(inputs, filters, stop), dedup, spill_dir=out.parent,
                                      progress=progress)
     bar = tqdm(desc="curate", unit=" rec", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     # Rejects are committed first, OUT last (writers close in reverse), stats.json once both are.
@@ -362,7 +362,7 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
                 kept.write(item.row)
 
         pending: list[Pending] = []
-        for location, record, row, reason, detail in _rows(inputs, strict):
+        for location, record, row, reason, detail in _rows(inputs, stop):
             stats.inputs += 1
             bar.update(1)
             if reason:  # not a record, or one seen before: never counted in `before` twice
