@@ -48,24 +48,13 @@ test: $(STAMP)
 	@$(MAKE) --no-print-directory system-deps SYSTEM_PACKAGES="$(TEST_SYSTEM_PACKAGES)"
 	$(BIN)/python -m pytest -q tests
 
-# Ingest the bundled sample corpus into $(1) (manifests with extension $(2)).
+# Ingest the bundled sample corpus into $(1) (manifests with extension $(2)), one ingest per line
+# of samples/ingests.txt (NAME KIND ARGS...; the sample corpus test reads the same table).
 define ingest_samples
-	$(BIN)/blspdata ingest librispeech samples/corpora/LibriSpeech -o $(1)/librispeech.$(2) --no-progress
-	$(BIN)/blspdata ingest gigaspeech samples/corpora/GigaSpeech -o $(1)/gigaspeech.$(2) --no-progress
-	$(BIN)/blspdata ingest iemocap samples/corpora/IEMOCAP_full_release -o $(1)/iemocap.$(2) --no-progress
-	$(BIN)/blspdata ingest meld samples/corpora/MELD.Raw -o $(1)/meld.$(2) --no-progress
-	$(BIN)/blspdata ingest esd samples/corpora/ESD -o $(1)/esd.$(2) --no-progress
-	$(BIN)/blspdata ingest commonvoice samples/corpora/cv-corpus-sample -o $(1)/commonvoice.$(2) --no-progress
-	$(BIN)/blspdata ingest mead samples/corpora/MEAD --sentences samples/corpora/MEAD/sentences.csv \
-		--test-speakers W009 -o $(1)/mead.$(2) --no-progress
-	$(BIN)/blspdata ingest mosei samples/corpora/CMU_MOSEI -o $(1)/mosei.$(2) --no-progress
-	$(BIN)/blspdata ingest ravdess samples/corpora/RAVDESS -o $(1)/ravdess.$(2) --no-progress
-	$(BIN)/blspdata ingest cremad samples/corpora/CREMA-D -o $(1)/cremad.$(2) --no-progress
-	$(BIN)/blspdata ingest savee samples/corpora/SAVEE --sentences samples/corpora/SAVEE/sentences.txt \
-		-o $(1)/savee.$(2) --no-progress
-	$(BIN)/blspdata ingest tess samples/corpora/TESS -o $(1)/tess.$(2) --no-progress
-	$(BIN)/blspdata ingest hf samples/corpora/hf_emotion -o $(1)/hf_emotion.$(2) --no-progress
-	$(BIN)/blspdata ingest lhotse samples/corpora/Lhotse/lhotse-demo_cuts_train.jsonl.gz -o $(1)/lhotse.$(2) --no-progress
+	@grep -v -e '^#' -e '^[[:space:]]*$$' samples/ingests.txt | while read -r name kind args; do \
+	  echo "$(BIN)/blspdata ingest $$kind $$args -o $(1)/$$name.$(2) --no-progress"; \
+	  $(BIN)/blspdata ingest $$kind $$args -o $(1)/$$name.$(2) --no-progress </dev/null || exit 1; \
+	done
 endef
 
 # The whole pipeline on the sample corpus, from one config (examples/demo.yaml): ingest,

@@ -14,23 +14,13 @@ from conftest import REPO, blspdata, read_jsonl
 
 COMMITTED = REPO / "manifests" / "sample"
 SCHEMA = json.loads((REPO / "manifests" / "record.schema.json").read_text())
-# Manifest name -> the ingest arguments it is made with (as `make sample-manifests` makes it).
+# Manifest name -> the ingest arguments it is made with: samples/ingests.txt, the table
+# `make sample-manifests` loops over (NAME KIND ARGS... a line).
 INGESTS = {
-    "librispeech": ("librispeech", "samples/corpora/LibriSpeech"),
-    "gigaspeech": ("gigaspeech", "samples/corpora/GigaSpeech"),
-    "iemocap": ("iemocap", "samples/corpora/IEMOCAP_full_release"),
-    "meld": ("meld", "samples/corpora/MELD.Raw"),
-    "esd": ("esd", "samples/corpora/ESD"),
-    "commonvoice": ("commonvoice", "samples/corpora/cv-corpus-sample"),
-    "mead": ("mead", "samples/corpora/MEAD", "--sentences", "samples/corpora/MEAD/sentences.csv",
-             "--test-speakers", "W009"),
-    "mosei": ("mosei", "samples/corpora/CMU_MOSEI"),
-    "ravdess": ("ravdess", "samples/corpora/RAVDESS"),
-    "cremad": ("cremad", "samples/corpora/CREMA-D"),
-    "savee": ("savee", "samples/corpora/SAVEE", "--sentences", "samples/corpora/SAVEE/sentences.txt"),
-    "tess": ("tess", "samples/corpora/TESS"),
-    "hf_emotion": ("hf", "samples/corpora/hf_emotion"),
-    "lhotse": ("lhotse", "samples/corpora/Lhotse/lhotse-demo_cuts_train.jsonl.gz"),
+    name: (kind, *args)
+    for line in (REPO / "samples" / "ingests.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+    for name, kind, *args in [line.split()]
 }
 WRITES_AUDIO = ("meld", "mead", "hf_emotion")  # their audio is extracted beside the manifest (NAME.audio/)
 
