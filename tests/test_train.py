@@ -22,12 +22,6 @@ SAMPLE = REPO / "manifests" / "sample"
 
 
 @pytest.fixture(scope="session")
-def models(demo_models) -> dict[str, Path]:
-    """The tiny Whisper encoder and SmolLM2-135M folders (conftest: made once a session)."""
-    return demo_models
-
-
-@pytest.fixture(scope="session")
 def dataset(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("data")
     outputs = []
@@ -57,9 +51,9 @@ def common(models) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def stage1(models, dataset, tmp_path_factory) -> Path:
+def stage1(demo_models, dataset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("stage1")
-    blspdata("train", "stage1", dataset, "-o", run, *common(models), "--max-steps", "24", "--warmup-steps", "2",
+    blspdata("train", "stage1", dataset, "-o", run, *common(demo_models), "--max-steps", "24", "--warmup-steps", "2",
              "--lr", "1e-3", "--eval-split", "train")
     return run
 
@@ -118,8 +112,8 @@ def test_evaluate_and_chat_run_on_the_result(stage2: Path, dataset: Path, tmp_pa
     assert reply
 
 
-def test_resume_continues_the_loss_curve_exactly(models, dataset, tmp_path: Path):
-    args = ["train", "stage1", dataset, *common(models), "--max-steps", "6", "--warmup-steps", "2", "--lr", "1e-3",
+def test_resume_continues_the_loss_curve_exactly(demo_models, dataset, tmp_path: Path):
+    args = ["train", "stage1", dataset, *common(demo_models), "--max-steps", "6", "--warmup-steps", "2", "--lr", "1e-3",
             "--save-every", "3"]
     blspdata(*args, "-o", tmp_path / "straight")
     interrupted = tmp_path / "interrupted"
@@ -147,7 +141,7 @@ def test_resume_continues_the_loss_curve_exactly(models, dataset, tmp_path: Path
         assert a["response_kl"] == pytest.approx(b["response_kl"], rel=1e-4, abs=1e-6)
 
 
-def test_two_processes_under_torchrun(stage1: Path, models, dataset, tmp_path: Path):
+def test_two_processes_under_torchrun(stage1: Path, demo_models, dataset, tmp_path: Path):
     """Stage 2 mixed with semantic rows, one row per process: steps where one rank's row has
     an emotion label and the other's has none (its emotion head gets no gradient) must still
     average the same gradients on both ranks; every rank's RNG is saved for the resume."""
@@ -155,7 +149,7 @@ def test_two_processes_under_torchrun(stage1: Path, models, dataset, tmp_path: P
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              "-m", "blspdata", "train", "stage2", str(dataset), "-o", str(run), "--init",
-                             str(stage1 / "final"), "--mix", str(dataset / "semantic"), *map(str, common(models)),
+                             str(stage1 / "final"), "--mix", str(dataset / "semantic"), *map(str, common(demo_models)),
                              "--batch-size", "1", "--max-steps", "6", "--warmup-steps", "1", "--eval-limit", "1"],
                             capture_output=True, text=True, env=env, cwd=REPO, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -169,7 +163,7 @@ def test_two_processes_under_torchrun(stage1: Path, models, dataset, tmp_path: P
     assert len(torch.load(run / "last" / "trainer_state.pt", weights_only=True)["rng"]) == 2
 
 
-def test_the_text_path_sees_the_prompt_as_the_generator_did(models):
+def test_the_text_path_sees_the_prompt_as_the_generator_did(demo_models):
     """The teacher's tokens are the chat template rendered with the transcript in it,
     tokenized as one string, as generation prompted the LLM ("style: hello" -> ' hello')."""
     from transformers import AutoTokenizer
@@ -177,7 +171,7 @@ def test_the_text_path_sees_the_prompt_as_the_generator_did(models):
     from blspdata.train.loop import STAGE1_INSTRUCTION, SYSTEM
     from blspdata.train.model import Prompt
 
-    tokenizer = AutoTokenizer.from_pretrained(models["llm"])
+    tokenizer = AutoTokenizer.from_pretrained(demo_models["llm"])
     prompt = Prompt(tokenizer, SYSTEM, STAGE1_INSTRUCTION)
     for text in ("hello there, how are you", "It's 3 o'clock.", "über naïve"):
         rendered = tokenizer.apply_chat_template([{"role": "system", "content": SYSTEM},
@@ -188,7 +182,7 @@ def test_the_text_path_sees_the_prompt_as_the_generator_did(models):
     assert prompt.before[-1] != prompt.text_before[-1]  # the speech path keeps the instruction's trailing space
 
 
-def test_unreadable_audio_is_skipped_mid_epoch_and_counted(models, tmp_path: Path):
+def test_unreadable_audio_is_skipped_mid_epoch_and_counted(demo_models, tmp_path: Path):
     """Bytes that do not decode, or a path-mode file gone since publishing: counted, not a crash."""
     import io
     from types import SimpleNamespace
@@ -199,8 +193,8 @@ def test_unreadable_audio_is_skipped_mid_epoch_and_counted(models, tmp_path: Pat
 
     from blspdata.train.loop import TrainConfig, collate, decode_audio, usable
 
-    model = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(models["llm"]),
-                            feature_extractor=WhisperFeatureExtractor.from_pretrained(models["encoder"]))
+    model = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(demo_models["llm"]),
+                            feature_extractor=WhisperFeatureExtractor.from_pretrained(demo_models["encoder"]))
     buffer = io.BytesIO()
     sf.write(buffer, np.sin(np.arange(32000) / 10.0).astype("float32"), 16000, format="FLAC")
     good = {"audio": {"bytes": buffer.getvalue(), "path": "a.flac"}, "text": "fine", "continuation": "and so on",
@@ -219,7 +213,7 @@ def test_unreadable_audio_is_skipped_mid_epoch_and_counted(models, tmp_path: Pat
     assert keep == [0] and skipped == {"audio_missing": 1}
 
 
-def test_an_incompatible_checkpoint_is_refused(stage1: Path, dataset: Path, models, tmp_path: Path):
+def test_an_incompatible_checkpoint_is_refused(stage1: Path, dataset: Path, demo_models, tmp_path: Path):
     other = tmp_path / "other"
     import shutil
     shutil.copytree(stage1 / "final", other)
@@ -227,14 +221,15 @@ def test_an_incompatible_checkpoint_is_refused(stage1: Path, dataset: Path, mode
     config["model"]["llm"] = "some/other-llm"
     (other / "config.json").write_text(json.dumps(config))
     result = blspdata("train", "stage2", dataset, "-o", tmp_path / "run", "--init", other, "--encoder",
-                      models["encoder"], "--llm", models["llm"], "--max-steps", "1", "--no-progress", check=False)
-    assert result.returncode == 1 and "some/other-llm" in result.stderr and str(models["llm"]) in result.stderr
+                      demo_models["encoder"], "--llm", demo_models["llm"], "--max-steps", "1", "--no-progress",
+                      check=False)
+    assert result.returncode == 1 and "some/other-llm" in result.stderr and str(demo_models["llm"]) in result.stderr
     result = blspdata("train", "stage2", dataset, "-o", tmp_path / "run", "--init", stage1 / "final",
                       "--eval-split", "dev", "--max-steps", "1", "--no-progress", check=False)
     assert result.returncode == 1 and "no 'dev' split" in result.stderr
 
 
-def test_unfit_rows_are_skipped_with_a_counted_reason(models):
+def test_unfit_rows_are_skipped_with_a_counted_reason(demo_models):
     """Missing audio, audio outside 1-30 s (or the encoder's window), a sequence over --max-length."""
     from types import SimpleNamespace
 
@@ -243,8 +238,8 @@ def test_unfit_rows_are_skipped_with_a_counted_reason(models):
 
     from blspdata.train.loop import TrainConfig, usable
 
-    model = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(models["llm"]),
-                            feature_extractor=WhisperFeatureExtractor.from_pretrained(models["encoder"]))
+    model = SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(demo_models["llm"]),
+                            feature_extractor=WhisperFeatureExtractor.from_pretrained(demo_models["encoder"]))
     rows = datasets.Dataset.from_dict({
         "audio": [{"bytes": b"x", "path": "a"}, None, {"bytes": b"x", "path": "c"}, {"bytes": b"x", "path": "d"},
                   {"bytes": b"x", "path": "e"}],
@@ -267,7 +262,7 @@ def test_stage2_can_mix_in_semantic_rows(stage1: Path, dataset: Path, tmp_path: 
     assert "stage2" in result.stdout
 
 
-def test_mixed_in_semantic_rows_keep_their_own_prompt(models):
+def test_mixed_in_semantic_rows_keep_their_own_prompt(demo_models):
     """Stage 2 with --mix: emotion rows get the empathy system turn and the unlabelled emotion
     instruction, semantic rows the stage-1 prompt their continuations were written for."""
     import torch
@@ -275,7 +270,7 @@ def test_mixed_in_semantic_rows_keep_their_own_prompt(models):
     from blspdata.train.loop import STAGE1_INSTRUCTION, STAGE2_INSTRUCTION, SYSTEM, SYSTEM_EMPATHY
     from blspdata.train.model import BLSPModel, ModelConfig, Prompt, build_batch
 
-    model = BLSPModel(ModelConfig(encoder=str(models["encoder"]), llm=str(models["llm"])))
+    model = BLSPModel(ModelConfig(encoder=str(demo_models["encoder"]), llm=str(demo_models["llm"])))
     emotion = Prompt(model.tokenizer, SYSTEM_EMPATHY, STAGE2_INSTRUCTION)
     semantic = Prompt(model.tokenizer, SYSTEM, STAGE1_INSTRUCTION)
     assert len(emotion.before) != len(semantic.before)
@@ -287,7 +282,7 @@ def test_mixed_in_semantic_rows_keep_their_own_prompt(models):
         assert int(predict[i][0]) == len(prompt.before) + 3 + len(prompt.after) - 1
 
 
-def test_data_workers_train_the_same_steps_and_count_unreadable_audio(models, dataset: Path, tmp_path: Path):
+def test_data_workers_train_the_same_steps_and_count_unreadable_audio(demo_models, dataset: Path, tmp_path: Path):
     """--data-workers 2 (rows fetched and FLAC decoded in DataLoader worker processes) gives the
     per-step losses of --data-workers 0 (all in the training process), and a row whose audio
     no longer decodes is skipped and counted as audio_unreadable either way."""
@@ -307,7 +302,7 @@ def test_data_workers_train_the_same_steps_and_count_unreadable_audio(models, da
     runs, summaries = {}, {}
     for workers in (0, 2):
         runs[workers] = tmp_path / f"workers-{workers}"
-        result = blspdata("train", "stage1", damaged, "-o", runs[workers], *common(models), "--max-steps", "4",
+        result = blspdata("train", "stage1", damaged, "-o", runs[workers], *common(demo_models), "--max-steps", "4",
                           "--warmup-steps", "2", "--lr", "1e-3", "--data-workers", workers)
         summaries[workers] = result.stdout
         assert f"{workers or 'no'} data worker" in result.stderr

@@ -59,11 +59,6 @@ def llama_style_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(folder)
 
 
-@pytest.fixture(scope="module")
-def encoder(demo_encoder) -> Path:
-    return demo_encoder  # conftest: the demo's tiny Whisper, made once a session
-
-
 QWEN_CODE = '''"""A Qwen-7B-Chat stand-in: a model class that ships with the checkpoint (auto_map)."""
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -314,15 +309,15 @@ def test_each_row_trains_with_the_prompt_it_was_written_with(chatml_tokenizer):
 
 # ---------------------------------------------------------------------------- the paper's LLM, and a Llama
 
-def test_a_qwen_like_llm_loads_with_trust_remote_code_and_stops_at_im_end(encoder, qwen_like, chatml_tokenizer):
+def test_a_qwen_like_llm_loads_with_trust_remote_code_and_stops_at_im_end(demo_encoder, qwen_like, chatml_tokenizer):
     """Qwen-7B-Chat's situation: model code in the folder, no chat template, no eos_token.
     Refused without --trust-remote-code; with it, ChatML prompts, <|im_end|> + newline +
     <|endoftext|> after a finished continuation, and generation stops at <|im_end|>."""
     from blspdata.train.model import BLSPModel, ModelConfig, Prompt, end_of_turn
 
     with pytest.raises(ValueError, match="trust_remote_code"):
-        BLSPModel(ModelConfig(encoder=str(encoder), llm=str(qwen_like)))
-    model = BLSPModel(ModelConfig(encoder=str(encoder), llm=str(qwen_like), trust_remote_code=True)).eval()
+        BLSPModel(ModelConfig(encoder=str(demo_encoder), llm=str(qwen_like)))
+    model = BLSPModel(ModelConfig(encoder=str(demo_encoder), llm=str(qwen_like), trust_remote_code=True)).eval()
     assert type(model.llm).__name__ == "TinyQwenForCausalLM" and model.tokenizer.eos_token is None
     prompt = Prompt(model.tokenizer, "You are a helpful assistant.", "Continue: {text}")
     assert prompt.text == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nContinue: "
@@ -346,10 +341,10 @@ def test_a_qwen_like_llm_loads_with_trust_remote_code_and_stops_at_im_end(encode
     assert answer == "hello hello" and len(calls) == 3
 
 
-def test_a_llama_style_llm_trains_with_lora_on_its_projections(encoder, llama_like):
+def test_a_llama_style_llm_trains_with_lora_on_its_projections(demo_encoder, llama_like):
     from blspdata.train.model import BLSPModel, ModelConfig, end_of_turn
 
-    model = BLSPModel(ModelConfig(encoder=str(encoder), llm=str(llama_like), lora=True))
+    model = BLSPModel(ModelConfig(encoder=str(demo_encoder), llm=str(llama_like), lora=True))
     counts = model.trainable_counts()
     E, L = 64, 32  # the tiny encoder's and LLM's widths
     assert counts["adapter"] == 2 * (E * 2 * E * 5 + 2 * E) + E * 2 * L * 5 + 2 * L + 2 * L * 512 + 2 * L
