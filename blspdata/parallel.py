@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -35,8 +35,13 @@ def _run_chunk(fn: Callable[[T], R], chunk: list[T]) -> list[R]:
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], jobs: int, chunk_size: int = 64,
-                initializer: Callable[..., Any] | None = None, initargs: tuple = ()) -> Iterator[R]:
-    """`map(fn, items)` with `jobs` processes (`fn` must be a module-level function)."""
+                initializer: Callable[..., Any] | None = None, initargs: tuple = (),
+                trivial: Callable[[T], bool] | None = None) -> Iterator[R]:
+    """`map(fn, items)` with `jobs` processes (`fn` must be a module-level function).
+    `trivial(item)`: `fn(item)` is no work worth a worker (publish: a file copied as it is). A
+    chunk of only such items is run here, in order with the others, without a round trip
+    through the pool, and the pool starts with the first chunk that has real work (never, when
+    none has). Trivial items must not need `initializer`."""
     chunks = iter(lambda it=iter(items): list(itertools.islice(it, chunk_size)), [])
     if jobs <= 1:
         if initializer is not None:
@@ -44,22 +49,25 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], jobs: int, chunk_size:
         for chunk in chunks:
             yield from _run_chunk(fn, chunk)
         return
-    # fork on Linux, explicitly: the workers' parent must be this process for the parent-death
-    # signal below (Python 3.14 defaults to forkserver, whose workers are the server's children).
-    context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
-                               initargs=(os.getpid(), initializer, initargs))
+    pool: ProcessPoolExecutor | None = None
     try:
         pending: deque = deque()
         for chunk in chunks:
-            pending.append(pool.submit(_run_chunk_in_worker, fn, chunk))
+            if trivial is not None and all(map(trivial, chunk)):
+                done: Future = Future()
+                done.set_result(_run_chunk(fn, chunk))
+                pending.append(done)
+            else:
+                if pool is None:
+                    pool = _pool(jobs, initializer, initargs)
+                pending.append(pool.submit(_run_chunk_in_worker, fn, chunk))
             if len(pending) >= 4 * jobs:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
     except BaseException:  # an error, SystemExit (SIGTERM), Ctrl-C, or the caller stopped early
         # Do not wait for the chunks in flight: stop the workers. (Python 3.14: terminate_workers().)
-        processes = list((pool._processes or {}).values())
+        processes = list((pool._processes or {}).values()) if pool is not None else []
         for process in processes:
             process.terminate()
         # SIGTERM first, so `finally` blocks run; a worker stuck in C code (a lock a forked child
@@ -70,7 +78,16 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], jobs: int, chunk_size:
                 process.kill()
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _pool(jobs: int, initializer: Callable[..., Any] | None, initargs: tuple) -> ProcessPoolExecutor:
+    # fork on Linux, explicitly: the workers' parent must be this process for the parent-death
+    # signal in _init_worker (Python 3.14 defaults to forkserver, whose workers are the server's children).
+    context = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_init_worker,
+                               initargs=(os.getpid(), initializer, initargs))
 
 
 @contextlib.contextmanager

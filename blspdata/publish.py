@@ -36,7 +36,7 @@ from blspdata.audio import RATE, flac_streaminfo, read_segment
 from blspdata.errors import BlspdataError
 from blspdata.labels import CANONICAL
 from blspdata.parallel import ordered_map
-from blspdata.records import (Record, Reject, SeenIds, iter_jsonl, owned_temp_prefix, read_rows,
+from blspdata.records import (Record, Reject, SeenIds, owned_temp_prefix, read_rows,
                               remove_dead_leftovers)
 from blspdata.rejects import Rejects
 
@@ -330,47 +330,46 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
         # Rejects are written as they come; the file is committed once the build is whole, just
         # before the dataset is put in place (a failure on the way commits neither).
         with Rejects(out.with_name(out.name + ".rejects.jsonl"), strict=strict, error=PublishError) as rejects:
-            staging, staged_rows, provenance, needs_work = _stage(inputs, work, validation, test, rejects, audio)
-            if not needs_work:  # only paths, or files copied as they are: workers would only pass rows on
-                jobs = 1
             build = work / "dataset"
             build.mkdir()
+            provenance = {"corpora": Counter(), "hours": Counter(), "generators": {}, "curate": [], "inputs": []}
+            root = str(audio_root) if audio_root else None
+            # One pass: each row is checked, given its split and written to that split's shards
+            # while the workers encode the audio of the rows after it. `queued` holds the rows
+            # whose audio work is in flight, in input order (bounded by ordered_map).
+            queued: deque = deque()
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as hasher:
                 writers: dict[tuple[str, str], _ShardWriter] = {}
-                for config in sorted(staging):
-                    for split in (s for s in SPLITS if s in staging[config]):
-                        folder = build / config if fmt == "arrow" else build / "data" / config
-                        writers[(config, split)] = _ShardWriter(folder, split, fmt, audio, max_bytes, hasher)
-                total = sum(staged_rows.values())
-                root = str(audio_root) if audio_root else None
-                queued: deque = deque()  # the rows whose audio work is in flight, in order (bounded by ordered_map)
 
                 def audio_work():
-                    for key in writers:
-                        for _, row, _ in iter_jsonl(staging[key[0]][key[1]]):
-                            as_is = row.pop("_as_is")  # decided when it was staged
-                            record = Record(**row)  # checked when it was staged (_stage wrote it from a Record)
-                            queued.append((key, row, record, as_is))
-                            yield None if audio == "path" or as_is else (record.audio, record.offset, record.duration)
+                    for key, row, record, as_is in _rows(inputs, validation, test, audio, provenance):
+                        queued.append((key, row, record, as_is))
+                        yield None if key is None or audio == "path" or as_is else (record.audio, record.offset,
+                                                                                 record.duration)
 
                 from tqdm import tqdm
 
+                total = _count_lines(inputs) if progress else None
                 with tqdm(total=total, desc="publish", unit=" rows", disable=not progress) as bar:
-                    previous = None
-                    for encoded in ordered_map(_cut_and_encode, audio_work(), jobs, chunk_size=16):
+                    for encoded in ordered_map(_cut_and_encode, audio_work(), jobs, chunk_size=16,
+                                               trivial=lambda job: job is None):
                         key, row, record, as_is = queued.popleft()
-                        if key != previous and previous is not None:
-                            writers[previous].close()  # rows come split by split: its shards can be hashed now
-                        previous = key
+                        bar.update(1)
+                        if key is None:  # not a record, or a repeated (task, id): `row` is its Reject
+                            rejects.add(row)
+                            continue
+                        if key not in writers:
+                            folder = build / key[0] if fmt == "arrow" else build / "data" / key[0]
+                            writers[key] = _ShardWriter(folder, key[1], fmt, audio, max_bytes, hasher)
                         result = _encode_row(row, record, audio, root, as_is, encoded)
                         if not isinstance(result, Reject):
                             result = writers[key].add(result)  # a file that cannot be opened: a Reject
                         if result is not None:
                             rejects.add(result)
-                        bar.update(1)
                 counts: dict[str, dict[str, int]] = defaultdict(dict)
                 sizes: dict[str, dict[str, int]] = defaultdict(dict)
-                for (config, split), writer in writers.items():
+                for config, split in sorted(writers, key=lambda key: (key[0], SPLITS.index(key[1]))):
+                    writer = writers[(config, split)]
                     writer.close()
                     counts[config][split], sizes[config][split] = writer.rows, writer.bytes
                 shard_sums = {path: checksum.result() for writer in writers.values()
@@ -395,53 +394,48 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
     return {"rows": dict(counts), "rejected": rejects.reasons, "summary": rejects.render()}
 
 
-def _stage(inputs: list[Path], work: Path, validation: float, test: float, rejects: Rejects, audio: str = "embed"):
-    """Sort the input rows into per-(config, split) JSONL files, the rows that are not
-    generated records (or repeat a (task, id)) into `rejects`; count the provenance, and the
-    rows whose audio must be decoded and encoded. Each staged row carries `_as_is` (copied as it
-    is, so its FLAC header is read once)."""
-    staging: dict[str, dict[str, Path]] = defaultdict(dict)
-    writers: dict[tuple[str, str], Any] = {}
-    staged_rows: Counter = Counter()
-    needs_work = 0
+def _rows(inputs: list[Path], validation: float, test: float, audio: str, provenance: dict):
+    """The input rows in order, as (key, row, record, as_is): key is the row's (config, split)
+    and `as_is` whether its file is copied as it is (its FLAC header is read once, here); a row
+    that is not a generated record, or repeats a (task, id), comes as (None, its Reject, None,
+    False). Counts the provenance of the card as it goes."""
     seen = SeenIds()  # (task, id): ids repeat across tasks, never within one
-    provenance = {"corpora": Counter(), "hours": Counter(), "generators": {}, "curate": [], "inputs": []}
-    try:
-        for path in inputs:
-            if not path.is_file():
-                raise PublishError(f"input not found: {path}")
-            provenance["inputs"].append(str(path))
-            stats = _stats_beside(path)
-            if stats:
-                provenance["curate"].append(stats)
-            for item in read_rows(path):
-                location, record, reject = item.location, item.record, item.reject  # malformed_row, invalid_row:<field>
-                if record is not None and (record.task not in ("semantic", "emotion") or record.continuation is None):
-                    reject = Reject("malformed_row", location, "not a generated record (no task/continuation)",
-                                    id=record.id)
-                elif record is not None:
-                    reject = seen.repeat(record, location)  # duplicate_id
-                if reject is not None:
-                    reject.record = None  # the rejects file names the row; the curated input still has it
-                    rejects.add(reject)
-                    continue
-                split = target_split(record, validation, test)
-                key = (record.task, split)
-                if key not in writers:
-                    staging[record.task][split] = work / f"{record.task}-{split}.jsonl"
-                    writers[key] = open(staging[record.task][split], "wb")
-                as_is = audio == "embed" and _as_is(record)  # the header is read once, here
-                writers[key].write(orjson.dumps({**record.to_dict(), "_as_is": as_is}) + b"\n")
-                staged_rows[key] += 1
-                needs_work += audio == "embed" and not as_is
-                provenance["corpora"][f"{record.task}/{record.corpus}"] += 1
-                provenance["hours"][f"{record.task}/{record.corpus}"] += record.duration / 3600
-                if record.generator is not None:
-                    provenance["generators"][json.dumps(record.generator, sort_keys=True)] = record.generator
-    finally:
-        for handle in writers.values():
-            handle.close()
-    return staging, staged_rows, provenance, needs_work
+    for path in inputs:
+        if not path.is_file():
+            raise PublishError(f"input not found: {path}")
+        provenance["inputs"].append(str(path))
+        stats = _stats_beside(path)
+        if stats:
+            provenance["curate"].append(stats)
+        for item in read_rows(path):
+            location, record, reject = item.location, item.record, item.reject  # malformed_row, invalid_row:<field>
+            if record is not None and (record.task not in ("semantic", "emotion") or record.continuation is None):
+                reject = Reject("malformed_row", location, "not a generated record (no task/continuation)",
+                                id=record.id)
+            elif record is not None:
+                reject = seen.repeat(record, location)  # duplicate_id
+            if reject is not None:
+                reject.record = None  # the rejects file names the row; the curated input still has it
+                yield None, reject, None, False
+                continue
+            provenance["corpora"][f"{record.task}/{record.corpus}"] += 1
+            provenance["hours"][f"{record.task}/{record.corpus}"] += record.duration / 3600
+            if record.generator is not None:
+                provenance["generators"].setdefault(orjson.dumps(record.generator, option=orjson.OPT_SORT_KEYS),
+                                                    record.generator)
+            yield ((record.task, target_split(record, validation, test)), record.to_dict(), record,
+                   audio == "embed" and _as_is(record))
+
+
+def _count_lines(inputs: list[Path]) -> int | None:
+    """The rows to come, for the progress bar (None when an input is compressed or missing)."""
+    total = 0
+    for path in inputs:
+        if path.suffix == ".gz" or not path.is_file():
+            return None
+        with open(path, "rb") as handle:
+            total += sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
+    return total
 
 
 def _stats_beside(path: Path) -> dict | None:

@@ -36,3 +36,23 @@ def test_stopping_early_kills_a_worker_that_ignores_sigterm(tmp_path: Path, monk
     stuck = int(marker.read_text())
     results.close()  # the caller stops early: the workers must go, this one by SIGKILL
     assert not psutil.pid_exists(stuck) or psutil.Process(stuck).status() == psutil.STATUS_ZOMBIE
+
+
+def _where(item: int | None) -> tuple[int | None, int]:
+    return item, os.getpid()
+
+
+@pytest.mark.timeout(120)
+def test_chunks_with_no_real_work_run_here_in_order_and_start_no_pool():
+    """publish: a file copied as it is needs no worker; a chunk of only such rows must not pay a
+    round trip through the pool, and a run with none that needs one must start no workers."""
+    here = os.getpid()
+    nothing = list(parallel.ordered_map(_where, [None] * 12, jobs=2, chunk_size=4, trivial=lambda x: x is None))
+    assert nothing == [(None, here)] * 12
+    assert psutil.Process().children() == []  # no pool was started
+
+    items = [None] * 8 + [1, None, 2, 3] + [None] * 4 + [4, 5, 6, 7]
+    results = list(parallel.ordered_map(_where, items, jobs=2, chunk_size=4, trivial=lambda x: x is None))
+    assert [item for item, _ in results] == items  # input order, whatever ran where
+    assert all(pid == here for _, pid in results[:8] + results[12:16])
+    assert all(pid != here for _, pid in results[8:12] + results[16:])
