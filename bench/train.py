@@ -12,7 +12,8 @@ bench-out/train/models):
     ours     blspdata's step, as blspdata.train.loop.train runs it: rows read from the
              published dataset and their FLAC decoded (data.decoded_batches: in the
              process, or in `--data-workers` DataLoader workers ahead of the loop, run as
-             `ours-wN`), data.featurize (log-mel, tokenize),
+             `ours-wN` beside `ours` at 0 workers, which always runs: trainer is compared
+             with it), data.featurize (log-mel, tokenize),
              loop.stage2_emotion_alignment (encoder -> adapter -> build_batch -> LLM logits,
              gathered at the continuation -> cross-entropy, + emotion head), backward,
              gradient clipping (1.0), AdamW, cosine schedule with linear warm-up (`train
@@ -570,6 +571,17 @@ def report(rows: list[dict], device: str, bf16: bool) -> None:
               f"only). Frozen LLM weights get no weight gradients: the work actually done there is nearer 4 x N.")
 
 
+def worker_counts(text: str) -> list[int]:
+    """`--data-workers 0,2`: whole numbers >= 0 (0: rows decoded in the training process)."""
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected whole numbers, comma-separated") from None
+    if any(n < 0 for n in counts):
+        raise argparse.ArgumentTypeError(f"{text!r}: worker counts are >= 0 (0: decoded in the training process)")
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -585,21 +597,19 @@ def main() -> None:
                              "bfloat16 on a GPU, float32 on a CPU)")
     parser.add_argument("--devices", default="auto",
                         help="cpu, cuda or cpu,cuda (default auto: the CPU, and the GPU when there is one)")
-    parser.add_argument("--data-workers", default="0,2",
-                        help="ours with these data worker counts (`train --data-workers`), comma-separated; the "
-                             "comparison with trainer is at 0, as trainer's dataloader_num_workers (default 0,2)")
+    parser.add_argument("--data-workers", type=worker_counts, default="0,2",
+                        help="ours with these data worker counts (`train --data-workers`), comma-separated, each "
+                             ">= 0; 0 always runs: the comparison with trainer is at 0, as trainer's "
+                             "dataloader_num_workers (default 0,2)")
     parser.add_argument("--padding", action="store_true",
                         help="only measure padding tokens per step, default order against --group-by-length")
     parser.add_argument("--only", choices=("ours", "trainer"), help=argparse.SUPPRESS)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
-        args.data_workers = int(args.data_workers)
-    else:
-        try:
-            args.data_workers = [int(n) for n in args.data_workers.split(",")]
-        except ValueError:
-            parser.error(f"--data-workers {args.data_workers!r}: expected whole numbers, comma-separated")
+        args.data_workers, = args.data_workers  # measure() passes one count
+    else:  # ours at 0 workers is what trainer is compared with (trainer's dataloader_num_workers=0)
+        args.data_workers = sorted({0, *args.data_workers})
     if args.steps < 1 or args.batch_size < 1 or args.warmup < 0 or (args.warmup == 0 and args.steps < 2):
         parser.error("need --steps >= 1 (>= 2 without warm-up), --batch-size >= 1, --warmup >= 0")
     if args.only:
