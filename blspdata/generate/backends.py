@@ -32,6 +32,7 @@ from typing import Any
 # own end token alone runs past <|im_end|> into a made-up next turn; the reference stops at
 # <|im_end|> itself (`get_stop_words_ids("chatml")`). Other templates' models never write these.
 from blspdata.errors import BlspdataError
+from blspdata.generate.options import GenerateSettings  # the timeouts' defaults (the options', declared once)
 from blspdata.generate.prompts import CHATML_STOPS  # noqa: E402  (the template defaults' own list)
 
 
@@ -131,8 +132,8 @@ class OpenAIBackend:
     model: str | None = None
     api_key: str | None = None
     concurrency: int = 64
-    request_timeout: float = 300.0  # seconds one request may take (`--request-timeout`)
-    server_timeout: float = 120.0
+    request_timeout: float = GenerateSettings.request_timeout  # seconds one request may take (`--request-timeout`)
+    server_timeout: float = GenerateSettings.server_timeout  # `--server-timeout`
     extra_body: dict[str, Any] = field(default_factory=dict)  # engine-specific request fields
     transport: Any = None  # an httpx transport, for tests
     engine: str | None = None  # vllm, llama.cpp or openai (standard fields); None: ask /models

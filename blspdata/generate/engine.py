@@ -9,21 +9,17 @@ import asyncio
 import contextlib
 from typing import Any, Callable, Iterator
 
-from blspdata.errors import BlspdataError
 from blspdata.generate.backends import DryRunBackend, OpenAIBackend, Request, Result, VLLMBackend
-
-DEFAULT_REQUEST_TIMEOUT = 300.0
-
-
-class GenerateError(BlspdataError, RuntimeError):
-    pass
+from blspdata.generate.options import GenerateError, GenerateSettings
 
 
 def make_engine(stack: contextlib.ExitStack, backend: str, base_url: str | None = None, model: str | None = None,
                 api_key: str | None = None, serve: str | None = None, concurrency: int | None = None,
-                server_timeout: float = 120.0, seed: int = 0, engine_args: dict[str, Any] | None = None,
-                request_timeout: float = DEFAULT_REQUEST_TIMEOUT):
-    """The engine the options describe; servers it needs are started on `stack`."""
+                server_timeout: float = GenerateSettings.server_timeout, seed: int = 0,
+                engine_args: dict[str, Any] | None = None,
+                request_timeout: float = GenerateSettings.request_timeout):
+    """The engine the options describe; servers it needs are started on `stack`. The timeouts'
+    defaults are the options' (GenerateSettings), declared once."""
     if serve is not None:
         from blspdata.generate.servers import vllm_server
 
@@ -58,7 +54,7 @@ def make_engine(stack: contextlib.ExitStack, backend: str, base_url: str | None 
 
 
 def _embedded(stack: contextlib.ExitStack, model: str | None, concurrency: int | None, server_timeout: float,
-              engine_args: dict[str, Any], request_timeout: float = DEFAULT_REQUEST_TIMEOUT):
+              engine_args: dict[str, Any], request_timeout: float = GenerateSettings.request_timeout):
     """llama.cpp servers on loopback: by default, for a packaged model, one per core with
     one thread each (N one-thread servers give about N times one N-thread server on a CPU);
     for a model of your own, one server with every core. -E servers=N -E threads=T override;

@@ -1,6 +1,6 @@
 """Generate's options, each declared once (blspdata/options.py): a `GenerateSettings` field
 whose default is the option's default and whose metadata holds its help text and bounds, and
-the backends and executors, each with what it is.
+the backends and executors, each with what it is; and `GenerateError`.
 
 Built from them: `blspdata generate`'s flags (their defaults, help, bounds and choices), the
 check of the settings `generate()` is given (`settings_of`), the `generate:` section of a
@@ -16,7 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal, Optional
 
+from blspdata.errors import BlspdataError
 from blspdata.options import check, option
+
+
+class GenerateError(BlspdataError, RuntimeError):
+    """A generate option, input or setup the user must change. Declared here, the lowest module
+    of generate, so that every other one (the engine too) can read the settings' defaults."""
 
 # The generation backends, by the name --backend and a run config's generate.backend take.
 BACKENDS: dict[str, str] = {
@@ -85,8 +91,6 @@ class GenerateSettings:
 def settings_of(settings: GenerateSettings | None = None, **changes: Any) -> GenerateSettings:
     """`settings` (or the defaults) with `changes` (option name -> value; engine_args None is
     none), every option checked: a GenerateError naming the first unknown or bad one."""
-    from blspdata.generate.engine import GenerateError
-
     known = {f.name for f in fields(GenerateSettings)}
     unknown = sorted(set(changes) - known)
     if unknown:

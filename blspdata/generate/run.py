@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from blspdata.generate import prompts
 from blspdata.generate.backends import Request, Result
-from blspdata.generate.engine import GenerateError, make_engine, run_requests
-from blspdata.generate.options import GenerateSettings, settings_of
+from blspdata.generate.engine import make_engine, run_requests
+from blspdata.generate.options import GenerateError, GenerateSettings, settings_of
 from blspdata.generate.resume import (AppendWriter, DoneIds, drop_rows, exclusive, manifest_line, manifest_positions,
                                       parse_shard, recover, shard_of, sort_rows)
 from blspdata.records import HashSet, Record, Reject, iter_jsonl, key_hash, read_rows, sidecar, write_json
