@@ -14,6 +14,10 @@ The page opens with "What you got": rows per task kept by curate, the share of e
 (continuations curate dropped as `echo`), five curated continuations per task, and the SER
 figures (WA, UA) of the emotion head and the SER prompt, with the split they were scored on.
 
+Each JSONL file is read once per page (`tally`), into counts the sections draw from: one pass
+over the curated rows serves "What you got", the emotion and the length sections; one over each
+rejects file serves the rejects section and, for curate's, the echo share.
+
 Plots are matplotlib PNGs and audio is the published FLAC, both inlined as base64 data URIs:
 the page references no other file, script or server, so it can be mailed or attached as is.
 Every text is HTML-escaped, and matplotlib draws every label as literal text (no mathtext:
@@ -28,7 +32,7 @@ import itertools
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from contextvars import ContextVar
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -56,42 +60,32 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     run_dir = Path(run_dir)
     run = RunLayout(run_dir)
     out = Path(out) if out else run.report
-    manifests = _outputs(run.manifests)
-    continuations = _outputs(run.continuations)
-    curated = _outputs(run.curated_dir)
     with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):  # labels are literal text
-        page = _page(run_dir, manifests, continuations, curated)
+        page = _page(run)
     with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out
 
 
-def _page(run_dir: Path, manifests: list[Path], continuations: list[Path], curated: list[Path]) -> str:
-    cut_files = _CUT_FILES.set({})
-    try:
-        return _page_of(run_dir, manifests, continuations, curated)
-    finally:
-        _CUT_FILES.reset(cut_files)
-
-
-def _page_of(run_dir: Path, manifests: list[Path], continuations: list[Path], curated: list[Path]) -> str:
+def _page(run: RunLayout) -> str:
+    counts = tally(run)
     sections = [
-        ("What you got", summary_section(run_dir, continuations, curated)),
-        ("Pipeline stages", stages_section(RunLayout(run_dir).state)),
-        ("1. Hours and utterances per corpus and split", corpus_section(manifests)),
-        ("2. Emotion labels before and after curation", emotion_section(manifests, curated)),
-        ("3. Transcript and continuation lengths", length_section(curated or continuations, bool(curated))),
-        ("4. Rejects per stage and reason", rejects_section(run_dir)),
-        ("5. Generation throughput", throughput_section(continuations)),
-        ("6. Training curves", training_section(RunLayout(run_dir))),
-        ("7. Speech emotion recognition", ser_section(RunLayout(run_dir).evaluate)),
-        ("8. Sample rows", samples_section(RunLayout(run_dir).dataset)),
+        ("What you got", summary_section(counts, run.evaluate)),
+        ("Pipeline stages", stages_section(run.state)),
+        ("1. Hours and utterances per corpus and split", corpus_section(counts)),
+        ("2. Emotion labels before and after curation", emotion_section(counts)),
+        ("3. Transcript and continuation lengths", length_section(counts)),
+        ("4. Rejects per stage and reason", rejects_section(counts)),
+        ("5. Generation throughput", throughput_section(counts.continuations)),
+        ("6. Training curves", training_section(run, counts.cut)),
+        ("7. Speech emotion recognition", ser_section(run.evaluate)),
+        ("8. Sample rows", samples_section(run.dataset)),
     ]
     body = "\n".join(f"<section><h2>{escape(title)}</h2>\n{content}</section>" for title, content in sections)
     cut = "".join(_note(f"Read in part: {path} is cut short or corrupt after line {line:,}; the sections count "
-                        "its rows up to there.") for path, line in sorted((_CUT_FILES.get() or {}).items()))
-    return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>blspdata run {escape(run_dir.name)}"
-            f"</title><style>{CSS}</style></head><body>\n<h1>blspdata run: {escape(str(run_dir))}</h1>\n"
+                        "its rows up to there.") for path, line in sorted(counts.cut.items()))
+    return (f"<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8><title>blspdata run {escape(run.root.name)}"
+            f"</title><style>{CSS}</style></head><body>\n<h1>blspdata run: {escape(str(run.root))}</h1>\n"
             f"{cut}{body}\n</body></html>\n")
 
 
@@ -105,14 +99,10 @@ def _outputs(folder: Path) -> list[Path]:
                   and not p.name.endswith(".rejects.jsonl") and not p.name.startswith("."))
 
 
-# A .jsonl.gz a section could read only in part (cut short, corrupt) -> the last line read whole:
-# the page notes them at its top (set by _page; sections called alone skip the note, not the rows).
-_CUT_FILES: ContextVar[dict[str, int] | None] = ContextVar("cut_files", default=None)
-
-
-def _rows(paths: Iterable[Path]) -> Iterable[dict[str, Any]]:
+def _rows(paths: Iterable[Path], cut: dict[str, int]) -> Iterable[dict[str, Any]]:
     """The rows of several JSONL(.gz) files, streamed; malformed lines are skipped, and so is
-    the rest of a .gz file cut short (noted in `_CUT_FILES`): a report shows what is there."""
+    the rest of a .gz file cut short (noted in `cut`, path -> the last line read whole, which
+    the page names at its top): a report shows what is there."""
     for path in paths:
         line = 0
         try:
@@ -120,9 +110,77 @@ def _rows(paths: Iterable[Path]) -> Iterable[dict[str, Any]]:
                 if row is not None:
                     yield row
         except UnreadableFile:
-            cut_files = _CUT_FILES.get()
-            if cut_files is not None:
-                cut_files[str(path)] = line
+            cut[str(path)] = line
+
+
+@dataclass
+class Tally:
+    """What the sections show of the run's JSONL files, counted by `tally` in one pass over
+    each: no section reads rows itself."""
+    manifests: list[Path]       # the stages' outputs (none: that stage has not run)
+    continuations: list[Path]
+    curated: list[Path]
+    cut: dict[str, int] = field(default_factory=dict)  # a .jsonl.gz read only in part -> the last line read whole
+    # (corpus, split) -> [manifest rows, hours]
+    hours: defaultdict = field(default_factory=lambda: defaultdict(lambda: [0, 0.0]))
+    emotions_before: Counter = field(default_factory=Counter)  # label -> manifest rows
+    emotions_after: Counter = field(default_factory=Counter)   # label -> curated rows
+    kept: Counter = field(default_factory=Counter)     # task -> curated rows
+    dropped: Counter = field(default_factory=Counter)  # task -> rows in curate's rejects
+    echoes: Counter = field(default_factory=Counter)   # task -> of those, dropped as `echo`
+    # task -> (corpus, emotion) -> at most SUMMARY_SAMPLES of the shown rows, in file order
+    samples: defaultdict = field(default_factory=lambda: defaultdict(lambda: defaultdict(list)))
+    transcript_words: Counter = field(default_factory=Counter)    # words -> shown rows
+    continuation_words: Counter = field(default_factory=Counter)
+    rejects: Counter = field(default_factory=Counter)  # (stage, reason family) -> rows
+    rejects_files: dict[str, list[Path]] = field(default_factory=dict)  # stage -> its rejects files
+
+    @property
+    def shown(self) -> list[Path]:
+        """The continuations the samples and the lengths are drawn from: curate's, or generate's
+        before curate has run."""
+        return self.curated or self.continuations
+
+
+def tally(run: RunLayout) -> Tally:
+    """Read the run's manifests, its curated rows (generated ones before curate has run) and
+    every rejects file once each, into the counts the sections draw from."""
+    counts = Tally(_outputs(run.manifests), _outputs(run.continuations), _outputs(run.curated_dir))
+    for row in _rows(counts.manifests, counts.cut):
+        entry = counts.hours[(str(row.get("corpus")), str(row.get("split")))]
+        entry[0] += 1
+        entry[1] += float(row.get("duration") or 0) / 3600
+        if row.get("emotion"):
+            counts.emotions_before[row["emotion"]] += 1
+    for row in _rows(counts.shown, counts.cut):
+        task = str(row.get("task") or "unknown")
+        group = counts.samples[task][(row.get("corpus"), row.get("emotion"))]
+        if len(group) < SUMMARY_SAMPLES:
+            group.append(row)
+        counts.transcript_words[_words(row.get("text"))] += 1
+        counts.continuation_words[_words(row.get("continuation"))] += 1
+        if counts.curated:
+            counts.kept[task] += 1
+            if row.get("emotion"):
+                counts.emotions_after[row["emotion"]] += 1
+    curates = {sidecar(path, "rejects.jsonl") for path in counts.curated}  # their rows carry the record, its task
+    # Publish's rejects are named after its folder (dataset.rejects.jsonl), the others after each output.
+    places = {"ingest": run.manifests, "generate": run.continuations, "curate": run.curated_dir,
+              "publish": run.dataset_rejects}
+    for stage, place in places.items():
+        files = sorted(place.glob("*.rejects.jsonl")) if place.is_dir() else [place] if place.is_file() else []
+        counts.rejects_files[stage] = files
+        for path in files:
+            for row in _rows([path], counts.cut):
+                reason = str(row.get("reason", "unknown"))
+                # near_duplicate_of:<id> counted as near_duplicate, as curate's stats do (rejects.family).
+                counts.rejects[(stage, family(reason))] += 1
+                if path in curates:
+                    record = row.get("record")  # a malformed row's is its line, or none
+                    task = str((record if isinstance(record, dict) else {}).get("task") or "unknown")
+                    counts.dropped[task] += 1
+                    counts.echoes[task] += reason == "echo"
+    return counts
 
 
 def _load_json(path: Path) -> dict[str, Any] | None:
@@ -198,25 +256,15 @@ def _bars(axis, labels: list[str], series: dict[str, list[float]], ylabel: str) 
 
 # ---------------------------------------------------------------------------- sections
 
-def summary_section(run_dir: Path, continuations: list[Path], curated: list[Path]) -> str:
+def summary_section(counts: Tally, evaluate_dir: Path) -> str:
     """What a user came for: the data kept, what it reads like, and what the model learnt."""
-    return (_kept_summary(curated) + _continuation_summary(curated or continuations, bool(curated))
-            + _ser_summary(RunLayout(run_dir).evaluate))
+    return _kept_summary(counts) + _continuation_summary(counts) + _ser_summary(evaluate_dir)
 
 
-def _kept_summary(curated: list[Path]) -> str:
-    if not curated:
+def _kept_summary(counts: Tally) -> str:
+    if not counts.curated:
         return _note("Curate not run yet: no rows kept per task, no echo share.")
-    counted = _curate_counts(curated)
-    if counted is not None:
-        kept, dropped, echoes = counted
-    else:  # no stats (or older than the rows): count from the files
-        kept = Counter(str(row.get("task") or "unknown") for row in _rows(curated))
-        dropped, echoes = Counter(), Counter()
-        for row in _rows(r for p in curated if (r := sidecar(p, "rejects.jsonl")).is_file()):
-            task = str((row.get("record") or {}).get("task") or "unknown")  # a malformed row has no record
-            dropped[task] += 1
-            echoes[task] += row.get("reason") == "echo"
+    kept, dropped, echoes = Counter(counts.kept), Counter(counts.dropped), Counter(counts.echoes)
     tasks = sorted(set(kept) | set(dropped), key=lambda t: ({"semantic": 0, "emotion": 1}.get(t, 2), t))
     if len(tasks) > 1:
         tasks.append("all")
@@ -229,45 +277,14 @@ def _kept_summary(curated: list[Path]) -> str:
                     "A run with the echo filter disabled has none."))
 
 
-def _curate_counts(curated: list[Path]) -> tuple[Counter, Counter, Counter] | None:
-    """Rows kept, dropped and dropped as echoes per task, from each output's OUT.stats.json
-    (`per_task`, curate/run.py), which curate writes once OUT and its rejects are committed;
-    None when one has none, or one older than its rows (a curate that stopped before it)."""
-    kept, dropped, echoes = Counter(), Counter(), Counter()
-    for path in curated:
-        stats_path, rejects = sidecar(path, "stats.json"), sidecar(path, "rejects.jsonl")
-        try:
-            newest_rows = max(p.stat().st_mtime_ns for p in (path, rejects) if p.exists())
-            if stats_path.stat().st_mtime_ns < newest_rows:
-                return None
-        except OSError:
-            return None
-        per_task = (_load_json(stats_path) or {}).get("per_task")
-        if not isinstance(per_task, dict):
-            return None
-        try:
-            for task, counts in per_task.items():
-                kept[task] += int(counts["kept"])
-                dropped[task] += int(counts["rejected"])
-                echoes[task] += int(counts["rejects"].get("echo", 0))
-        except (TypeError, KeyError, AttributeError, ValueError):
-            return None
-    return kept, dropped, echoes
-
-
 def _share(part: int, whole: int) -> str:
     return f"{part / whole:.0%}" if whole else "-"
 
 
-def _continuation_summary(paths: list[Path], curated: bool) -> str:
-    if not paths:
+def _continuation_summary(counts: Tally) -> str:
+    if not counts.shown:
         return _note("Neither generate nor curate run yet: no continuations.")
-    # At most SUMMARY_SAMPLES rows per (task, corpus, emotion) are held while the files stream.
-    held: dict[str, dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
-    for row in _rows(paths):
-        group = held[str(row.get("task") or "unknown")][(row.get("corpus"), row.get("emotion"))]
-        if len(group) < SUMMARY_SAMPLES:
-            group.append(row)
+    held = counts.samples
     table = []
     for task in sorted(held, key=lambda t: ({"semantic": 0, "emotion": 1}.get(t, 2), t)):
         candidates = [row for group in held[task].values() for row in group]
@@ -275,7 +292,7 @@ def _continuation_summary(paths: list[Path], curated: bool) -> str:
                          SUMMARY_SAMPLES)
         table += [(task, r.get("id"), r.get("emotion") or "", r.get("text"), r.get("continuation"))
                   for r in (candidates[i] for i in picked)]
-    source = "curated rows" if curated else "generated continuations (curation not run yet)"
+    source = "curated rows" if counts.curated else "generated continuations (curation not run yet)"
     return (f"<h3>{SUMMARY_SAMPLES} continuations per task, from the {escape(source)}</h3>\n"
             + _table(("task", "id", "emotion", "transcript", "continuation"), table))
 
@@ -312,29 +329,26 @@ def stages_section(run_json: Path) -> str:
     return _table(("stage", "status", "units", "seconds"), rows)
 
 
-def corpus_section(manifests: list[Path]) -> str:
-    if not manifests:
+def corpus_section(counts: Tally) -> str:
+    if not counts.manifests:
         return _note("Ingest not run yet (no manifests/).")
-    tally: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
-    for row in _rows(manifests):
-        entry = tally[(str(row.get("corpus")), str(row.get("split")))]
-        entry[0] += 1
-        entry[1] += float(row.get("duration") or 0) / 3600
-    keys = sorted(tally)
-    table = _table(("corpus", "split", "utterances", "hours"), [(*k, tally[k][0], tally[k][1]) for k in keys])
+    hours = counts.hours
+    keys = sorted(hours)
+    table = _table(("corpus", "split", "utterances", "hours"), [(*k, hours[k][0], hours[k][1]) for k in keys])
     figure, (left, right) = _figure(2)
     labels = [f"{c}/{s}" for c, s in keys]
-    _bars(left, labels, {"utterances": [tally[k][0] for k in keys]}, "utterances")
-    _bars(right, labels, {"hours": [tally[k][1] for k in keys]}, "hours")
+    _bars(left, labels, {"utterances": [hours[k][0] for k in keys]}, "utterances")
+    _bars(right, labels, {"hours": [hours[k][1] for k in keys]}, "hours")
     return table + _img(figure, "utterances and hours per corpus and split")
 
 
-def emotion_section(manifests: list[Path], curated: list[Path]) -> str:
-    if not manifests:
+def emotion_section(counts: Tally) -> str:
+    if not counts.manifests:
         return _note("Ingest not run yet (no manifests/).")
-    series = {"manifests (before)": Counter(r["emotion"] for r in _rows(manifests) if r.get("emotion"))}
+    curated = bool(counts.curated)
+    series = {"manifests (before)": counts.emotions_before}
     if curated:
-        series["curated (after)"] = Counter(r["emotion"] for r in _rows(curated) if r.get("emotion"))
+        series["curated (after)"] = counts.emotions_after
     labels = list(CANONICAL) + sorted(set().union(*series.values()) - set(CANONICAL))
     table = _table(("emotion", *series), [(label, *(c[label] for c in series.values())) for label in labels])
     figure, (axis,) = _figure(height=3.2)
@@ -343,44 +357,34 @@ def emotion_section(manifests: list[Path], curated: list[Path]) -> str:
     return note + table + _img(figure, "emotion labels before and after curation")
 
 
-def length_section(paths: list[Path], curated: bool) -> str:
-    if not paths:
+def length_section(counts: Tally) -> str:
+    if not counts.shown:
         return _note("Neither generate nor curate run yet: no continuations.")
-    transcripts, continuations = [], []
-    for row in _rows(paths):
-        transcripts.append(_words(row.get("text")))
-        continuations.append(_words(row.get("continuation")))
-    if not transcripts:
+    rows = sum(counts.transcript_words.values())
+    if not rows:
         return _note("No rows in the continuations.")
     figure, axes = _figure(2)
-    for axis, values, name in zip(axes, (transcripts, continuations), ("transcript", "continuation")):
-        step = max(1, -(-(max(values) + 1) // 40))  # whole words per bin, at most 40 bins
-        axis.hist(values, bins=range(0, max(values) + step + 1, step), align="left", rwidth=0.9)
+    for axis, words, name in zip(axes, (counts.transcript_words, counts.continuation_words),
+                                 ("transcript", "continuation")):
+        longest = max(words)
+        step = max(1, -(-(longest + 1) // 40))  # whole words per bin, at most 40 bins
+        axis.hist(list(words), weights=list(words.values()), bins=range(0, longest + step + 1, step),
+                  align="left", rwidth=0.9)
         axis.set_xlabel(f"{name} words")
         axis.set_ylabel("rows")
-    source = "curated rows" if curated else "continuations (curation not run yet)"
-    return (_note(f"{len(transcripts)} rows, from the {source}.")
+    source = "curated rows" if counts.curated else "continuations (curation not run yet)"
+    return (_note(f"{rows} rows, from the {source}.")
             + _img(figure, "transcript and continuation length histograms"))
 
 
-def rejects_section(run_dir: Path) -> str:
-    # Publish's rejects are named after its folder (dataset.rejects.jsonl), the others after each output.
-    run = RunLayout(run_dir)
-    stages = {"ingest": run.manifests, "generate": run.continuations, "curate": run.curated_dir,
-              "publish": run.dataset_rejects}
-    counts: Counter = Counter()
-    notes = []
-    for stage, place in stages.items():
-        files = sorted(place.glob("*.rejects.jsonl")) if place.is_dir() else [place] if place.is_file() else []
-        before = sum(counts.values())
-        for row in _rows(files):
-            # near_duplicate_of:<id> counted as near_duplicate, as curate's stats do (rejects.family).
-            counts[(stage, family(str(row.get("reason", "unknown"))))] += 1
-        if not files or sum(counts.values()) == before:
-            notes.append(f"{stage}: " + ("no rejects." if files else "not run yet (no rejects file)."))
+def rejects_section(tallied: Tally) -> str:
+    counts, stages = tallied.rejects, list(tallied.rejects_files)
+    notes = [f"{stage}: " + ("no rejects." if files else "not run yet (no rejects file).")
+             for stage, files in tallied.rejects_files.items()
+             if not any(n for (s, _), n in counts.items() if s == stage)]
     if not counts:
         return "".join(_note(n) for n in notes) + _note("No rejects.")
-    keys = sorted(counts, key=lambda k: (list(stages).index(k[0]), -counts[k]))
+    keys = sorted(counts, key=lambda k: (stages.index(k[0]), -counts[k]))
     figure, (axis,) = _figure(height=max(2.0, 0.3 * len(keys) + 1))
     axis.barh([f"{s}: {r}" for s, r in keys][::-1], [counts[k] for k in keys][::-1])
     axis.set_xlabel("rejected rows")
@@ -406,11 +410,12 @@ def throughput_section(continuations: list[Path]) -> str:
                           "counts the earlier rows as already done).") + skipped + _img(figure, "generation throughput"))
 
 
-def training_section(run: RunLayout) -> str:
+def training_section(run: RunLayout, cut: dict[str, int]) -> str:
+    """`cut`: where `_rows` notes a metrics file it could read only in part, for the page's top."""
     parts = []
     for stage in ("stage1", "stage2"):
         metrics = run.metrics(stage)
-        rows = list(_rows([metrics])) if metrics.is_file() else []
+        rows = list(_rows([metrics], cut)) if metrics.is_file() else []
         if not rows:
             parts.append(_note(f"{stage}: not run yet (no train/{stage}/metrics.jsonl)."))
             continue

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -260,7 +259,7 @@ def test_an_empty_folder_still_gets_a_page(tmp_path: Path):
     assert page.count("not run yet") >= 7 and "<img" not in page
 
 
-# ---------------------------------------------------------------------------- read what curate counted; cut files
+# ---------------------------------------------------------------------------- what curate counted; cut files
 
 def generated_row(n: int, continuation: str) -> dict:
     text = f"she put the letters on the table by the door number {n}"
@@ -284,29 +283,25 @@ def small_curated_run(tmp_path: Path) -> Path:
     return run
 
 
-def test_what_you_got_reads_curates_stats_and_counts_the_files_without_them(tmp_path: Path):
+def test_what_you_got_counts_curates_output_and_rejects_as_the_rejects_section_does(tmp_path: Path):
     run = small_curated_run(tmp_path)
-    stats_path = run / "curated" / "curated.stats.json"
-    stats = json.loads(stats_path.read_text())
-    assert stats["per_task"] == {"semantic": {"kept": 2, "rejected": 2, "rejects": {"echo": 1, "refusal": 1}}}
+    page = write_report(run).read_text()
     counted = ("<tr><td>semantic</td><td class=n>4</td><td class=n>2</td><td>50%</td>"
                "<td class=n>1</td><td>25%</td></tr>")
-    assert counted in section(write_report(run).read_text(), "What you got")
+    assert counted in section(page, "What you got")
+    rejects = section(page, "4. Rejects per stage and reason")
+    assert "<tr><td>curate</td><td>echo</td><td class=n>1</td></tr>" in rejects
+    assert "<tr><td>curate</td><td>refusal</td><td class=n>1</td></tr>" in rejects
+    assert "2 rows, from the curated rows." in section(page, "3. Transcript and continuation lengths")
 
-    # The figures are the stats' (changed here by hand to tell them apart; curate's are the files' own).
-    stats["per_task"]["semantic"] = {"kept": 1998, "rejected": 2, "rejects": {"echo": 2}}
+    # The page counts the files themselves: curate's stats, edited or gone, change nothing on it.
+    stats_path = run / "curated" / "curated.stats.json"
+    stats = json.loads(stats_path.read_text())
+    stats["kept"] = 1998
     stats_path.write_text(json.dumps(stats))
-    from_stats = ("<tr><td>semantic</td><td class=n>2,000</td><td class=n>1,998</td><td>100%</td>"
-                  "<td class=n>2</td><td>0%</td></tr>")
-    assert from_stats in section(write_report(run).read_text(), "What you got")
-
-    # Stats older than the rows (a curate that stopped before writing them), or none: the files are read.
-    curated = run / "curated" / "curated.jsonl.gz"
-    later = stats_path.stat().st_mtime_ns + 10**9
-    os.utime(curated, ns=(later, later))
-    assert counted in section(write_report(run).read_text(), "What you got")
+    assert write_report(run).read_text() == page
     stats_path.unlink()
-    assert counted in section(write_report(run).read_text(), "What you got")
+    assert write_report(run).read_text() == page
 
 
 def test_a_cut_jsonl_gz_is_read_up_to_the_cut_with_a_note(tmp_path: Path):
