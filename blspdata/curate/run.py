@@ -6,9 +6,8 @@ filters (`filters.py`), then exact and near-duplicate detection (`dedup.py`) acr
 inputs. Kept rows go to OUT unchanged; dropped rows to OUT.rejects.jsonl with `reason`
 (`refusal`, `echo`, `near_duplicate_of:<id>`, ...) and the row itself. kept + rejected =
 input, checked before OUT is committed. OUT.stats.json holds the counts, per reason, per
-corpus and label before and after, the kept share per label of the emotion task, rows kept
-and dropped per task (the run report's, so that it need not read OUT again), and the length
-distribution.
+corpus and label before and after, the kept share per label of the emotion task, and the
+length distribution.
 
 Duplicates are looked for within a task (stage 1 trains on the semantic rows, stage 2 on the
 emotion rows: a continuation in both is in neither twice) and judged per group (dedup.py):
@@ -56,8 +55,6 @@ class Stats:
     before: Counter = field(default_factory=Counter)   # (corpus, task, emotion) -> n
     after: Counter = field(default_factory=Counter)
     label_rejects: Counter = field(default_factory=Counter)  # (emotion, reason family) -> n, emotion task
-    task_kept: Counter = field(default_factory=Counter)      # task_of(row) -> rows kept
-    task_rejects: Counter = field(default_factory=Counter)   # (task_of(row), reason family) -> rows dropped
     lengths_before: list[int] = field(default_factory=list)
     lengths_after: list[int] = field(default_factory=list)
 
@@ -112,17 +109,6 @@ class Stats:
                                                  if emotion == label}).most_common())}
                 for label in sorted(before, key=lambda label: (order.get(label, len(order)), label))}
 
-    def per_task(self) -> dict[str, dict[str, Any]]:
-        """Rows kept and dropped per task as the run report counts them from OUT and its rejects
-        (`task_of`: a row that is not a record counts under its own task field, or `unknown`),
-        so the report need not read them again."""
-        tasks = sorted(set(self.task_kept) | {task for task, _ in self.task_rejects})
-        return {task: {"kept": self.task_kept[task],
-                       "rejected": sum(n for (t, _), n in self.task_rejects.items() if t == task),
-                       "rejects": dict(Counter({reason: n for (t, reason), n in self.task_rejects.items()
-                                                if t == task}).most_common())}
-                for task in tasks}
-
     def warnings(self) -> list[str]:
         """A label whose kept share is far below the other labels' (see the module docstring)."""
         shares = self.label_shares()
@@ -147,7 +133,6 @@ class Stats:
             "by_task": {"before": self._group(self.before, 1), "after": self._group(self.after, 1)},
             "by_emotion": {"before": self._group(self.before, 2), "after": self._group(self.after, 2)},
             "kept_share_by_emotion": self.label_shares(),
-            "per_task": self.per_task(),
             "warnings": self.warnings(),
             "continuation_words": {"before": self._lengths(self.lengths_before),
                                    "after": self._lengths(self.lengths_after)},
@@ -160,12 +145,6 @@ class Stats:
             lines.append("  kept per emotion: " + ", ".join(
                 f"{label} {s['after']}/{s['before']} ({s['kept_share']:.0%})" for label, s in shares.items()))
         return "\n".join(lines)
-
-
-def task_of(row: dict | None) -> str:
-    """The task an input row counts under in `per_task`: its `task` field as text, `unknown`
-    where it has none (a line that is not JSON, a row without one)."""
-    return str((row or {}).get("task") or "unknown")
 
 
 OPTIONS = options(FilterSettings, DedupSettings)  # name -> (field, type): every curate option
@@ -350,13 +329,11 @@ def curate(inputs: list[str | Path], out: str | Path, *, filters: FilterSettings
                 if item.reason:
                     if item.record and item.record.task == "emotion" and item.record.emotion is not None:
                         stats.label_rejects[(item.record.emotion, reason_family(item.reason))] += 1
-                    stats.task_rejects[(task_of(item.row), reason_family(item.reason))] += 1
                     record_id = item.record.id if item.record else (item.row or {}).get("id")
                     rejected.add(Reject(item.reason, item.location, item.detail, id=record_id, record=item.row))
                     continue
                 record = item.record
                 stats.kept += 1
-                stats.task_kept[task_of(item.row)] += 1
                 stats.after[(record.corpus, record.task, record.emotion)] += 1
                 stats.lengths_after.append(len(item.tokens))
                 kept.write(item.row)
