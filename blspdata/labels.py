@@ -117,11 +117,10 @@ def load_label_map(path: str | os.PathLike) -> dict[str, str | None]:
     return mapping
 
 
-def merged(base: dict[str, str | None], overrides: dict[str, str | None] | None) -> dict[str, str | None]:
-    result = dict(base)
-    if overrides:
-        result.update(overrides)
-    return result
+def corpus_map(base: dict[str, str | None], label_map: str | os.PathLike | None) -> dict[str, str | None]:
+    """A corpus's mapping (`base`, one of the above) with the entries of the user's
+    `--label-map FILE` over it, when one is given: what each importer maps its labels with."""
+    return {**base, **load_label_map(label_map)} if label_map else dict(base)
 
 
 def map_label(raw: str, mapping: dict[str, str | None]) -> tuple[str | None, str | None]:

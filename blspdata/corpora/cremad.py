@@ -93,7 +93,7 @@ def scan(root: str, test_speakers: Sequence[Any] | None = None, dev_speakers: Se
                           "run `git lfs pull` in the CREMA-D clone, then ingest again")
     actors = {m[1] for m in (_NAME.match(n[:-4]) for n in names) if m}
     splits = speaker_splits(actors, test_speakers, dev_speakers, DEFAULT_TEST_SPEAKERS, "CREMA-D")
-    mapping = labels.merged(labels.CREMA_D, labels.load_label_map(label_map) if label_map else None)
+    mapping = labels.corpus_map(labels.CREMA_D, label_map)
     sexes, bad = _sexes(os.path.normpath(os.path.join(audio_dir, os.pardir)))  # AudioWAV's parent
     yield from bad
     for name in names:

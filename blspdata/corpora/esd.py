@@ -65,7 +65,7 @@ def scan(root: str, splits: Sequence[str] | None = None,
     base = _speakers_root(root)
     if base is None:
         raise IngestError(f"no speaker folders 0001..0020 under {root} (expected 'Emotion Speech Dataset')")
-    mapping = labels.merged(labels.ESD, labels.load_label_map(label_map) if label_map else None)
+    mapping = labels.corpus_map(labels.ESD, label_map)
     wanted = set(splits or SPLITS)
     for speaker in sorted(n for n in os.listdir(base) if _SPEAKER.match(n) and os.path.isdir(os.path.join(base, n))):
         yield from _scan_speaker(os.path.join(base, speaker), speaker, wanted, mapping)

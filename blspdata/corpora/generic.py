@@ -50,7 +50,7 @@ def scan(root: str, fmt: str, audio_col: str = "audio", text_col: str = "text", 
         raise IngestError(f"{fmt.upper()} file not found: {path}")
     corpus = corpus_name or os.path.basename(path).split(".")[0]
     base = os.path.dirname(path)
-    mapping = labels.merged(labels.GENERIC, labels.load_label_map(label_map) if label_map else None)
+    mapping = labels.corpus_map(labels.GENERIC, label_map)
     _check_columns(fmt, path, {"--audio-col": audio_col, "--text-col": text_col, "--emotion-col": emotion_col,
                                "--id-col": id_col, "--speaker-col": speaker_col, "--split-col": split_col,
                                "--offset-col": offset_col, "--duration-col": duration_col})

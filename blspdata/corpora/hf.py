@@ -73,7 +73,7 @@ def scan(root: str, audio_dir: str | os.PathLike, audio_col: str | None = None, 
             raise IngestError(f"{root}: no split {', '.join(map(repr, unknown))}; it has {', '.join(p.split for p in parts)}")
         parts = [p for p in parts if p.split in splits]
     corpus = corpus_name or _default_name(root)
-    mapping = labels.merged(labels.HUB, labels.load_label_map(label_map) if label_map else None)
+    mapping = labels.corpus_map(labels.HUB, label_map)
     seen: set[str] = set()
     for part in parts:
         columns = _columns(part, audio_col, text_col, emotion_col, speaker_col, id_col, split_col)

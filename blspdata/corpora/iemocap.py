@@ -59,7 +59,7 @@ def scan(root: str, test_sessions: Sequence[int] | None = None, dev_sessions: Se
     overlap = set(test_sessions) & set(dev_sessions)
     if overlap:
         raise IngestError(f"session(s) {sorted(overlap)} are in both the test and the dev split")
-    mapping = labels.merged(labels.IEMOCAP, labels.load_label_map(label_map) if label_map else None)
+    mapping = labels.corpus_map(labels.IEMOCAP, label_map)
     for session in sessions:
         split = "test" if session in test_sessions else "dev" if session in dev_sessions else "train"
         yield from _scan_session(os.path.join(root, f"Session{session}"), session, split, mapping)

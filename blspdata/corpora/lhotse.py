@@ -60,7 +60,7 @@ def scan(root: str, supervisions: str | os.PathLike | None = None, corpus_name: 
     split_given = split is not None
     split = split or (named["part"] if named and named["part"] else "train")
     context = _Context(corpus, split, None if audio_root is None else str(audio_root), language,
-                       labels.merged(labels.HUB, labels.load_label_map(label_map) if label_map else None),
+                       labels.corpus_map(labels.HUB, label_map),
                        renamed=corpus_name is not None or split_given)
     if "cuts" in kinds:
         if len(paths) > 1:

@@ -49,7 +49,7 @@ def scan(root: str, audio_dir: str | os.PathLike, sentences: str | os.PathLike |
     if not actors:
         raise IngestError(f"no actor folders with audio/ (M003/audio/, W009/audio/, ...) under {root}")
     splits = speaker_splits(actors, test_speakers, dev_speakers, (), "MEAD")
-    mapping = labels.merged(labels.MEAD, labels.load_label_map(label_map) if label_map else None)
+    mapping = labels.corpus_map(labels.MEAD, label_map)
     table: Sentences | None = None
     if sentences is not None:
         table, bad = read_sentences(str(sentences))

@@ -50,7 +50,7 @@ def scan(root: str, audio_dir: str | os.PathLike, splits: Sequence[str] | None =
     bad = [s for s in (splits or ()) if s not in SPLITS]
     if bad:
         raise IngestError(f"unknown MELD split(s) {', '.join(bad)}; choose from {', '.join(SPLITS)}")
-    mapping = labels.merged(labels.MELD, labels.load_label_map(label_map) if label_map else None)
+    mapping = labels.corpus_map(labels.MELD, label_map)
     found = {split: _find(root, SPLITS[split][0]) for split in (splits or SPLITS)}
     missing = [SPLITS[s][0] for s, path in found.items() if path is None]
     if splits and missing or not any(found.values()):

@@ -99,7 +99,7 @@ def scan(root: str, labels_csv: str | os.PathLike | None = None, min_intensity: 
     if absent:
         raise IngestError(f"{table}: the label CSV lacks column(s) {', '.join(absent)} (needs video_id, start, end and "
                           f"{', '.join(EMOTIONS)})")
-    mapping = labels.merged({**labels.MOSEI, "neutral": "neutral"}, labels.load_label_map(label_map) if label_map else None)
+    mapping = labels.corpus_map({**labels.MOSEI, "neutral": "neutral"}, label_map)
     # folders below ROOT: the full-video audio, not Segmented/ clips; text from Transcript/.../Segmented/
     audio = _walk(root, lambda folder, ext: ext in AUDIO_EXTENSIONS and "segmented" not in folder)
     transcripts = _walk(root, lambda folder, ext: ext == ".txt" and "transcript" in folder and "full" not in folder.split(os.sep))

@@ -66,7 +66,7 @@ def scan(root: str, test_speakers: Sequence[Any] | None = None, dev_speakers: Se
         raise IngestError(f"no Actor_01..Actor_24 folders under {root} (expected the unzipped Audio_Speech_Actors_01-24)")
     actors = sorted(n for n in os.listdir(base) if _ACTOR.match(n) and os.path.isdir(os.path.join(base, n)))
     splits = speaker_splits(actors, test_speakers, dev_speakers, DEFAULT_TEST_SPEAKERS, "RAVDESS", actor_name)
-    mapping = labels.merged(labels.RAVDESS, labels.load_label_map(label_map) if label_map else None)
+    mapping = labels.corpus_map(labels.RAVDESS, label_map)
     for actor in actors:
         folder = os.path.join(base, actor)
         for name in sorted(os.listdir(folder)):

@@ -98,7 +98,7 @@ def scan(root: str, sentences: str | os.PathLike | None = None, test_speakers: S
     wavs = _wavs(root)
     splits = speaker_splits({s for _, s, _ in wavs if s}, test_speakers, dev_speakers, DEFAULT_TEST_SPEAKERS, "SAVEE",
                             lambda s: str(s).strip().upper())
-    mapping = labels.merged(labels.SAVEE, labels.load_label_map(label_map) if label_map else None)
+    mapping = labels.corpus_map(labels.SAVEE, label_map)
     yield from bad
     for path, speaker, code in wavs:
         match = _CODE.match(code)

@@ -53,7 +53,7 @@ def scan(root: str, test_speakers: Sequence[Any] | None = None, dev_speakers: Se
     folders = sorted(n for n in os.listdir(base) if _FOLDER.match(n) and os.path.isdir(os.path.join(base, n)))
     splits = speaker_splits({n[:3].upper() for n in folders}, test_speakers, dev_speakers, DEFAULT_TEST_SPEAKERS,
                             "TESS", lambda s: str(s).strip().upper())
-    mapping = labels.merged(labels.TESS, labels.load_label_map(label_map) if label_map else None)
+    mapping = labels.corpus_map(labels.TESS, label_map)
     seen: dict[str, str] = {}
     for folder in folders:
         speaker, said = folder[:3].upper(), folder_emotion(_FOLDER.match(folder)[2])
