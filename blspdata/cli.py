@@ -897,6 +897,9 @@ def run_command(
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override the config's run_dir."),
     plan_only: bool = typer.Option(False, "--plan", help="Validate the config and say what would run, run nothing."),
     report: bool = typer.Option(True, "--report/--no-report", help="Write RUN_DIR/report.html at the end."),
+    strict: bool = typer.Option(False, "--strict", help="Stop with a non-zero exit at the first bad input of "
+                                "ingest, generate, curate or publish instead of rejecting it, as each one's --strict "
+                                "does (stages skipped as up to date are not read again; --from reruns them)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run the models' own Python code: "
                                            "vLLM's for generation and the LLM's for training and evaluation (Qwen-7B-Chat "
                                            "needs it). Only this flag turns it on; a config asking for it is refused."),
@@ -912,7 +915,7 @@ def run_command(
     out = Path(cfg.run_dir)
     with error_note(f"(finished stages are kept in {out}; rerun the same command to resume)"):
         run(cfg, start=start, until=until, dry_run=plan_only, progress=progress, echo=typer.echo,
-            trust_remote_code=trust_remote_code)
+            trust_remote_code=trust_remote_code, strict=strict)
     if plan_only:
         return
     typer.echo(f"== done: {out}")

@@ -364,8 +364,10 @@ def _remove(paths: list[Path]) -> None:
 
 # ---------------------------------------------------------------------------- the stages
 
-def plan(config: Config, progress: bool = True, trust_remote_code: bool = False) -> list[Unit]:
-    """Every unit of the pipeline, in order, with its fingerprint and work."""
+def plan(config: Config, progress: bool = True, trust_remote_code: bool = False, strict: bool = False) -> list[Unit]:
+    """Every unit of the pipeline, in order, with its fingerprint and work. `strict` (the
+    user's `run --strict`) is handed to ingest, generate, curate and publish; it is not in the
+    fingerprints (a run that finishes writes the same rows either way)."""
     run = RunLayout(config.run_dir)
     units: list[Unit] = []
     generated: list[tuple[Path, str]] = []
@@ -373,7 +375,7 @@ def plan(config: Config, progress: bool = True, trust_remote_code: bool = False)
         manifest = run.manifest(corpus.name)
         ingest_fp = fingerprint("ingest", corpus.model_dump(exclude={"task"}), tree_fingerprint(corpus.root))
         units.append(Unit("ingest", f"ingest/{corpus.name}", ingest_fp, [manifest],
-                          _ingest(corpus, manifest, progress)))
+                          _ingest(corpus, manifest, progress, strict)))
         out = run.generated(corpus.name, corpus.task)
         settings = config.generate.model_dump(exclude={"prompts", "executor", "ray_actors", "concurrency",
                                                        "request_timeout", "retry_rejects"})
@@ -387,16 +389,16 @@ def plan(config: Config, progress: bool = True, trust_remote_code: bool = False)
         prompt_fp = tree_fingerprint(prompt) if prompt and prompt.endswith(".toml") else prompt
         generate_fp = fingerprint("generate", settings, corpus.task, prompt_fp, ingest_fp)
         units.append(Unit("generate", f"generate/{corpus.name}", generate_fp, [out],
-                          _generate(config, corpus.task, prompt, manifest, out, progress, trust_remote_code),
+                          _generate(config, corpus.task, prompt, manifest, out, progress, trust_remote_code, strict),
                           resumable=True))
         generated.append((out, generate_fp))
     curated = run.curated
     curate_fp = fingerprint("curate", config.curate.model_dump(), [fp for _, fp in generated])
     units.append(Unit("curate", "curate", curate_fp, [curated], _curate(config, [p for p, _ in generated], curated,
-                                                                        progress)))
+                                                                        progress, strict)))
     dataset = run.dataset
     publish_fp = fingerprint("publish", config.publish.model_dump(), curate_fp)
-    units.append(Unit("publish", "publish", publish_fp, [dataset], _publish(config, curated, dataset, progress)))
+    units.append(Unit("publish", "publish", publish_fp, [dataset], _publish(config, curated, dataset, progress, strict)))
     if config.train is None:
         return sorted(units, key=lambda u: STAGES.index(u.stage))
     train = config.train
@@ -425,20 +427,20 @@ def _stage_settings(options) -> dict:
     return options.model_dump(exclude={"data_workers"} | later)
 
 
-def _ingest(corpus: Corpus, manifest: Path, progress: bool) -> Callable[[bool], dict]:
+def _ingest(corpus: Corpus, manifest: Path, progress: bool, strict: bool = False) -> Callable[[bool], dict]:
     def work(resume: bool) -> dict:
         from blspdata.ingest import ingest_corpus
 
         _remove([manifest, sidecar(manifest, "rejects.jsonl"), sidecar(manifest, "summary.json")])
         summary = ingest_corpus(corpus.kind, corpus.root, manifest, jobs=cores(), normalizer=corpus.normalizer,
-                                progress=progress, **corpus.options)
+                                strict=strict, progress=progress, **corpus.options)
         print(f"  {summary.render()}", file=sys.stderr)
         return summary.to_dict()
     return work
 
 
 def _generate(config: Config, task: str, prompt: Optional[str], manifest: Path, out: Path,
-              progress: bool, trust_remote_code: bool = False) -> Callable[[bool], dict]:
+              progress: bool, trust_remote_code: bool = False, strict: bool = False) -> Callable[[bool], dict]:
     def work(resume: bool) -> dict:
         from blspdata.generate.run import generate
 
@@ -448,32 +450,33 @@ def _generate(config: Config, task: str, prompt: Optional[str], manifest: Path, 
 
         settings = GenerateSettings(**config.generate.model_dump(exclude={"prompts"}))
         summary = generate(manifest, out, task=task, prompt=prompt, settings=settings,
-                           api_key=os.environ.get("OPENAI_API_KEY"), progress=progress,
+                           api_key=os.environ.get("OPENAI_API_KEY"), strict=strict, progress=progress,
                            trust_remote_code=trust_remote_code)
         print(f"  {summary.render()}", file=sys.stderr)
         return summary.to_dict()
     return work
 
 
-def _curate(config: Config, inputs: list[Path], out: Path, progress: bool) -> Callable[[bool], dict]:
+def _curate(config: Config, inputs: list[Path], out: Path, progress: bool, strict: bool = False) -> Callable[[bool], dict]:
     def work(resume: bool) -> dict:
         from blspdata.curate.run import curate, settings_from
 
         filters, dedup = settings_from(None, config.curate.model_dump())
-        stats = curate(inputs, out, filters=filters, dedup=dedup, progress=progress)
+        stats = curate(inputs, out, filters=filters, dedup=dedup, strict=strict, progress=progress)
         print(f"  {stats.render()}", file=sys.stderr)
         return {k: v for k, v in stats.to_dict().items() if k in ("input", "kept", "rejected", "rejects")}
     return work
 
 
-def _publish(config: Config, curated: Path, dataset: Path, progress: bool) -> Callable[[bool], dict]:
+def _publish(config: Config, curated: Path, dataset: Path, progress: bool, strict: bool = False) -> Callable[[bool], dict]:
     def work(resume: bool) -> dict:
         from blspdata.publish import publish, push_to_hub, verify
 
         from blspdata.publish_options import PublishSettings
 
         p = PublishSettings(**config.publish.model_dump())
-        result = publish([curated], dataset, **p.publish_args(), jobs=cores(), overwrite=True, progress=progress)
+        result = publish([curated], dataset, **p.publish_args(), jobs=cores(), overwrite=True, progress=progress,
+                         strict=strict)
         problems = verify(dataset)
         if problems:
             raise RunError(f"{dataset} does not verify: " + "; ".join(problems))
@@ -532,10 +535,12 @@ def _model_path(config: Config, name: str) -> str:
 
 def run(config: Config, start: Optional[str] = None, until: Optional[str] = None, dry_run: bool = False,
         progress: bool = True, echo: Callable[[str], None] = print,
-        trust_remote_code: bool = False) -> list[tuple[Unit, str, str]]:
+        trust_remote_code: bool = False, strict: bool = False) -> list[tuple[Unit, str, str]]:
     """Run (or with dry_run, only decide) every unit from `start` to `until`. Returns what
     was decided for each unit. `trust_remote_code` is the user's `run --trust-remote-code`: the
-    config alone cannot turn it on."""
+    config alone cannot turn it on. `strict` (`run --strict`): each stage this run runs stops at
+    its first bad input, as that stage's own --strict does (stages skipped as up to date are not
+    read again)."""
     from blspdata.generate.run import GenerateError, check_engine_args
 
     g = config.generate
@@ -552,17 +557,17 @@ def run(config: Config, start: Optional[str] = None, until: Optional[str] = None
 
         hf_logging.disable_progress_bar()
     if dry_run:
-        return _run(config, start, until, True, progress, echo, trust_remote_code)
+        return _run(config, start, until, True, progress, echo, trust_remote_code, strict)
     # One run per run folder: a second one (a requeued job, a second terminal) would write the
     # same metrics.jsonl and checkpoints. The kernel drops the lock when this process ends.
     with exclusive(RunLayout(run_dir).lock, what=f"run folder {run_dir}"):
-        return _run(config, start, until, False, progress, echo, trust_remote_code)
+        return _run(config, start, until, False, progress, echo, trust_remote_code, strict)
 
 
 def _run(config: Config, start: Optional[str], until: Optional[str], dry_run: bool, progress: bool,
-         echo: Callable[[str], None], trust_remote_code: bool) -> list[tuple[Unit, str, str]]:
+         echo: Callable[[str], None], trust_remote_code: bool, strict: bool = False) -> list[tuple[Unit, str, str]]:
     run_dir = Path(config.run_dir)
-    units = plan(config, progress, trust_remote_code)
+    units = plan(config, progress, trust_remote_code, strict)
     stages = [u.stage for u in units]
     first = STAGES.index(start) if start else 0
     last = STAGES.index(until) if until else len(STAGES) - 1

@@ -192,3 +192,27 @@ def test_the_demo_training_recipe_hears_the_emotion_on_the_test_split(demo_recip
     # Measured: UA 0.67, WA 0.67 (seed 42); 0.58, 0.59 on the 2026-12 sample (95 rows). Twice chance
     # leaves room for numerical drift.
     assert ser["head_ua"] >= 0.4 and ser["head_accuracy"] >= 0.4, ser
+
+
+def test_strict_stops_the_run_at_the_first_bad_file(tmp_path: Path):
+    """`run --strict` hands --strict to the stages: one unreadable FLAC stops the run at ingest,
+    naming the file, where without it the file is a reject and the run goes on."""
+    shutil.copytree(SAMPLES / "LibriSpeech", tmp_path / "corpora" / "LibriSpeech")
+    bad = sorted((tmp_path / "corpora" / "LibriSpeech").rglob("*.flac"))[0]
+    bad.write_bytes(b"not a flac")
+    config = write_config(tmp_path, corpora=[{"kind": "librispeech", "root": "corpora/LibriSpeech"}],
+                          generate={"backend": "dry-run"})
+    no_train = yaml.safe_load(config.read_text())
+    for section in ("train", "evaluate"):
+        no_train.pop(section)
+    config.write_text(yaml.safe_dump(no_train))
+
+    result = blspdata("run", config, "--strict", "--no-progress", "--no-report", check=False, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "audio_unreadable" in result.stderr and str(bad.name) in result.stderr
+    assert not (tmp_path / "run" / "continuations").exists()  # it stopped before generating anything
+
+    result = blspdata("run", config, "--until", "ingest", "--no-progress", "--no-report", cwd=tmp_path)
+    assert result.returncode == 0
+    rejects = "".join(p.read_text() for p in (tmp_path / "run" / "manifests").glob("librispeech.rejects.*"))
+    assert "audio_unreadable" in rejects and bad.name in rejects
