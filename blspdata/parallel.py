@@ -51,20 +51,27 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], jobs: int, chunk_size:
         return
     pool: ProcessPoolExecutor | None = None
     try:
-        pending: deque = deque()
+        # In order: (runs in a worker, its future). Up to 4 chunks a worker are in the pool, and
+        # the chunks that ran here (between them) are handed on as soon as they are first in
+        # line, so the caller keeps busy while the workers are: at most 32 a worker wait in all.
+        pending: deque[tuple[bool, Future]] = deque()
+        in_pool = 0
         for chunk in chunks:
             if trivial is not None and all(map(trivial, chunk)):
                 done: Future = Future()
                 done.set_result(_run_chunk(fn, chunk))
-                pending.append(done)
+                pending.append((False, done))
             else:
                 if pool is None:
                     pool = _pool(jobs, initializer, initargs)
-                pending.append(pool.submit(_run_chunk_in_worker, fn, chunk))
-            if len(pending) >= 4 * jobs:
-                yield from pending.popleft().result()
+                pending.append((True, pool.submit(_run_chunk_in_worker, fn, chunk)))
+                in_pool += 1
+            while pending and (pending[0][1].done() or in_pool >= 4 * jobs or len(pending) >= 32 * jobs):
+                in_worker, future = pending.popleft()
+                in_pool -= in_worker
+                yield from future.result()
         while pending:
-            yield from pending.popleft().result()
+            yield from pending.popleft()[1].result()
     except BaseException:  # an error, SystemExit (SIGTERM), Ctrl-C, or the caller stopped early
         # Do not wait for the chunks in flight: stop the workers. (Python 3.14: terminate_workers().)
         processes = list((pool._processes or {}).values()) if pool is not None else []

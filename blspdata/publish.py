@@ -130,9 +130,9 @@ def _encode_row(row: dict[str, Any], record: Record, audio_mode: str, audio_root
     the file to copy as it is (`_read_from`, read by the shard writer), or `encoded` from
     `_cut_and_encode`."""
     out = dict(row)
-    out["extra"] = json.dumps(record.extra, ensure_ascii=False, sort_keys=True)
     out["generator"] = json.dumps(record.generator, sort_keys=True) if record.generator is not None else None
     if audio_mode == "path":
+        out["extra"] = json.dumps(record.extra, ensure_ascii=False, sort_keys=True)
         out["audio"] = os.path.relpath(record.audio, audio_root) if audio_root else record.audio
         return out
     payload = None
@@ -182,6 +182,49 @@ def _audio_column(rows: list[dict], audio_type):
     return pa.StructArray.from_arrays([data, paths], fields=list(audio_type))
 
 
+class _HashingFile:
+    """A shard file written front to back, whose SHA-256 (blspdata.json's checksum) is computed
+    from the bytes as they go by, in the hasher thread (hashlib lets go of the GIL), so no shard
+    is read back. The bytes waiting to be hashed are held (pyarrow hands over its buffers
+    without a copy) up to `AHEAD` bytes; beyond, the writer waits for the hasher."""
+
+    AHEAD = 64 << 20
+
+    def __init__(self, handle, hasher) -> None:
+        self.handle, self.hasher, self.digest = handle, hasher, hashlib.sha256()
+        self.waiting: deque = deque()  # (future, bytes) in the order written
+        self.waiting_bytes = 0
+        self.closed = False
+
+    def write(self, data) -> int:
+        written = self.handle.write(data)
+        size = memoryview(data).nbytes
+        self.waiting.append((self.hasher.submit(self.digest.update, data), size))  # one thread: in order
+        self.waiting_bytes += size
+        while self.waiting_bytes > self.AHEAD:
+            future, size = self.waiting.popleft()
+            future.result()
+            self.waiting_bytes -= size
+        return written
+
+    def tell(self) -> int:
+        return self.handle.tell()
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.handle.close()
+
+    def hexdigest(self) -> str:
+        for future, _ in self.waiting:
+            future.result()
+        self.waiting.clear()
+        return self.digest.hexdigest()
+
+
 class _ShardWriter:
     """One (config, split) written straight to Arrow IPC stream shards (the save_to_disk
     layout) or Parquet shards (the Hub layout), cut at `max_bytes`: each row is written once,
@@ -189,11 +232,12 @@ class _ShardWriter:
 
     def __init__(self, folder: Path, split: str, fmt: str, audio: str, max_bytes: int, hasher):
         self.folder, self.split, self.fmt, self.audio, self.max_bytes = folder, split, fmt, audio, max_bytes
-        self.hasher = hasher  # an executor: each finished shard's SHA-256 is computed beside the writing
-        self.checksums: dict[Path, Any] = {}  # final shard path -> the future of its SHA-256
+        self.hasher = hasher  # the one thread that hashes every shard as it is written
+        self.checksums: dict[Path, str] = {}  # final shard path -> its SHA-256, hashed as it was written
         self.closed = False
         self.features = features(audio)
         self.schema = self.features.arrow_schema
+        self.names = self.schema.names  # (a new list at each call of the property)
         self.pending: list[dict] = []
         self.pending_bytes = 0
         self.shards: list[Path] = []
@@ -216,7 +260,7 @@ class _ShardWriter:
             size = os.fstat(fd).st_size
             audio = {"fd": fd, "size": size, "source": source, "path": audio["path"]}
         emotion = row.get("emotion")
-        row = {name: row.get(name) for name in self.schema.names}
+        row = {name: row.get(name) for name in self.names}
         self.digest.update(orjson.dumps([row.get("id"), row.get("task"), row.get("continuation")]))
         row["emotion"] = None if emotion is None else CANONICAL.index(emotion)
         row["audio"] = audio
@@ -254,9 +298,8 @@ class _ShardWriter:
     def _finish_shard(self) -> None:
         self.writer.close()
         self.writer = None
-        part = self.shards[-1]
-        handle = open(part, "rb")  # opened now: the shard is renamed before the hasher may get to it
-        self.checksums[part] = self.hasher.submit(_sha256_file, handle)
+        self.sink.close()
+        self.checksums[self.shards[-1]] = self.sink.hexdigest()
 
     def _open(self) -> None:
         import pyarrow as pa
@@ -265,8 +308,10 @@ class _ShardWriter:
         path = self.folder / f"{self.split}-{len(self.shards):05d}.part"
         self.shards.append(path)
         self.shard_bytes = 0
-        self.writer = (pa.ipc.new_stream(str(path), self.schema) if self.fmt == "arrow"
-                       else pq.ParquetWriter(str(path), self.schema))
+        self.sink = _HashingFile(open(path, "wb"), self.hasher)
+        stream = pa.PythonFile(self.sink, mode="w")
+        self.writer = (pa.ipc.new_stream(stream, self.schema) if self.fmt == "arrow"
+                       else pq.ParquetWriter(stream, self.schema))
 
     def close(self) -> None:
         """Finish the last shard and give the shards their final names (and, for Arrow, the
@@ -372,8 +417,7 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
                     writer = writers[(config, split)]
                     writer.close()
                     counts[config][split], sizes[config][split] = writer.rows, writer.bytes
-                shard_sums = {path: checksum.result() for writer in writers.values()
-                              for path, checksum in writer.checksums.items()}
+                shard_sums = {path: digest for writer in writers.values() for path, digest in writer.checksums.items()}
             if fmt == "arrow":
                 for config in counts:
                     (build / config / "dataset_dict.json").write_text(json.dumps({"splits": list(counts[config])}))
