@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -49,6 +48,7 @@ STAGES = ("ingest", "generate", "resume", "merge", "curate", "publish", "train")
 def make_corpus(folder: Path, rows: int, seed: int) -> Path:
     """`folder/corpus.jsonl` (+ 64 FLACs in folder/audio) for `blspdata ingest jsonl`."""
     import numpy as np
+    import orjson
     import soundfile as sf
 
     audio = folder / "audio"
@@ -56,18 +56,23 @@ def make_corpus(folder: Path, rows: int, seed: int) -> Path:
     t = np.arange(16000) / 16000
     for k in range(64):
         sf.write(audio / f"{k}.flac", (0.1 * np.sin(2 * np.pi * (200 + 10 * k) * t)).astype(np.float32), 16000)
-    rng = random.Random(seed)
+    # Vectorised (numpy draws a chunk's lengths and words at once): 10 M rows in minutes, not the
+    # half hour a Python draw per row took. Zipf-like weights over a 3,000-word vocabulary.
+    rng = np.random.default_rng(seed)
     vocabulary = [f"w{i}" for i in range(3000)]
-    weights = [1 / (i + 1) for i in range(3000)]
+    weights = 1 / np.arange(1, 3001)
+    weights /= weights.sum()
     path = folder / "corpus.jsonl"
-    with open(path, "w") as handle:
-        for start in range(0, rows, 10000):
-            lines = []
-            for i in range(start, min(rows, start + 10000)):
-                text = " ".join(rng.choices(vocabulary, weights, k=rng.randint(8, 30)))
-                lines.append(json.dumps({"id": f"u{i:08d}", "audio": f"audio/{i % 64}.flac", "text": text,
-                                         "speaker": f"s{i % 500}"}))
-            handle.write("\n".join(lines) + "\n")
+    with open(path, "wb") as handle:
+        for start in range(0, rows, 100_000):
+            ids = range(start, min(rows, start + 100_000))
+            lengths = rng.integers(8, 31, size=len(ids))
+            words = [vocabulary[w] for w in rng.choice(3000, size=int(lengths.sum()), p=weights)]
+            ends = np.cumsum(lengths).tolist()
+            handle.write(b"".join(
+                orjson.dumps({"id": f"u{i:08d}", "audio": f"audio/{i % 64}.flac",
+                              "text": " ".join(words[end - n:end]), "speaker": f"s{i % 500}"}) + b"\n"
+                for i, n, end in zip(ids, lengths.tolist(), ends)))
     return path
 
 
