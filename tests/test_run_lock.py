@@ -65,9 +65,15 @@ def test_a_worker_forked_by_the_holder_does_not_keep_the_lock_after_the_holder_i
     script = (
         "import multiprocessing as mp, os, sys, time\n"
         "from blspdata.locks import exclusive\n"
+        "def work(ready):\n"
+        "    ready.set()  # the fork hooks have run: what the worker holds now, it keeps\n"
+        "    time.sleep(60)\n"
         "with exclusive(sys.argv[1]):\n"
-        "    worker = mp.get_context('fork').Process(target=time.sleep, args=(60,))\n"
+        "    fork = mp.get_context('fork')\n"
+        "    ready = fork.Event()\n"
+        "    worker = fork.Process(target=work, args=(ready,))\n"
         "    worker.start()\n"
+        "    assert ready.wait(60)\n"
         "    print(worker.pid, flush=True)\n"
         "    time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", script, str(lock)], stdout=subprocess.PIPE, text=True)
