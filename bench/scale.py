@@ -31,8 +31,10 @@ Run:  .venv/bin/python bench/scale.py                   # 100 k and 1 M
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -111,8 +113,14 @@ def make_generated(folder: Path, manifest: Path, generate: list[str]) -> Path:
     with open(manifest, "rb") as source, open(path, "wb") as target:
         for line in source:
             row = orjson.loads(line)
-            continuation = " ".join(reversed(row["text"].split()))  # one text per row, as a model's would be
-            row.update(task=model["task"], instruction=prefix + row["text"], continuation=continuation,
+            # What the dry-run backend writes (backends.DryRunBackend): 3-30 words picked from the
+            # prompt, seeded by it. (The transcript's words reversed, as before, are all echoes:
+            # curate rejected every row, and curate and publish measured almost nothing.)
+            instruction = prefix + row["text"]
+            rng = random.Random(hashlib.sha256(instruction.encode()).digest())
+            words = instruction.split()
+            continuation = " ".join(rng.choice(words) for _ in range(rng.randint(3, 30)))
+            row.update(task=model["task"], instruction=instruction, continuation=continuation,
                        finished=model["finished"], generator=model["generator"])
             target.write(orjson.dumps(row) + b"\n")
     return path
