@@ -273,6 +273,14 @@ class _ShardWriter:
             self._flush()
         return None
 
+    def discard(self) -> None:
+        """Close the files opened for the rows still queued (`add`), which no flush will read:
+        what a failed publish leaves (a Python caller would run out of file descriptors)."""
+        rows, self.pending, self.pending_bytes = self.pending, [], 0
+        for row in rows:
+            if isinstance(row["audio"], dict) and "fd" in row["audio"]:
+                os.close(row["audio"]["fd"])
+
     def _flush(self) -> None:
         import pyarrow as pa
 
@@ -367,25 +375,27 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
     if out.exists() and not overwrite:
         raise PublishError(f"{out} exists; choose another --out or pass --overwrite")
     inputs = [Path(p) for p in inputs]
+    missing = [str(p) for p in inputs if not p.is_file()]
+    if missing:  # before any work: the rows are read in one pass, a missing last input would stop it late
+        raise PublishError(f"input not found: {', '.join(missing)}")
     max_bytes = _parse_size(max_shard_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_dead_leftovers(out.parent, out.name)  # build folders of killed publishes (only dead PIDs')
     work = Path(tempfile.mkdtemp(prefix=owned_temp_prefix(out.name), suffix=".build", dir=out.parent))
+    writers: dict[tuple[str, str], _ShardWriter] = {}
     try:
         # Rejects are written as they come; the file is committed once the build is whole, just
         # before the dataset is put in place (a failure on the way commits neither).
         with Rejects(out.with_name(out.name + ".rejects.jsonl"), strict=strict, error=PublishError) as rejects:
             build = work / "dataset"
             build.mkdir()
-            provenance = {"corpora": Counter(), "hours": Counter(), "generators": {}, "curate": [], "inputs": []}
+            provenance = {"corpora": Counter(), "hours": Counter(), "generators": {}, "curate": []}
             root = str(audio_root) if audio_root else None
             # One pass: each row is checked, given its split and written to that split's shards
             # while the workers encode the audio of the rows after it. `queued` holds the rows
             # whose audio work is in flight, in input order (bounded by ordered_map).
             queued: deque = deque()
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish-sha256") as hasher:
-                writers: dict[tuple[str, str], _ShardWriter] = {}
-
                 def audio_work():
                     for key, row, record, as_is in _rows(inputs, validation, test, audio, provenance):
                         queued.append((key, row, record, as_is))
@@ -434,6 +444,8 @@ def publish(inputs: Iterable[str | Path], out: str | Path, *, fmt: str = "arrow"
         else:
             os.replace(build, out)
     finally:
+        for writer in writers.values():
+            writer.discard()  # after a failure, the files of the rows still queued (none after a close)
         shutil.rmtree(work, ignore_errors=True)
     return {"rows": dict(counts), "rejected": rejects.reasons, "summary": rejects.render()}
 
@@ -445,9 +457,6 @@ def _rows(inputs: list[Path], validation: float, test: float, audio: str, proven
     False). Counts the provenance of the card as it goes."""
     seen = SeenIds()  # (task, id): ids repeat across tasks, never within one
     for path in inputs:
-        if not path.is_file():
-            raise PublishError(f"input not found: {path}")
-        provenance["inputs"].append(str(path))
         stats = _stats_beside(path)
         if stats:
             provenance["curate"].append(stats)
@@ -472,10 +481,10 @@ def _rows(inputs: list[Path], validation: float, test: float, audio: str, proven
 
 
 def _count_lines(inputs: list[Path]) -> int | None:
-    """The rows to come, for the progress bar (None when an input is compressed or missing)."""
+    """The rows to come, for the progress bar (None when an input is compressed)."""
     total = 0
     for path in inputs:
-        if path.suffix == ".gz" or not path.is_file():
+        if path.suffix == ".gz":
             return None
         with open(path, "rb") as handle:
             total += sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
@@ -510,13 +519,8 @@ def _parse_size(text: str) -> int:
 
 
 def _sha256(path: Path) -> str:
-    return _sha256_file(open(path, "rb"))
-
-
-def _sha256_file(handle) -> str:
-    """The SHA-256 of an open binary file, which is closed after."""
     digest = hashlib.sha256()
-    with handle:
+    with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

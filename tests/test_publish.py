@@ -266,3 +266,25 @@ def test_audio_that_cannot_be_read_is_a_reject_and_the_other_rows_are_published(
     assert sorted(row["id"] for row in kept) == sorted(rows[i]["id"] for i in (0, 4, 5))
     for row in kept:  # copied as it is: the published bytes are the source file's
         assert row["audio"]["bytes"] == Path(REPO / next(r["audio"] for r in rows if r["id"] == row["id"])).read_bytes()
+
+
+def test_a_strict_stop_leaves_no_file_open_and_a_missing_input_stops_before_any_work(records, tmp_path: Path,
+                                                                                     monkeypatch):
+    """A notebook user's publish that fails must not leak the files of rows still queued for a
+    shard (copied as they are: opened when queued), and an input missing after the first is
+    named at once, not once the earlier inputs are published."""
+    from blspdata.publish import PublishError, publish
+
+    monkeypatch.chdir(REPO)  # the sample manifests' audio paths are relative to the repository
+    rows = read_jsonl(records[0])[:6]  # whole 16 kHz FLAC files: each opened when its row is queued
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows) + "not json\n")
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(PublishError, match="malformed_row"):
+        publish([data], tmp_path / "ds", jobs=1, progress=False, strict=True)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert not (tmp_path / "ds").exists()
+
+    with pytest.raises(PublishError, match="input not found: .*never.jsonl"):
+        publish([data, tmp_path / "never.jsonl"], tmp_path / "ds", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
