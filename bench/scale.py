@@ -31,10 +31,8 @@ Run:  .venv/bin/python bench/scale.py                   # 100 k and 1 M
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -100,6 +98,8 @@ def make_generated(folder: Path, manifest: Path, generate: list[str]) -> Path:
     out): the real command on the first row gives the generator and the shape of a row."""
     import orjson
 
+    from blspdata.generate.backends import dry_run_text
+
     one = folder / "one.jsonl"
     with open(manifest, "rb") as source:
         one.write_bytes(source.readline())
@@ -109,19 +109,17 @@ def make_generated(folder: Path, manifest: Path, generate: list[str]) -> Path:
                    check=True, capture_output=True)
     model = orjson.loads(probe.read_bytes().splitlines()[0])
     prefix = model["instruction"][: len(model["instruction"]) - len(model["text"])]
+    max_new_tokens = model["generator"]["sampling"]["max_new_tokens"]
     path = folder / "gen.jsonl"
     with open(manifest, "rb") as source, open(path, "wb") as target:
         for line in source:
             row = orjson.loads(line)
-            # What the dry-run backend writes (backends.DryRunBackend): 3-30 words picked from the
-            # prompt, seeded by it. (The transcript's words reversed, as before, are all echoes:
-            # curate rejected every row, and curate and publish measured almost nothing.)
+            # What the dry-run backend writes. (The transcript's words reversed, as before, are all
+            # echoes: curate rejected every row, and curate and publish measured almost nothing.)
             instruction = prefix + row["text"]
-            rng = random.Random(hashlib.sha256(instruction.encode()).digest())
-            words = instruction.split()
-            continuation = " ".join(rng.choice(words) for _ in range(rng.randint(3, 30)))
+            continuation, n = dry_run_text(instruction, max_new_tokens)
             row.update(task=model["task"], instruction=instruction, continuation=continuation,
-                       finished=model["finished"], generator=model["generator"])
+                       finished=n < max_new_tokens, generator=model["generator"])
             target.write(orjson.dumps(row) + b"\n")
     return path
 

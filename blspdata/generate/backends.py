@@ -521,10 +521,15 @@ class DryRunBackend:
         return None
 
     async def complete(self, request: Request) -> Result:
-        prompt = request.messages[-1]["content"]
-        rng = random.Random(hashlib.sha256(prompt.encode()).digest())
-        words = prompt.split()
-        n = rng.randint(3, max(3, min(request.max_new_tokens, 30)))
-        text = " ".join(rng.choice(words) for _ in range(n))
+        text, n = dry_run_text(request.messages[-1]["content"], request.max_new_tokens)
         await asyncio.sleep(random.random() * self.jitter if self.jitter > 0 else 0)
         return Result(request.id, continuation=text, finished=n < request.max_new_tokens, output_tokens=n)
+
+
+def dry_run_text(prompt: str, max_new_tokens: int) -> tuple[str, int]:
+    """What the dry-run backend answers to `prompt`: 3-30 of its words, picked by a generator
+    seeded with its hash (the same answer every time), and how many."""
+    rng = random.Random(hashlib.sha256(prompt.encode()).digest())
+    words = prompt.split()
+    n = rng.randint(3, max(3, min(max_new_tokens, 30)))
+    return " ".join(rng.choice(words) for _ in range(n)), n

@@ -11,6 +11,7 @@ Both are then used through the same OpenAI-compatible client.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -237,9 +238,8 @@ def embedded_llama(model: str | None = None, n_ctx: int = 2048, threads: int | N
 # A llama.cpp built with -march=native (its default from source) crashes on a CPU without the
 # instructions of the one it was built on: pip reuses its cached wheel across machines whatever
 # CMAKE_ARGS say, and AMX kernels fault (SIGSEGV in ldtilecfg) on VMs that list AMX.
-LLAMA_CRASH_HINT = ("llama-cpp-python built for another CPU does this: rebuild it portable with `make llama-cpp`, "
-                    "or CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON' "
-                    "pip install --force-reinstall --no-deps --no-cache-dir llama-cpp-python")
+LLAMA_CRASH_HINT = ("llama-cpp-python built for another CPU does this: rebuild it portable with `make llama-cpp` "
+                    "(without make: the CMAKE_ARGS pip line in the README's install paragraph)")
 
 
 def check_embedded(timeout: float = 120.0) -> str:
@@ -251,7 +251,8 @@ def check_embedded(timeout: float = 120.0) -> str:
             response = httpx.post(f"{server.base_url}/completions", timeout=timeout,
                                   json={"prompt": "The cat sat on the", "max_tokens": 4, "temperature": 0})
         except httpx.HTTPError as exc:
-            time.sleep(0.5)  # let a crashed process be reaped, to say how it ended
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.process.wait(timeout=5)  # a crashed process: say how it ended
             raise BackendError(server.ended() or f"{server.what} did not answer: {type(exc).__name__}: {exc}") from None
         if response.status_code != 200:
             raise BackendError(f"{server.what} answered HTTP {response.status_code}: {response.text[:300]}")
