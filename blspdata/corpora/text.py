@@ -29,7 +29,6 @@ NORMALIZERS = ("light", "whisper", "none")
 GIGASPEECH_PUNCTUATION = {
     "<COMMA>": ",", "<PERIOD>": ".", "<QUESTIONMARK>": "?", "<EXCLAMATIONPOINT>": "!",
 }
-GIGASPEECH_GARBAGE = ("<SIL>", "<MUSIC>", "<NOISE>", "<OTHER>")
 _TAG = re.compile(r"\s*(<[A-Z]+>)")
 _SPACE = re.compile(r"\s+")
 _ANNOTATION = re.compile(r"\[[^\]]*\]|<[^>]*>")
@@ -53,7 +52,7 @@ def gigaspeech_text(text_tn: str) -> str:
         tag = match.group(1)
         if tag in GIGASPEECH_PUNCTUATION:
             return GIGASPEECH_PUNCTUATION[tag]
-        return " "  # garbage tags and unknown tags
+        return " "  # garbage tags (<SIL>, <MUSIC>, <NOISE>, <OTHER>) and unknown tags
 
     out = _SPACE.sub(" ", _TAG.sub(replace, text_tn)).strip()
     return "" if not any(ch.isalnum() for ch in out) else out
