@@ -33,7 +33,7 @@ from tqdm import tqdm
 from blspdata.audio import AudioError, flac_streaminfo
 from blspdata.errors import BlspdataError
 from blspdata.parallel import ordered_map
-from blspdata.records import JsonlWriter, Record, Reject, read_rows, write_json
+from blspdata.records import HashSet, JsonlWriter, Record, Reject, key_hash, read_rows, write_json
 from blspdata.rejects import Rejects
 
 _CUSTOM = ("corpus", "split", "emotion", "raw_emotion", "raw_text", "task", "instruction", "continuation",
@@ -127,7 +127,7 @@ def export_lhotse(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, pr
     summary = ExportSummary(str(out_dir), prefix, Rejects(out_dir / f"{prefix}.rejects.jsonl", strict=strict, error=ExportError))
     rows = ((row.location, row.record, row.reject) for row in read_rows(manifest))
 
-    seen: set[str] = set()
+    seen = HashSet()  # the record ids met so far, as 64-bit hashes (~8 bytes a row)
     recordings: dict[tuple[str, str], str] = {}  # (split, audio path) -> recording id
     taken: dict[tuple[str, str], str] = {}       # (split, recording id) -> audio path
     bar = tqdm(desc="export lhotse", unit=" rec", disable=not progress, file=sys.stderr, dynamic_ncols=True)
@@ -149,10 +149,9 @@ def export_lhotse(manifest: str | os.PathLike, out_dir: str | os.PathLike, *, pr
                 if isinstance(info[0], str):  # the audio's header could not be read
                     drop(Reject(info[0], location, info[1], id=record.id))
                     continue
-                if record.id in seen:
+                if not seen.add(key_hash(record.id)):
                     drop(Reject("duplicate_id", location, f"{record.id} came before: a supervision id is unique", id=record.id))
                     continue
-                seen.add(record.id)
                 frames, rate, channels = info
                 end = record.offset + record.duration
                 if end > frames / rate + 0.05:  # as ingest's END_TOLERANCE_S

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator, Sequence
 from blspdata import labels
 from blspdata.corpora.base import AudioItem, IngestError, resolve_label
 from blspdata.errors import cut
-from blspdata.records import Record, Reject
+from blspdata.records import HashSet, Record, Reject, key_hash
 
 # Tried in order when no --text-col is given (Common Voice copies say "sentence").
 TEXT_COLUMNS = ("text", "sentence", "transcription", "transcript", "normalized_text")
@@ -74,7 +74,7 @@ def scan(root: str, audio_dir: str | os.PathLike, audio_col: str | None = None, 
         parts = [p for p in parts if p.split in splits]
     corpus = corpus_name or _default_name(root)
     mapping = labels.corpus_map(labels.HUB, label_map)
-    seen: set[str] = set()
+    seen = HashSet()  # the record ids met so far, as 64-bit hashes (~8 bytes a row)
     for part in parts:
         columns = _columns(part, audio_col, text_col, emotion_col, speaker_col, id_col, split_col)
         yield from _scan_part(part, corpus, str(audio_dir), columns, mapping, language, seen)
@@ -270,7 +270,7 @@ def _value(row: dict[str, Any], column: str, features: Any) -> tuple[str | None,
 # ---------------------------------------------------------------------------- rows
 
 def _scan_part(part: _Part, corpus: str, audio_dir: str, columns: _Columns, mapping: dict, language: str,
-               seen: set[str]) -> Iterator[AudioItem | Reject]:
+               seen: HashSet) -> Iterator[AudioItem | Reject]:
     import datasets
 
     features = part.features
@@ -290,10 +290,9 @@ def _scan_part(part: _Part, corpus: str, audio_dir: str, columns: _Columns, mapp
                 yield Reject("malformed_row", location, f"no split: {why}")
                 continue
         record_id = f"{corpus}/{row_split}/{native}"
-        if record_id in seen:
+        if not seen.add(key_hash(record_id)):
             yield Reject("duplicate_id", location, f"{record_id} appears more than once", id=record_id)
             continue
-        seen.add(record_id)
         text = row.get(columns.text)
         if not isinstance(text, str) or not text.strip():
             yield Reject("text_empty", location, f"no transcript in column {columns.text!r}", id=record_id)

@@ -36,7 +36,7 @@ import orjson
 from blspdata import labels
 from blspdata.corpora.base import AudioItem, IngestError, resolve_label, segment_problem
 from blspdata.errors import cut
-from blspdata.records import Record, Reject, iter_jsonl
+from blspdata.records import HashSet, Record, Reject, iter_jsonl, key_hash
 
 # `<corpus>_<kind>_<part>.jsonl.gz`, as Lhotse recipes name their manifests (and `export lhotse` does).
 NAME = re.compile(r"^(?P<corpus>.+?)_(?P<kind>cuts|recordings|supervisions)(?:_(?P<part>.+?))?\.(?:jsonl|json)(?:\.gz)?$")
@@ -79,7 +79,7 @@ class _Context:
     def __init__(self, corpus: str, split: str, audio_root: str | None, language: str, mapping: dict, renamed: bool):
         self.corpus, self.split, self.audio_root, self.language, self.mapping = corpus, split, audio_root, language, mapping
         self.renamed = renamed  # --corpus or --split given: every record's, even our own export's
-        self.seen: set[str] = set()
+        self.seen = HashSet()  # the record ids met so far, as 64-bit hashes (~8 bytes a row)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -253,9 +253,8 @@ def _source(recording: dict, channel: Any, audio_root: str | None) -> tuple[str 
 def _record(supervision: dict, start: float, audio: str, recording: dict, context: _Context,
             names: tuple[str, str, str], location: str, extra: dict[str, Any]) -> Record | Reject:
     corpus, split, record_id = names
-    if record_id in context.seen:
+    if not context.seen.add(key_hash(record_id)):
         return Reject("duplicate_id", location, f"supervision {supervision['id']} came before (in another cut?)", id=record_id)
-    context.seen.add(record_id)
     try:
         offset, duration = start + float(supervision.get("start", 0.0)), float(supervision["duration"])
     except (KeyError, TypeError, ValueError) as exc:
