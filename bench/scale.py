@@ -179,7 +179,8 @@ def run_size(rows: int, workdir: Path, seed: int, keep: bool, train_max: int, st
         elif all((MODELS / name / "config.json").exists() for name in ("tiny-whisper", "smollm2")):
             commands["train"] = [sys.executable, "-c", TRAIN_SCAN, str(dataset / "semantic"),
                                  str(MODELS / "tiny-whisper"), str(MODELS / "smollm2"), str(folder)]
-        for stage in STAGES:
+        last = max(STAGES.index(stage) for stage in stages)
+        for stage in STAGES[:last + 1]:  # nothing made for the stages after the last one asked for
             if stage not in stages:
                 results.setdefault(stage, {"error": "not run (--stages)"})
                 if stage == "ingest":
