@@ -98,6 +98,23 @@ def test_segmented_mirror_layout(tmp_path: Path):
     assert len(read_jsonl(tmp_path / "xl.jsonl")) == 2
 
 
+def test_the_segment_index_never_gives_another_sids_file(tmp_path: Path, monkeypatch):
+    """The mirror's files are found by 64-bit hashes of their sids: even if every sid had the
+    same hash, each sid gets its own file (the first in walk order), and a sid with none gets none."""
+    from blspdata.corpora import gigaspeech
+
+    for name in ("a/X_S1.wav", "b/X_S1.opus", "b/Y_S2.flac", "b/notes.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).touch()
+    for colliding in (False, True):
+        if colliding:
+            monkeypatch.setattr(gigaspeech, "key_hash", lambda text: 7)
+        index = gigaspeech._SegmentIndex(str(tmp_path))
+        assert index.get("X_S1") == str(tmp_path / "a/X_S1.wav")
+        assert index.get("Y_S2") == str(tmp_path / "b/Y_S2.flac")
+        assert index.get("Z_S3") is None
+
+
 def test_unknown_subset_is_a_clear_error(corpus: Path, tmp_path: Path):
     result = blspdata("ingest", "gigaspeech", corpus, "-o", tmp_path / "x.jsonl", "--subset", "XXL", check=False)
     assert result.returncode == 1 and "XXL" in result.stderr and "XS, S, M, L, XL" in result.stderr
