@@ -88,16 +88,14 @@ class _SegmentIndex:
 
         hashes, folders, extensions = array("Q"), array("I"), array("B")
         self.folders: list[str] = []
-        for folder, dirs, files in os.walk(root):
-            dirs.sort()
-            for name in sorted(files):
-                stem, extension = os.path.splitext(name)
-                if extension in AUDIO_EXTENSIONS and "_S" in stem:
-                    if not self.folders or self.folders[-1] != folder:
-                        self.folders.append(folder)
-                    hashes.append(key_hash(stem))
-                    folders.append(len(self.folders) - 1)
-                    extensions.append(AUDIO_EXTENSIONS.index(extension))
+        for path in _walk(root, lambda name: name.endswith(AUDIO_EXTENSIONS) and "_S" in name):
+            folder, name = os.path.split(path)
+            stem, extension = os.path.splitext(name)
+            if not self.folders or self.folders[-1] != folder:
+                self.folders.append(folder)
+            hashes.append(key_hash(stem))
+            folders.append(len(self.folders) - 1)
+            extensions.append(AUDIO_EXTENSIONS.index(extension))
         order = np.argsort(np.frombuffer(hashes, np.uint64), kind="stable")  # equal hashes: walk order
         self.hashes = np.frombuffer(hashes, np.uint64)[order]
         self.folder = np.frombuffer(folders, np.uint32)[order]

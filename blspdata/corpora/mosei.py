@@ -38,7 +38,7 @@ from typing import Iterator
 from blspdata import labels
 from blspdata.corpora.base import (AudioItem, IngestError, csv_header, csv_rows, read_text_lines, resolve_label,
                                    segment_problem, undecodable_fields)
-from blspdata.records import HashSet, Record, Reject, key_hash
+from blspdata.records import Record, Reject
 
 EMOTIONS = ("happy", "sad", "anger", "surprise", "disgust", "fear")  # the SDK's order after sentiment
 SPLITS = {"train": "train", "valid": "dev", "validation": "dev", "dev": "dev", "test": "test"}
@@ -133,7 +133,7 @@ def _scan_video(video: str, rows: list[tuple[int, dict]], table: str, cols: dict
     by_segment, by_times = _read_transcript(transcript)
     records: list[Record] = []
     locations: list[str] = []
-    seen = HashSet()  # the native ids met so far, as 64-bit hashes (~8 bytes a row)
+    seen: set[str] = set()
     for line, row in rows:
         location = f"{table}:{line}"
         try:
@@ -152,9 +152,10 @@ def _scan_video(video: str, rows: list[tuple[int, dict]], table: str, cols: dict
         if split is None:
             yield Reject("malformed_row", location, f"split {raw_split!r} is not one of {', '.join(SPLITS)}", id=record_id)
             continue
-        if not seen.add(key_hash(native)):
+        if native in seen:
             yield Reject("duplicate_id", location, f"{native} has two rows", id=record_id)
             continue
+        seen.add(native)
         if undecodable_fields(row):
             yield Reject("undecodable_text", location, "undecodable bytes in the row", id=record_id)
             continue
